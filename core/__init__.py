@@ -1,0 +1,1 @@
+"""Speech Compression Lab engine: models, data, evaluation and compression. Never imports streamlit."""
