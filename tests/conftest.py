@@ -1,0 +1,38 @@
+"""Shared fixtures: small randomly initialised models so unit tests run in seconds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+
+
+def tiny_whisper_config(vocab_size: int = 120, d_model: int = 32, layers: int = 2, heads: int = 4):
+    """A Whisper config small enough to build in milliseconds; special ids fit the small vocabulary."""
+    from transformers import WhisperConfig
+
+    return WhisperConfig(
+        vocab_size=vocab_size, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+        encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=64,
+        pad_token_id=vocab_size - 4, bos_token_id=vocab_size - 4, eos_token_id=vocab_size - 4,
+        decoder_start_token_id=vocab_size - 3,
+    )
+
+
+@pytest.fixture
+def tiny_whisper():
+    """A tiny random Hugging Face Whisper (tied embedding/output projection), in eval mode."""
+    from transformers import WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    return WhisperForConditionalGeneration(tiny_whisper_config()).eval()
