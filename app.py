@@ -1,0 +1,12 @@
+"""Speech Compression Lab: compress a speech model and see what it costs in word error rate."""
+from pathlib import Path
+
+import streamlit as st
+
+PAGES = Path(__file__).resolve().parent / "pages"
+
+st.set_page_config(page_title="Speech Compression Lab", page_icon="🎙️", layout="wide")
+navigation = st.navigation([
+    st.Page(PAGES / "home.py", title="Home", icon="🏠", default=True),
+])
+navigation.run()

@@ -1,0 +1,117 @@
+"""Command line: everything the dashboard shows can be reproduced here (`python -m core --help`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="whisper-tiny.en",
+                        help="'whisper-tiny.en' (bundled), a model/artifact folder, or a Hugging Face id")
+    parser.add_argument("--recipe", type=Path, help="compression recipe JSON applied to the model first")
+
+
+def _load(args: argparse.Namespace):
+    from core.models import load_model
+
+    model = load_model(args.model)
+    if getattr(args, "recipe", None):
+        from core.recipe import Recipe
+
+        recipe = Recipe.load(args.recipe)
+        module, _ = recipe.apply(model.module)
+        model = model.with_module(module, name=f"{model.name} + {recipe.describe()}")
+    return model
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    from core.audio import load_audio
+
+    model = _load(args)
+    for path in args.audio:
+        print(model.transcribe([load_audio(path)])[0])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from core.data import load_dataset
+    from core.evaluate import evaluate
+
+    dataset = load_dataset(args.dataset)
+    model = _load(args)
+    result = evaluate(model, dataset, latency_runs=args.latency_runs)
+    print(format_result(result.to_dict(), show_rows=args.rows))
+    if args.json:
+        args.json.write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"wrote {args.json}")
+
+
+def format_result(r: dict, show_rows: bool = False) -> str:
+    """A readable summary table of one evaluation."""
+    low, high = r["wer_ci95"]
+    lines = [
+        f"model        {r['model']}",
+        f"dataset      {r['dataset']} ({r['n_utterances']} utterances, {r['n_words']} words)",
+        f"WER          {100 * r['wer']:.2f}%  (95% CI {100 * low:.2f}–{100 * high:.2f}; raw {100 * r['raw_wer']:.2f}%)",
+        f"CER          {100 * r['cer']:.2f}%",
+        f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes as safetensors), "
+        f"{r['parameters']:,} parameters",
+    ]
+    if r["latency"]:
+        lat = r["latency"]
+        lines.append(f"latency      {lat['median_ms']:.0f} ms median (min {lat['min_ms']:.0f}, max {lat['max_ms']:.0f}, "
+                     f"{lat['runs']} runs, {lat['threads']} threads) on a {lat['clip_seconds']:.1f} s clip, "
+                     f"RTF {r['real_time_factor']:.3f}")
+    lines.append(f"eval time    {r['eval_seconds']:.1f} s")
+    if show_rows:
+        lines.append("")
+        for row in r["rows"]:
+            mark = "ok " if row["wer"] == 0 else f"{100 * row['wer']:3.0f}%"
+            lines.append(f"{mark} {row['id']}: {row['hypothesis']}  | ref: {row['reference']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("transcribe", help="print one transcript per audio file")
+    p.add_argument("audio", nargs="+", type=Path)
+    _model_args(p)
+    p.set_defaults(run=cmd_transcribe)
+
+    p = commands.add_parser("evaluate", help="WER, CER, size and latency on a dataset")
+    p.add_argument("--dataset", default="quick",
+                   help="quick | full | train | a manifest CSV (path,text) | a LibriSpeech folder | "
+                        "a folder of audio files with same-named .txt transcripts")
+    p.add_argument("--json", type=Path, help="also write the full result (with per-utterance rows) here")
+    p.add_argument("--latency-runs", type=int, default=5, help="timed runs for latency (0 = skip)")
+    p.add_argument("--rows", action="store_true", help="print every utterance")
+    _model_args(p)
+    p.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Evaluation sets: audio files paired with reference transcripts, from the bundled set or your own.
+
+Accepted: the bundled names (`quick`, `full`, `train`: splits of assets/eval/manifest.csv), a
+manifest CSV with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio
+files each with a same-named .txt transcript.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .audio import EXTENSIONS
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED = ("quick", "full", "train")
+ACCEPTED = (
+    f"a bundled set ({', '.join(BUNDLED)}), a manifest .csv with columns path,text, "
+    "a LibriSpeech-style folder (*.trans.txt files with 'ID TEXT' lines beside ID.flac), "
+    f"or a folder of audio files ({', '.join(EXTENSIONS)}) each with a same-named .txt transcript"
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    path: Path
+    text: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    utterances: tuple[Utterance, ...]
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def fingerprint(self) -> str:
+        """A sha256 over ids, texts and audio bytes, stable across machines; reads every audio file."""
+        digest = hashlib.sha256()
+        for utt in self.utterances:
+            for part in (utt.id.encode(), utt.text.encode()):
+                digest.update(len(part).to_bytes(8, "little") + part)
+            digest.update(utt.path.stat().st_size.to_bytes(8, "little"))
+            with open(utt.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None) -> Dataset:
+    """Load an evaluation set by bundled name or path; raises ValueError saying what is accepted.
+
+    Bundled names read `<assets_dir>/eval/manifest.csv` (default: the repository's assets folder)
+    and keep the rows whose `split` column equals the name.
+    """
+    if isinstance(name_or_path, str) and name_or_path in BUNDLED:
+        root = Path(assets_dir).resolve() if assets_dir is not None else ASSETS_DIR
+        return _load_bundled(name_or_path, root)
+    path = Path(name_or_path).expanduser().resolve()
+    if not path.exists():
+        raise ValueError(f"unknown dataset {str(name_or_path)!r}: no such bundled set or path; "
+                         f"expected {ACCEPTED}")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise ValueError(f"{path} is not a manifest .csv; expected {ACCEPTED}")
+        return _finish(path.stem, _read_manifest(path), path)
+    if (path / "manifest.csv").is_file():
+        return _finish(path.name, _read_manifest(path / "manifest.csv"), path)
+    if next(path.rglob("*.trans.txt"), None) is not None:
+        return _finish(path.name, _read_librispeech(path), path)
+    return _finish(path.name, _read_folder(path), path)
+
+
+def _load_bundled(name: str, assets_dir: Path) -> Dataset:
+    manifest = assets_dir / "eval" / "manifest.csv"
+    if not manifest.is_file():
+        raise ValueError(f"bundled set {name!r} is not available: {manifest} not found; expected {ACCEPTED}")
+    rows = _read_manifest(manifest, split=name)
+    if not rows:
+        splits = sorted({row.get("split") or "" for row in _csv_rows(manifest)} - {""})
+        raise ValueError(f"bundled set {name!r} is empty: {manifest} has no rows with split={name!r} "
+                         f"(splits present: {', '.join(splits) or 'none'})")
+    return _finish(name, rows, manifest)
+
+
+def _csv_rows(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "text"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{manifest} lacks column(s) {', '.join(sorted(missing))}; "
+                             f"found {', '.join(reader.fieldnames or ()) or 'no header'}; expected path,text")
+        return list(reader)
+
+
+def _read_manifest(manifest: Path, split: str | None = None) -> list[Utterance]:
+    """Rows of a path,text manifest (audio paths relative to the CSV), optionally one split only."""
+    utterances = []
+    for line, row in enumerate(_csv_rows(manifest), start=2):
+        if split is not None and (row.get("split") or "").strip() != split:
+            continue
+        relative = (row["path"] or "").strip()
+        if not relative:
+            raise ValueError(f"{manifest} line {line}: empty path")
+        audio = manifest.parent / relative
+        if not audio.is_file():
+            raise ValueError(f"{manifest} line {line}: audio file {audio} not found")
+        uid = Path(relative).with_suffix("").as_posix()
+        utterances.append(Utterance(uid, audio, (row["text"] or "").strip()))
+    return utterances
+
+
+def _read_librispeech(root: Path) -> list[Utterance]:
+    """`ID TEXT` lines of every *.trans.txt under root, audio `ID.flac` (or .wav/.ogg/.mp3) beside it."""
+    utterances = []
+    for transcript in sorted(root.rglob("*.trans.txt")):
+        for line in transcript.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            audio = next((transcript.parent / (uid + ext) for ext in (".flac", ".wav", ".ogg", ".mp3")
+                          if (transcript.parent / (uid + ext)).is_file()), None)
+            if audio is None:
+                raise ValueError(f"{transcript}: audio file {transcript.parent / (uid + '.flac')} not found")
+            utterances.append(Utterance(uid, audio, text.strip()))
+    return utterances
+
+
+def _read_folder(root: Path) -> list[Utterance]:
+    """Audio files under root, each with the transcript in a same-named .txt file."""
+    audio = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    missing = [p for p in audio if not p.with_suffix(".txt").is_file()]
+    if missing:
+        names = ", ".join(str(p.relative_to(root)) for p in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"{root}: no .txt transcript for {names}{more}; expected {ACCEPTED}")
+    return [
+        Utterance(p.relative_to(root).with_suffix("").as_posix(), p,
+                  p.with_suffix(".txt").read_text(encoding="utf-8").strip())
+        for p in audio
+    ]
+
+
+def _finish(name: str, utterances: list[Utterance], source: Path) -> Dataset:
+    """Reject empty sets and duplicate ids, then freeze."""
+    if not utterances:
+        raise ValueError(f"{source}: no utterances found; expected {ACCEPTED}")
+    seen: set[str] = set()
+    for utt in utterances:
+        if utt.id in seen:
+            raise ValueError(f"{source}: utterance id {utt.id!r} appears more than once")
+        seen.add(utt.id)
+    return Dataset(name, tuple(utterances))

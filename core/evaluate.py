@@ -1,0 +1,122 @@
+"""Evaluate a model on a dataset: WER/CER, size as saved, and measured latency.
+
+Every number here is measured, never estimated: size is the byte count of the model written as
+safetensors (the same files `python -m core compress` produces), latency is the median of timed
+runs after a warm-up with the thread count recorded.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from core.audio import SAMPLE_RATE, load_audio
+from core.data import Dataset
+from core.metrics import Scores, score
+from core.models import SpeechModel
+
+LATENCY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
+
+
+@dataclass
+class Latency:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+    threads: int
+    clip_seconds: float
+
+    @property
+    def real_time_factor(self) -> float:
+        """Processing time / audio duration (below 1 is faster than real time)."""
+        return self.median_ms / 1000 / self.clip_seconds
+
+
+@dataclass
+class EvalResult:
+    model: str
+    dataset: str
+    scores: Scores
+    size_bytes: int
+    parameters: int
+    latency: Latency | None
+    eval_seconds: float
+    machine: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Flat JSON-ready summary plus the per-utterance rows."""
+        scores = self.scores.to_dict()
+        latency = asdict(self.latency) if self.latency else None
+        return {
+            "model": self.model, "dataset": self.dataset,
+            "wer": scores["wer"], "cer": scores["cer"], "raw_wer": scores["raw_wer"],
+            "wer_ci95": scores["wer_ci95"], "n_utterances": scores["n_utterances"],
+            "n_words": scores["n_words"], "size_bytes": self.size_bytes, "parameters": self.parameters,
+            "latency_ms": latency["median_ms"] if latency else None, "latency": latency,
+            "real_time_factor": self.latency.real_time_factor if self.latency else None,
+            "eval_seconds": self.eval_seconds, "machine": self.machine, "rows": scores["rows"],
+        }
+
+
+def machine_facts() -> dict:
+    """What a timing depends on: CPU, thread count, torch version."""
+    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def load_waves(dataset: Dataset) -> list[np.ndarray]:
+    """Decode every utterance of a dataset to 16 kHz mono float32."""
+    return [load_audio(u.path) for u in dataset.utterances]
+
+
+def transcribe_dataset(model: SpeechModel, waves: list[np.ndarray]) -> Iterator[str]:
+    """Transcribe one utterance at a time (batching does not pay on a few CPU cores), yielding each."""
+    for wave in waves:
+        yield model.transcribe([wave])[0]
+
+
+def model_size_bytes(model: SpeechModel) -> int:
+    """Bytes of the model's weights as saved (safetensors + layout), measured by writing them."""
+    from core.artifact import save_weights
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_weights(model.module, Path(folder))
+        return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
+
+
+def measure_latency(model: SpeechModel, wave: np.ndarray | None = None, runs: int = 5,
+                    warmup: int = 1) -> Latency:
+    """Median/min/max wall time of transcribing one fixed clip, after `warmup` untimed runs."""
+    if wave is None:
+        wave = load_audio(LATENCY_CLIP)
+    for _ in range(warmup):
+        model.transcribe([wave])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.transcribe([wave])
+        times.append((time.perf_counter() - start) * 1000)
+    return Latency(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), runs=runs,
+                   threads=torch.get_num_threads(), clip_seconds=len(wave) / SAMPLE_RATE)
+
+
+def evaluate(model: SpeechModel, dataset: Dataset, waves: list[np.ndarray] | None = None,
+             latency_runs: int = 5) -> EvalResult:
+    """Transcribe every utterance and score it; measure size and (if latency_runs > 0) latency."""
+    start = time.perf_counter()
+    waves = waves if waves is not None else load_waves(dataset)
+    hypotheses = list(transcribe_dataset(model, waves))
+    utterances = dataset.utterances
+    scores = score([u.text for u in utterances], hypotheses, ids=[u.id for u in utterances])
+    latency = measure_latency(model, runs=latency_runs) if latency_runs > 0 else None
+    return EvalResult(model=model.name, dataset=dataset.name, scores=scores,
+                      size_bytes=model_size_bytes(model), parameters=model.num_parameters(),
+                      latency=latency, eval_seconds=time.perf_counter() - start, machine=machine_facts())

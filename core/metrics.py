@@ -1,0 +1,188 @@
+"""Word and character error rates on Whisper-normalized text, with a bootstrap interval and word diffs.
+
+WER is corpus-level (all word errors / all reference words), so long utterances weigh more than
+short ones, as in the Whisper paper. Text is normalized first so "Seven apples!" matches "7 apples".
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import jiwer
+import numpy as np
+
+# British->American spellings for the Whisper normalizer. Whisper ships ~1,700 of these in
+# normalizer.json next to its tokenizer; we keep none, so "colour" and "color" stay different words.
+SPELLING: dict[str, str] = {}
+
+
+@lru_cache(maxsize=1)
+def _normalizer() -> Callable[[str], str]:
+    try:
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+    except ImportError:
+        return _basic_normalize
+    return EnglishTextNormalizer(SPELLING)
+
+
+def _basic_normalize(text: str) -> str:
+    """Fallback when transformers is missing: lower case, drop punctuation, collapse spaces."""
+    text = re.sub(r"[^\w\s']|_", " ", text.lower()).replace("'", "")
+    return " ".join(text.split())
+
+
+def normalize(text: str) -> str:
+    """Whisper's English normalizer: lower case, no punctuation, numbers as digits ("seven" -> "7"),
+    "mr." -> "mister", contractions expanded ("it's" -> "it is"), fillers ("uh", "um") removed."""
+    return _normalizer()(text)
+
+
+@dataclass
+class UtteranceScore:
+    id: str
+    reference: str
+    hypothesis: str
+    normalized_reference: str
+    normalized_hypothesis: str
+    substitutions: int
+    deletions: int
+    insertions: int
+    n_words: int  # words in the normalized reference
+    wer: float  # errors / n_words; with an empty reference, 0.0 if the hypothesis is empty too, else 1.0
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+
+@dataclass
+class Scores:
+    wer: float
+    cer: float
+    raw_wer: float  # on the text as given: case and punctuation count as errors
+    n_utterances: int
+    n_words: int
+    wer_ci95: tuple[float, float]
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    rows: list[UtteranceScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values (the interval as a two-item list)."""
+        out = asdict(self)
+        out["wer_ci95"] = list(self.wer_ci95)
+        return out
+
+
+def score(
+    references: list[str],
+    hypotheses: list[str],
+    ids: list[str] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Scores:
+    """Score hypotheses against references after normalization; corpus WER plus per-utterance rows.
+
+    An utterance whose reference normalizes to nothing (e.g. silence, or only "um") adds no reference
+    words but its hypothesis words still count as insertions. If no reference has any words at all
+    the WER is undefined and we raise ValueError. The 95% interval is a percentile bootstrap over
+    utterances (`resamples` draws with a fixed `seed`, so it is deterministic).
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses; they must pair up")
+    if ids is None:
+        ids = [str(i) for i in range(len(references))]
+    elif len(ids) != len(references):
+        raise ValueError(f"{len(ids)} ids for {len(references)} references; they must pair up")
+    if not references:
+        raise ValueError("nothing to score: no references given")
+    refs = [normalize(r) for r in references]
+    hyps = [normalize(h) for h in hypotheses]
+    words = jiwer.process_words(refs, hyps)
+    rows = []
+    for i, chunks in enumerate(words.alignments):
+        s, d, n = _counts(chunks)
+        n_words = len(words.references[i])
+        errors = s + d + n
+        wer = errors / n_words if n_words else float(errors > 0)
+        rows.append(UtteranceScore(ids[i], references[i], hypotheses[i], refs[i], hyps[i], s, d, n, n_words, wer))
+    total_words = sum(r.n_words for r in rows)
+    if total_words == 0:
+        raise ValueError("WER is undefined: every reference is empty after normalization")
+    total_errors = sum(r.errors for r in rows)
+    return Scores(
+        wer=total_errors / total_words,
+        cer=float(jiwer.cer(refs, hyps)),
+        raw_wer=_raw_wer(references, hypotheses),
+        n_utterances=len(rows),
+        n_words=total_words,
+        wer_ci95=_bootstrap([r.errors for r in rows], [r.n_words for r in rows], resamples, seed),
+        substitutions=sum(r.substitutions for r in rows),
+        deletions=sum(r.deletions for r in rows),
+        insertions=sum(r.insertions for r in rows),
+        rows=rows,
+    )
+
+
+def word_diff(reference: str, hypothesis: str) -> list[tuple[str, str, str]]:
+    """Aligned (op, ref_word, hyp_word) on normalized text; op is equal/substitute/delete/insert,
+    and the missing side of a delete or insert is "".
+
+    Between two matching words, errors are shown as substitutions first (paired left to right),
+    then the leftover deletions or insertions; the counts equal jiwer's, the pairing reads better.
+    """
+    out = jiwer.process_words(normalize(reference), normalize(hypothesis))
+    ref, hyp = out.references[0], out.hypotheses[0]
+    diff: list[tuple[str, str, str]] = []
+    gap_ref: list[str] = []
+    gap_hyp: list[str] = []
+    for chunk in out.alignments[0] + [None]:
+        if chunk is not None and chunk.type != "equal":
+            gap_ref += ref[chunk.ref_start_idx : chunk.ref_end_idx]
+            gap_hyp += hyp[chunk.hyp_start_idx : chunk.hyp_end_idx]
+            continue
+        paired = min(len(gap_ref), len(gap_hyp))
+        diff += [("equal" if r == h else "substitute", r, h) for r, h in zip(gap_ref, gap_hyp)]
+        diff += [("delete", r, "") for r in gap_ref[paired:]]
+        diff += [("insert", "", h) for h in gap_hyp[paired:]]
+        gap_ref, gap_hyp = [], []
+        if chunk is not None:
+            words = ref[chunk.ref_start_idx : chunk.ref_end_idx]
+            diff += [("equal", w, w) for w in words]
+    return diff
+
+
+def _counts(chunks) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of one utterance's jiwer alignment."""
+    s = d = n = 0
+    for c in chunks:
+        if c.type == "substitute":
+            s += c.ref_end_idx - c.ref_start_idx
+        elif c.type == "delete":
+            d += c.ref_end_idx - c.ref_start_idx
+        elif c.type == "insert":
+            n += c.hyp_end_idx - c.hyp_start_idx
+    return s, d, n
+
+
+def _raw_wer(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER on the unnormalized text (split on whitespace only); nan if there are no words."""
+    out = jiwer.process_words(references, hypotheses)
+    total = sum(len(r) for r in out.references)
+    if total == 0:
+        return float("nan")
+    return (out.substitutions + out.deletions + out.insertions) / total
+
+
+def _bootstrap(errors: list[int], n_words: list[int], resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile 95% interval of corpus WER, resampling utterances with replacement."""
+    errors_arr, words_arr = np.asarray(errors, dtype=float), np.asarray(n_words, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(errors_arr), size=(resamples, len(errors_arr)))
+    denominators = words_arr[picks].sum(axis=1)
+    keep = denominators > 0  # a draw of only empty references has no WER
+    wers = errors_arr[picks].sum(axis=1)[keep] / denominators[keep]
+    low, high = np.percentile(wers, [2.5, 97.5])
+    return float(low), float(high)

@@ -1,0 +1,48 @@
+"""Home: what the lab does, which model is loaded, and its baseline numbers."""
+import streamlit as st
+
+from pages.common import base_model, baseline_result, chosen_model_name
+
+st.title("🎙️ Speech Compression Lab")
+st.markdown(
+    "Compress a speech-recognition model — **prune** small weights, **quantize** them to fewer bits, "
+    "replace layers by **low-rank** factors, **distil** a smaller student — and see what each choice "
+    "costs in **word error rate** (WER), and what it buys in **size** and **latency**. "
+    "Everything runs on your machine, offline; the default model is OpenAI's Whisper tiny.en."
+)
+
+name = st.text_input(
+    "Model", value=chosen_model_name(),
+    help="'whisper-tiny.en' (bundled), a local model folder, an exported compressed artifact, "
+         "or a Hugging Face id you have downloaded before.")
+st.session_state["model_name"] = name.strip() or "whisper-tiny.en"
+
+try:
+    with st.spinner(f"Loading {st.session_state['model_name']} …"):
+        model = base_model(st.session_state["model_name"])
+except ValueError as exc:
+    st.error(f"Could not load the model: {exc}")
+    st.stop()
+
+with st.spinner("Measuring the baseline on the `quick` set (about 15 s the first time) …"):
+    result = baseline_result(st.session_state["model_name"], "quick")
+
+cols = st.columns(4)
+cols[0].metric("WER on quick", f"{100 * result['wer']:.1f}%",
+               help=f"95% interval {100 * result['wer_ci95'][0]:.1f}–{100 * result['wer_ci95'][1]:.1f}% "
+                    f"over {result['n_utterances']} utterances ({result['n_words']} words)")
+cols[1].metric("Size", f"{result['size_bytes'] / 1e6:.1f} MB", help="Bytes of the weights saved as safetensors")
+cols[2].metric("Parameters", f"{result['parameters'] / 1e6:.1f} M")
+cols[3].metric("Latency", f"{result['latency_ms']:.0f} ms",
+               help=f"Median of {result['latency']['runs']} runs on a {result['latency']['clip_seconds']:.1f} s clip, "
+                    f"{result['latency']['threads']} CPU threads")
+
+with st.expander("Per-utterance transcripts"):
+    st.dataframe(
+        [{"id": r["id"], "reference": r["reference"], "hypothesis": r["hypothesis"], "WER": round(100 * r["wer"], 1)}
+         for r in result["rows"]], use_container_width=True, hide_index=True)
+
+st.subheader("Reproduce it from the command line")
+st.code(f"python -m core evaluate --model {st.session_state['model_name']} --dataset quick --json result.json",
+        language="bash")
+st.caption(f"Model: {model.name} · {model.kind} · {len(model.layers())} compressible layers")

@@ -1,0 +1,138 @@
+"""core.audio: decoding, resampling, clear errors, the speech heuristic and 30 s windows."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from core.audio import SAMPLE_RATE, AudioError, decode_audio, is_probably_speech, load_audio, split_windows
+
+SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
+
+
+def chirp(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+    """A 200-2000 Hz sweep at half scale, frames x channels."""
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.5 * np.sin(2 * np.pi * (200 * t + 900 * t**2 / seconds))
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+def speech_like(seconds: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A 150 Hz voice with harmonics, switched on and off like syllables three times a second."""
+    t = np.arange(int(seconds * rate)) / rate
+    voice = sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 8))
+    return (0.2 * voice * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, rate, channels, fmt",
+    [
+        ("stereo44k.wav", 44100, 2, None),
+        ("narrow8k.wav", 8000, 1, None),
+        ("clip.flac", 22050, 1, None),
+        ("clip.ogg", 48000, 2, "OGG"),
+        ("clip.mp3", 16000, 1, "MP3"),
+    ],
+)
+def test_load_audio_gives_16k_mono_float32(tmp_path, name, rate, channels, fmt):
+    if fmt and fmt not in sf.available_formats():
+        pytest.skip(f"libsndfile here cannot write {fmt}")
+    path = tmp_path / name
+    sf.write(path, chirp(1.5, rate, channels), rate)
+    wave = load_audio(path)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) - 1.5 * SAMPLE_RATE) <= 0.02 * SAMPLE_RATE  # MP3/OGG may pad a frame
+    assert 0.3 < np.abs(wave).max() < 0.8
+
+
+def test_stereo_is_downmixed_by_averaging(tmp_path):
+    left = np.full(1600, 0.5, dtype=np.float32)
+    sf.write(tmp_path / "lr.wav", np.stack([left, -0.5 * left], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(tmp_path / "lr.wav"), 0.125, atol=1e-6)
+
+
+def test_decode_audio_matches_load_audio(tmp_path):
+    path = tmp_path / "clip.wav"
+    sf.write(path, chirp(1.0, 44100, 2), 44100)
+    np.testing.assert_array_equal(decode_audio(path.read_bytes(), "clip.wav"), load_audio(path))
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.write_text("just some words, not audio"), "could not be decoded"),
+        (lambda p: p.write_bytes(bytes(range(256)) * 40), "could not be decoded"),
+        (lambda p: sf.write(p, np.zeros(16000, np.float32), SAMPLE_RATE), "is silent"),
+        (lambda p: sf.write(p, np.zeros((0, 1), np.float32), SAMPLE_RATE), "zero length"),
+        (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2] * 100, np.float32), SAMPLE_RATE, subtype="FLOAT"), "NaN"),
+    ],
+    ids=["missing", "empty", "text-renamed-wav", "garbage-bytes", "silent", "zero-length", "nan"],
+)
+def test_load_audio_errors_name_the_file_and_reason(tmp_path, make, reason):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError, match=reason) as info:
+        load_audio(path)
+    assert "bad.wav" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_corrupt_header_is_an_audio_error(tmp_path):
+    path = tmp_path / "clip.flac"
+    sf.write(path, chirp(1.0, SAMPLE_RATE), SAMPLE_RATE)
+    data = bytearray(path.read_bytes())
+    data[:64] = b"\xff" * 64
+    with pytest.raises(AudioError, match="clip.flac: could not be decoded"):
+        decode_audio(bytes(data), "clip.flac")
+
+
+def test_decode_audio_errors_name_the_recording():
+    with pytest.raises(AudioError, match="^recording: is empty"):
+        decode_audio(b"")
+    with pytest.raises(AudioError, match="^upload.ogg: could not be decoded"):
+        decode_audio(b"OggS not really", "upload.ogg")
+
+
+def test_audio_error_keeps_source_and_reason_and_pickles():
+    err = AudioError("a.wav", "is silent")
+    again = pickle.loads(pickle.dumps(err))
+    assert (again.source, again.reason, str(again)) == ("a.wav", "is silent", "a.wav: is silent")
+
+
+def test_is_probably_speech_on_synthetic_signals():
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    assert is_probably_speech(speech_like(3.0))
+    assert not is_probably_speech((0.1 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32))
+    assert not is_probably_speech((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+    bursts = 0.2 * rng.standard_normal(len(t)) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+    assert not is_probably_speech(bursts.astype(np.float32))
+    assert not is_probably_speech(np.zeros(SAMPLE_RATE, np.float32))
+    assert not is_probably_speech(np.zeros(0, np.float32))
+
+
+def test_is_probably_speech_on_real_speech():
+    path = SHARED_AUDIO / "jfk.flac"
+    if not path.is_file():
+        pytest.skip(f"real speech sample {path} is not present")
+    wave = load_audio(path)
+    assert is_probably_speech(wave)
+    noise = np.random.default_rng(1).standard_normal(len(wave)).astype(np.float32) * 0.05
+    assert not is_probably_speech(noise)
+
+
+def test_split_windows():
+    wave = np.arange(int(65.5 * SAMPLE_RATE), dtype=np.float32)
+    windows = split_windows(wave)
+    assert [len(w) for w in windows] == [30 * SAMPLE_RATE, 30 * SAMPLE_RATE, int(5.5 * SAMPLE_RATE)]
+    np.testing.assert_array_equal(np.concatenate(windows), wave)
+    assert [len(w) for w in split_windows(wave[:100], seconds=30.0)] == [100]
+    assert split_windows(wave[:0]) == []
+    assert len(split_windows(wave, seconds=10.0)) == 7
+    with pytest.raises(ValueError):
+        split_windows(wave, seconds=0)

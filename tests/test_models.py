@@ -1,0 +1,127 @@
+"""Loading models (bundled tiny.en, Hugging Face folders, errors) and the one transcription interface."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import models
+from core.models import DEFAULT_MODEL, greedy_decode, load_model
+from conftest import SHARED_AUDIO, tiny_whisper_config
+
+REPO_SAMPLE = models.Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
+
+
+@pytest.fixture(scope="module")
+def tiny_en():
+    return load_model(DEFAULT_MODEL)
+
+
+def test_bundled_model_shape(tiny_en):
+    assert tiny_en.kind == "whisper"
+    assert tiny_en.decoding.prompt == (50257, 50362)
+    assert tiny_en.decoding.eot == 50256
+    assert set(range(50363, 51864)) <= set(tiny_en.decoding.suppress)  # timestamps never emitted
+    assert tiny_en.num_parameters() == 37_760_256  # tied table counted once
+    layers = tiny_en.layers()
+    assert sum(layer.kind == "linear" for layer in layers) == 4 * 6 + 4 * 10
+    assert {layer.group for layer in layers} == {"encoder.attention", "encoder.ffn", "decoder.attention",
+                                                 "decoder.ffn", "embedding", "conv"}
+    module = tiny_en.module
+    assert module.proj_out.weight is module.model.decoder.embed_tokens.weight
+
+
+def test_bundled_model_transcribes_real_speech(tiny_en):
+    """Conversion correctness: the JFK recording gives the reference words exactly."""
+    from core.audio import load_audio
+    from core.metrics import normalize
+
+    clip = SHARED_AUDIO / "jfk.flac"
+    if not clip.exists():
+        pytest.skip(f"{clip} (developer/CI material beside the checkout) is absent")
+    text = tiny_en.transcribe([load_audio(clip)])[0]
+    reference = ("And so my fellow Americans, ask not what your country can do for you, "
+                 "ask what you can do for your country.")
+    assert normalize(text) == normalize(reference)
+
+
+def test_bundled_sample_clip(tiny_en):
+    """The shipped demo clip transcribes to its transcript (works without the shared folder)."""
+    from core.audio import load_audio
+    from core.metrics import score
+
+    text = tiny_en.transcribe([load_audio(REPO_SAMPLE)])[0]
+    reference = REPO_SAMPLE.with_suffix(".txt").read_text().strip()
+    assert score([reference], [text]).wer <= 0.1, text
+
+
+def test_second_load_uses_the_cache(monkeypatch):
+    load_model(DEFAULT_MODEL)
+    monkeypatch.setattr(models, "convert_ct2_folder", lambda *a, **k: pytest.fail("converted twice"))
+    assert load_model(DEFAULT_MODEL).kind == "whisper"
+
+
+def test_long_audio_is_transcribed_in_windows(tiny_en, monkeypatch):
+    seen = []
+    monkeypatch.setattr(type(tiny_en), "_whisper_batch", lambda self, waves: seen.extend(waves) or ["x"] * len(waves))
+    out = tiny_en.transcribe([np.zeros(16000 * 70, dtype=np.float32)])
+    assert [len(w) for w in seen] == [480000, 480000, 160000]
+    assert out == ["x x x"]
+
+
+def test_token_cap_stops_a_broken_model(tiny_whisper):
+    decoding = models.WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=())
+    with torch.no_grad():
+        tokens = greedy_decode(tiny_whisper, torch.randn(2, 80, 3000), decoding, max_new_tokens=7)
+    assert all(len(seq) <= 7 for seq in tokens)
+
+
+def _save_hf_whisper(folder, tokenizer_file):
+    from transformers import (WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor,
+                              WhisperTokenizerFast)
+
+    config = tiny_whisper_config(vocab_size=51864)
+    config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
+    config.decoder_start_token_id = 50257
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer = WhisperTokenizerFast(tokenizer_file=str(tokenizer_file))
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(folder)
+
+
+def test_hugging_face_whisper_folder(tmp_path, tiny_en):
+    tokenizer_file = models.Path(tiny_en.source["folder"]) / "tokenizer.json"
+    _save_hf_whisper(tmp_path / "hf", tokenizer_file)
+    model = load_model(tmp_path / "hf")
+    assert model.kind == "whisper" and model.decoding.prompt == (50257, 50362)
+    text = model.transcribe([np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)])
+    assert isinstance(text[0], str)
+    assert model.num_parameters() < tiny_en.num_parameters()
+
+
+def test_hugging_face_wav2vec2_ctc_folder(tmp_path):
+    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
+                              Wav2Vec2Processor)
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate("abcdefgh")}}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))
+    processor = Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer)
+    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "w2v")
+    processor.save_pretrained(tmp_path / "w2v")
+    model = load_model(tmp_path / "w2v")
+    assert model.kind == "ctc"
+    text = model.transcribe([np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)])
+    assert isinstance(text[0], str) and set(text[0]) <= set("abcdefgh ")
+    assert any(layer.group == "encoder.attention" for layer in model.layers())
+
+
+def test_unknown_model_gives_clear_error():
+    with pytest.raises(ValueError, match="cannot load model 'nobody/no-such-model'"):
+        load_model("nobody/no-such-model")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model("./no/such/folder")
