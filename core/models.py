@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.audio import SAMPLE_RATE
+from core.audio import SAMPLE_RATE, split_windows
 from core.layers import LayerInfo, compressible_layers
 
 DEFAULT_MODEL = "whisper-tiny.en"
@@ -69,14 +69,15 @@ class SpeechModel:
     features: Callable[[list[np.ndarray]], torch.Tensor]
     decode: Callable[[list[int]], str]
     decoding: WhisperDecoding | None = None
-    source: dict = field(default_factory=dict)  # how to rebuild it: files, config, tokenizer
+    tokenizer: object | None = None  # a `tokenizers.Tokenizer` (Whisper), saved beside exported weights
+    source: dict = field(default_factory=dict)  # where it came from: folder or hub id, and metadata
 
     @torch.inference_mode()
     def transcribe(self, waves: list[np.ndarray], batch_size: int = 1) -> list[str]:
         """Transcribe 16 kHz mono float waveforms; audio over 30 s is done in consecutive windows."""
         pieces, owners = [], []
         for index, wave in enumerate(waves):
-            for window in _windows(np.asarray(wave, dtype=np.float32)):
+            for window in split_windows(np.asarray(wave, dtype=np.float32), WINDOW_SECONDS):
                 pieces.append(window)
                 owners.append(index)
         texts: list[list[str]] = [[] for _ in waves]
@@ -114,13 +115,6 @@ class SpeechModel:
     def with_module(self, module: nn.Module, name: str | None = None) -> "SpeechModel":
         """The same model front and back end around other (e.g. compressed) weights."""
         return replace(self, module=module.eval(), name=name or self.name)
-
-
-def _windows(wave: np.ndarray) -> list[np.ndarray]:
-    size = int(WINDOW_SECONDS * SAMPLE_RATE)
-    if len(wave) <= size:
-        return [wave]
-    return [wave[i : i + size] for i in range(0, len(wave), size)]
 
 
 def greedy_decode(model: nn.Module, features: torch.Tensor, decoding: WhisperDecoding,
@@ -282,10 +276,35 @@ def _load_ours(folder: Path, name: str) -> SpeechModel:
         module = _load_plain(skeleton, folder)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     decoding = WhisperDecoding.from_json(meta["decoding"])
+    return _whisper_model(meta.get("name", name), module.eval(), tokenizer, decoding,
+                          {"folder": str(folder), "meta": meta})
+
+
+def _whisper_model(name: str, module: nn.Module, tokenizer, decoding: WhisperDecoding,
+                   source: dict) -> SpeechModel:
     decode = lambda ids: tokenizer.decode([i for i in ids if i < decoding.eot])
-    return SpeechModel(name=meta.get("name", name), kind="whisper", module=module.eval(),
-                       features=whisper_features(config.num_mel_bins), decode=decode,
-                       decoding=decoding, source={"folder": str(folder), "meta": meta})
+    return SpeechModel(name=name, kind="whisper", module=module, tokenizer=tokenizer, decoding=decoding,
+                       features=whisper_features(module.config.num_mel_bins), decode=decode, source=source)
+
+
+def save_model(model: SpeechModel, folder: str | Path, extra_meta: dict | None = None) -> int:
+    """Write a Whisper model (compressed or not) as a folder that `load_model` reads; returns its bytes.
+
+    config.json + tokenizer.json + speech_lab.json (decoding facts, name, recipe) + the weights as
+    written by `core.artifact.save_weights` (packed integers, sparse storage where smaller).
+    """
+    from core.artifact import save_weights
+
+    if model.kind != "whisper":
+        raise ValueError(f"exporting is supported for Whisper models; {model.name} is a {model.kind} model")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.module.config.save_pretrained(folder)
+    model.tokenizer.save(str(folder / "tokenizer.json"))
+    meta = {"kind": "whisper", "name": model.name, "decoding": model.decoding.to_json(), **(extra_meta or {})}
+    save_weights(model.module, folder)
+    (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
 def _load_plain(skeleton: nn.Module, folder: Path) -> nn.Module:
@@ -326,10 +345,7 @@ def _load_hf(name: str, label: str) -> SpeechModel:
             prompt=tuple(prompt), eot=eot, suppress=tuple(sorted(suppress)),
             suppress_at_begin=tuple(getattr(generation, "begin_suppress_tokens", None) or [eot]),
             max_length=config.max_target_positions)
-        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-        return SpeechModel(name=label, kind="whisper", module=module, decoding=decoding,
-                           features=whisper_features(config.num_mel_bins), decode=decode,
-                           source={"hf": name})
+        return _whisper_model(label, module, tokenizer.backend_tokenizer, decoding, {"hf": name})
     if config.model_type in ("wav2vec2", "hubert", "wavlm", "data2vec-audio") and \
             any(a.endswith("ForCTC") for a in (config.architectures or ["ForCTC"])):
         from transformers import AutoModelForCTC
@@ -338,7 +354,7 @@ def _load_hf(name: str, label: str) -> SpeechModel:
         extract = processor.feature_extractor
         features = lambda waves: extract(waves, sampling_rate=SAMPLE_RATE, padding=True,
                                          return_tensors="pt").input_values
-        decode = lambda ids: processor.decode(ids)
+        decode = lambda ids: processor.decode(ids, skip_special_tokens=True)
         return SpeechModel(name=label, kind="ctc", module=module, features=features, decode=decode,
                            source={"hf": name})
     raise ValueError(f"model '{name}' is a {config.model_type}; supported: Whisper and wav2vec2-style CTC models")
