@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -51,6 +52,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
+def cmd_compress(args: argparse.Namespace) -> None:
+    from core.models import save_model
+    from core.recipe import Recipe
+
+    base = _load(argparse.Namespace(model=args.model, recipe=None))
+    recipe = Recipe.load(args.recipe)
+    module, reports = recipe.apply(base.module)
+    model = base.with_module(module, name=f"{base.name} + {recipe.describe()}")
+    size = save_model(model, args.out, {"recipe": recipe.to_json(), "base_model": base.name,
+                                        "report": [asdict(r) for r in reports]})
+    print(format_reports(reports))
+    print(f"wrote {args.out}: {size:,} bytes ({size / 1e6:.2f} MB); load it with --model {args.out}")
+
+
+def format_reports(reports) -> str:
+    """One line per layer and step: what the compression did."""
+    lines = [f"{'layer':48s} {'step':9s} {'params':>17s} {'sparsity':>8s} {'bits':>4s} {'rank':>4s} {'rel.err':>7s}"]
+    for r in reports:
+        fmt = lambda v, f: format(v, f) if v is not None else "-"
+        lines.append(f"{r.name:48s} {r.technique:9s} {r.params_before:>8,}→{r.params_after:<8,} "
+                     f"{fmt(r.sparsity, '8.2f'):>8s} {fmt(r.bits, 'd'):>4s} {fmt(r.rank, 'd'):>4s} "
+                     f"{fmt(r.rel_error, '7.3f'):>7s} {r.note}")
+    return "\n".join(lines)
+
+
 def format_result(r: dict, show_rows: bool = False) -> str:
     """A readable summary table of one evaluation."""
     low, high = r["wer_ci95"]
@@ -85,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="+", type=Path)
     _model_args(p)
     p.set_defaults(run=cmd_transcribe)
+
+    p = commands.add_parser("compress", help="apply a recipe and write the compressed model folder")
+    p.add_argument("--recipe", type=Path, required=True, help="recipe JSON (see README)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (loads back with --model OUT)")
+    p.add_argument("--model", default="whisper-tiny.en", help="the model to compress")
+    p.set_defaults(run=cmd_compress)
 
     p = commands.add_parser("evaluate", help="WER, CER, size and latency on a dataset")
     p.add_argument("--dataset", default="quick",
