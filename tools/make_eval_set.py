@@ -223,7 +223,7 @@ FULL_SENTENCES = (
 )
 
 DEMO_TEXT = "Hello, this is a short test of the speech lab."
-DEMO_VOICE = Voice("espeak-ng", "en-us")
+DEMO_VOICE = Voice("flite", "slt")  # a voice tiny.en transcribes exactly: a clean demo and latency clip
 
 # A template grammar for the `train` split: each template is a format string whose fields are
 # filled from the word lists below. It yields hundreds of thousands of distinct sentences; the

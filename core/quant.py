@@ -1,0 +1,570 @@
+"""Weight quantization: round-to-nearest (or clipped) b-bit codes with per-tensor/channel/group scales.
+
+A quantized layer keeps its weight as unsigned integer codes bit-packed into uint8 (a little-endian
+bit stream: two 4-bit codes a byte, 8 codes of b bits in b bytes), fp32 scales and, when
+asymmetric, uint8 zero points; w ~ (code - zero) * scale, with zero = 2**(b-1) when symmetric.
+Zero is always exactly representable, so pruned weights stay zero. Those buffers are the module's
+state_dict, so saving it saves the compact form. For speed the forward pass uses an fp32 weight
+dequantized once (`weight`, a non-persistent buffer), except in Int8DynamicLinear.
+
+backend="int8_dynamic" runs Linear layers as Int8DynamicLinear: int8 weights x activations
+quantized per call, on the same torch.ao kernel (`quantized::linear_dynamic`) that
+`torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)` installs. We build
+the packed weight from our own codes instead of calling quantize_dynamic, so the codes (minmax or
+mse, per channel) are what the artifact stores and a reload is bit-exact. Embedding lookups and
+convolutions stay on the fp32-dequantized path (8-bit storage).
+
+The tied embedding: Whisper's output projection `proj_out.weight` IS `embed_tokens.weight`.
+Quantizing the embedding (group "embedding") keeps the tie and stores the table once:
+  * fake backend: `proj_out` stays an nn.Linear whose `weight` becomes a non-persistent buffer
+    aliasing the QuantEmbedding's dequantized `weight` (the very same tensor object);
+  * int8_dynamic: `proj_out` (51864 x 384 in tiny.en) becomes an Int8DynamicLinear whose
+    `codes`/`scale` buffers are non-persistent aliases of the QuantEmbedding's, prepacked once.
+core.artifact records such aliases as "ties" in layout.json and restores them on load.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.layers import DEFAULT_GROUPS, GROUPS, LayerReport, compressible_layers, relative_error
+
+BITS = (2, 3, 4, 5, 6, 7, 8, 16)
+GRANULARITIES = ("tensor", "channel", "group")
+METHODS = ("minmax", "mse")
+BACKENDS = ("fake", "int8_dynamic")
+MSE_SHRINKS = tuple(1.0 - 0.05 * i for i in range(11))  # clip ranges tried by method="mse": 100%..50%
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize: bit width, scale granularity, range method, which layer groups, which kernel."""
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: str = "channel"  # "tensor", "channel" (one scale per output row) or "group"
+    group_size: int = 64  # columns per scale for "group"; a shorter last group takes the remainder
+    method: str = "minmax"  # "minmax": range = min/max; "mse": best of MSE_SHRINKS per channel/group
+    groups: tuple[str, ...] = DEFAULT_GROUPS + ("embedding",)
+    backend: str = "fake"  # "fake": fp32 dequantized forward; "int8_dynamic": int8 kernels for Linear
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or self.bits not in BITS:
+            raise ValueError(f"quantize.bits must be one of 2..8 or 16, got {self.bits!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"quantize.symmetric must be true or false, got {self.symmetric!r}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"quantize.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            raise ValueError(f"quantize.group_size must be a positive integer, got {self.group_size!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"quantize.method must be one of {list(METHODS)}, got {self.method!r}")
+        if isinstance(self.groups, str) or not all(isinstance(g, str) for g in self.groups):
+            raise ValueError(f"quantize.groups must be a list of group names from {list(GROUPS)}, got {self.groups!r}")
+        object.__setattr__(self, "groups", tuple(self.groups))
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown or not self.groups:
+            raise ValueError(f"quantize.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"quantize.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "int8_dynamic" and (self.bits != 8 or not self.symmetric or self.granularity == "group"):
+            raise ValueError("quantize.backend 'int8_dynamic' needs bits=8, symmetric=true and granularity "
+                             f"'channel' or 'tensor', got bits={self.bits}, symmetric={self.symmetric}, "
+                             f"granularity={self.granularity!r}")
+
+
+# ----------------------------------------------------------------------------- bit packing
+
+
+def packed_nbytes(count: int, bits: int) -> int:
+    """Bytes that `count` codes of `bits` bits take once packed: ceil(count * bits / 8)."""
+    return -(-count * bits // 8)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned codes (< 2**bits, any shape) into a flat uint8 tensor, little-endian: a bit stream."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"pack_bits: bits must be 1..8, got {bits}")
+    flat = codes.reshape(-1)
+    if bits == 8:
+        return flat.to(torch.uint8).clone()
+    pad = (-flat.numel()) % 8
+    chunks = F.pad(flat.to(torch.int64), (0, pad)).view(-1, 8)
+    word = torch.zeros(chunks.shape[0], dtype=torch.int64)
+    for i in range(8):
+        word |= (chunks[:, i] & ((1 << bits) - 1)) << (bits * i)
+    packed = torch.stack([(word >> (8 * j)) & 0xFF for j in range(bits)], dim=1).to(torch.uint8).reshape(-1)
+    return packed[: packed_nbytes(flat.numel(), bits)].clone()  # the cut bytes hold only padding
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of pack_bits: the first `count` codes as a flat uint8 tensor."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"unpack_bits: bits must be 1..8, got {bits}")
+    if packed.dtype != torch.uint8 or packed.numel() != packed_nbytes(count, bits):
+        raise ValueError(f"unpack_bits: {count} codes of {bits} bits need {packed_nbytes(count, bits)} "
+                         f"uint8 bytes, got {packed.numel()} {packed.dtype}")
+    if bits == 8:
+        return packed.reshape(-1).clone()
+    chunks = F.pad(packed.to(torch.int64), (0, (-packed.numel()) % bits)).view(-1, bits)
+    word = torch.zeros(chunks.shape[0], dtype=torch.int64)
+    for j in range(bits):
+        word |= chunks[:, j] << (8 * j)
+    codes = torch.stack([(word >> (bits * i)) & ((1 << bits) - 1) for i in range(8)], dim=1)
+    return codes.reshape(-1)[:count].to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- codes and scales
+
+
+def _scale_shape(rows: int, cols: int, granularity: str, group_size: int) -> tuple[int, int]:
+    if granularity == "tensor":
+        return (1, 1)
+    if granularity == "channel":
+        return (rows, 1)
+    return (rows, -(-cols // group_size))
+
+
+def _blocks(w: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
+    """View a (rows, cols) matrix as (scale rows, scale columns, values per scale); the last group is zero-padded."""
+    rows, cols = w.shape
+    if granularity == "tensor":
+        return w.reshape(1, 1, -1)
+    if granularity == "channel":
+        return w.reshape(rows, 1, cols)
+    groups = -(-cols // group_size)
+    return F.pad(w, (0, groups * group_size - cols)).reshape(rows, groups, group_size)
+
+
+def _unblock(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    return blocks.reshape(rows, -1)[:, :cols]
+
+
+def _qparams(x: torch.Tensor, bits: int, symmetric: bool, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per block; zero is always exactly representable (pruned zeros stay zero)."""
+    if symmetric:
+        scale = x.abs().amax(-1, keepdim=True) * shrink / (2 ** (bits - 1) - 1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
+    lo = x.amin(-1, keepdim=True).clamp(max=0) * shrink
+    hi = x.amax(-1, keepdim=True).clamp(min=0) * shrink
+    scale = (hi - lo) / (2**bits - 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, (-lo / scale).round().clamp(0, 2**bits - 1)
+
+
+def _round(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    return ((x / scale).round() + zero).clamp(0, 2**bits - 1)
+
+
+def quantize_tensor(weight: torch.Tensor,
+                    config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes (uint8, weight viewed as rows x cols), scales (fp32) and zero points (uint8; None if symmetric)."""
+    if config.bits == 16:
+        raise ValueError("quantize_tensor: 16 bits is stored as fp16, it has no integer codes")
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    x = _blocks(w, config.granularity, config.group_size)
+    shrinks = MSE_SHRINKS if config.method == "mse" else (1.0,)
+    best_err = best_scale = best_zero = None
+    for shrink in shrinks:
+        scale, zero = _qparams(x, config.bits, config.symmetric, shrink)
+        if len(shrinks) == 1:
+            best_scale, best_zero = scale, zero
+            break
+        err = ((_round(x, scale, zero, config.bits) - zero) * scale - x).square().sum(-1, keepdim=True)
+        if best_err is None:
+            best_err, best_scale, best_zero = err, scale, zero
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+            best_zero = torch.where(better, zero, best_zero)
+    codes = _unblock(_round(x, best_scale, best_zero, config.bits), *w.shape).to(torch.uint8)
+    zero = None if config.symmetric else best_zero.squeeze(-1).to(torch.uint8)
+    return codes, best_scale.squeeze(-1).contiguous(), zero
+
+
+def dequantize_tensor(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
+                      granularity: str, group_size: int) -> torch.Tensor:
+    """fp32 (rows, cols) weight from codes (rows, cols), scales and zero points (None: symmetric, 2**(bits-1))."""
+    rows, cols = codes.shape
+    x = _blocks(codes.float(), granularity, group_size)
+    z = torch.full_like(scale, 2 ** (bits - 1)) if zero is None else zero.float()
+    return _unblock((x - z.unsqueeze(-1)) * scale.unsqueeze(-1), rows, cols).contiguous()
+
+
+def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """The weight as the quantized model sees it (fp32, same shape)."""
+    if config.bits == 16:
+        return weight.detach().half().float()
+    codes, scale, zero = quantize_tensor(weight, config)
+    restored = dequantize_tensor(codes, scale, zero, config.bits, config.granularity, config.group_size)
+    return restored.reshape(weight.shape)
+
+
+def quantize_row(weight_row: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """One weight row before -> after quantization (a staircase), with scales computed from this row alone."""
+    return fake_quantize(weight_row.reshape(1, -1), config).reshape(weight_row.shape)
+
+
+# ----------------------------------------------------------------------------- the int8 kernel
+
+
+@contextmanager
+def quiet_torch_quantization() -> Iterator[None]:
+    """Silence torch 2.14's deprecation warnings for torch.ao / quantized tensors: the one place we use them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*quantiz.*deprecated")
+        yield
+
+
+class FbgemmInt8:
+    """int8 weight x dynamically quantized activation Linear on torch's quantized ops (what quantize_dynamic runs).
+
+    Swap `INT8_KERNEL` for another object with the same two methods to change the int8 backend.
+    """
+
+    @staticmethod
+    def pack(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        """Prepack signed int8 codes (out, in) with per-channel (out,) or per-tensor (1,) fp32 scales."""
+        with quiet_torch_quantization():
+            if scale.numel() == 1:
+                qweight = torch._make_per_tensor_quantized_tensor(codes, float(scale), 0)
+            else:
+                zeros = torch.zeros(scale.numel(), dtype=torch.long)
+                qweight = torch._make_per_channel_quantized_tensor(codes, scale.reshape(-1).double(), zeros, 0)
+            return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+
+    @staticmethod
+    def linear(x: torch.Tensor, packed) -> torch.Tensor:
+        # reduce_range=True, as torch.ao.nn.quantized.dynamic.Linear does on x86 (avoids int16 overflow)
+        return torch.ops.quantized.linear_dynamic(x.float(), packed, True).to(x.dtype)
+
+
+INT8_KERNEL = FbgemmInt8
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _refresh_after_load(module: "QuantWeight", incompatible_keys) -> None:
+    module.refresh()
+
+
+class QuantWeight(nn.Module):
+    """Base of the quantized modules: a weight stored as packed codes + scales (+ zero points), or as fp16."""
+
+    float_class: type[nn.Module] = nn.Module  # the float module kind it replaces (for group lookup)
+
+    def __init__(self, shape: tuple[int, ...], bits: int, symmetric: bool = True, granularity: str = "channel",
+                 group_size: int = 64, cache_weight: bool = True):
+        super().__init__()
+        QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size)  # validates
+        self.weight_shape = tuple(int(s) for s in shape)
+        self.bits, self.symmetric, self.granularity, self.group_size = bits, symmetric, granularity, group_size
+        rows, cols = self.weight_shape[0], math.prod(self.weight_shape[1:])
+        if bits == 16:
+            self.register_buffer("weight_fp16", torch.zeros(self.weight_shape, dtype=torch.float16))
+        else:
+            self.register_buffer("codes", torch.zeros(packed_nbytes(rows * cols, bits), dtype=torch.uint8))
+            scale_shape = _scale_shape(rows, cols, granularity, group_size)
+            self.register_buffer("scale", torch.ones(scale_shape))
+            self.register_buffer("zero", None if symmetric else torch.zeros(scale_shape, dtype=torch.uint8))
+        if cache_weight:
+            self.register_buffer("weight", torch.zeros(self.weight_shape), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    def _quant_layout(self) -> dict:
+        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
+                "group_size": self.group_size}
+
+    def _encode(self, weight: torch.Tensor, config: QuantConfig) -> None:
+        """Fill the storage buffers from a float weight."""
+        with torch.no_grad():
+            if self.bits == 16:
+                self.weight_fp16.copy_(weight.detach().reshape(self.weight_shape))
+                return
+            codes, scale, zero = quantize_tensor(weight.reshape(self.weight_shape), config)
+            self.codes.copy_(pack_bits(codes, self.bits))
+            self.scale.copy_(scale)
+            if zero is not None:
+                self.zero.copy_(zero)
+
+    def unpacked_codes(self) -> torch.Tensor:
+        """The unsigned codes as a (rows, cols) uint8 matrix."""
+        rows, cols = self.weight_shape[0], math.prod(self.weight_shape[1:])
+        return unpack_bits(self.codes, self.bits, rows * cols).reshape(rows, cols)
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 weight these codes stand for."""
+        if self.bits == 16:
+            return self.weight_fp16.float()
+        w = dequantize_tensor(self.unpacked_codes(), self.scale, self.zero, self.bits, self.granularity,
+                              self.group_size)
+        return w.reshape(self.weight_shape)
+
+    def refresh(self) -> None:
+        """Recompute the derived fp32 weight (in place, so tensors aliasing it stay valid)."""
+        if "weight" in self._buffers:
+            with torch.no_grad():
+                self.weight.copy_(self.dequantize())
+
+
+class QuantLinear(QuantWeight):
+    """nn.Linear with a quantized weight; forward uses the cached dequantized fp32 weight."""
+
+    layout_kind = "quant_linear"
+    float_class = nn.Linear
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, **quant):
+        super().__init__((out_features, in_features), **quant)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> "QuantLinear":
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, **_quant_args(config))
+        module._encode(linear.weight, config)
+        if linear.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        module.refresh()
+        return module
+
+    def layout(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None, **self._quant_layout()}
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> "QuantLinear":
+        return cls(layout["in"], layout["out"], layout["bias"], **_quant_args(layout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, {_describe(self)}"
+
+
+class QuantEmbedding(QuantWeight):
+    """nn.Embedding with a quantized table (one scale per token row for "channel")."""
+
+    layout_kind = "quant_embedding"
+    float_class = nn.Embedding
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, **quant):
+        super().__init__((num_embeddings, embedding_dim), **quant)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantEmbedding":
+        if embedding.max_norm is not None:
+            raise ValueError("quantize: embeddings with max_norm are not supported")
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, **_quant_args(config))
+        module._encode(embedding.weight, config)
+        module.refresh()
+        return module
+
+    def layout(self) -> dict:
+        return {"num": self.num_embeddings, "dim": self.embedding_dim, "padding_idx": self.padding_idx,
+                **self._quant_layout()}
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> "QuantEmbedding":
+        return cls(layout["num"], layout["dim"], layout["padding_idx"], **_quant_args(layout))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, {_describe(self)}"
+
+
+class QuantConv1d(QuantWeight):
+    """nn.Conv1d with a quantized kernel (one scale per output channel for "channel")."""
+
+    layout_kind = "quant_conv1d"
+    float_class = nn.Conv1d
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding=0,
+                 dilation: int = 1, groups: int = 1, bias: bool = True, **quant):
+        super().__init__((out_channels, in_channels // groups, kernel_size), **quant)
+        # tuples, as nn.Conv1d keeps them (Hugging Face reads conv.stride[0])
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kernel_size,)
+        self.stride, self.dilation, self.groups = (stride,), (dilation,), groups
+        self.padding = padding if isinstance(padding, str) else (padding,)
+        self.bias = nn.Parameter(torch.zeros(out_channels), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, config: QuantConfig) -> "QuantConv1d":
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"quantize: Conv1d padding_mode {conv.padding_mode!r} is not supported")
+        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+                     conv.padding if isinstance(conv.padding, str) else conv.padding[0], conv.dilation[0],
+                     conv.groups, conv.bias is not None, **_quant_args(config))
+        module._encode(conv.weight, config)
+        if conv.bias is not None:
+            module.bias.data.copy_(conv.bias.detach())
+        module.refresh()
+        return module
+
+    def layout(self) -> dict:
+        padding = self.padding if isinstance(self.padding, str) else self.padding[0]
+        return {"in": self.in_channels, "out": self.out_channels, "kernel": self.kernel_size[0],
+                "stride": self.stride[0], "padding": padding, "dilation": self.dilation[0], "groups": self.groups,
+                "bias": self.bias is not None, **self._quant_layout()}
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> "QuantConv1d":
+        return cls(layout["in"], layout["out"], layout["kernel"], layout["stride"], layout["padding"],
+                   layout["dilation"], layout["groups"], layout["bias"], **_quant_args(layout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"{_describe(self)}")
+
+
+class Int8DynamicLinear(QuantWeight):
+    """Linear on real int8 kernels: int8 weight codes x activations quantized per call (fbgemm/x86).
+
+    Same storage as an 8-bit symmetric QuantLinear (codes + scales), prepacked once for the kernel;
+    `weight` is dequantized on demand (no fp32 copy is kept).
+    """
+
+    layout_kind = "int8_dynamic_linear"
+    float_class = nn.Linear
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, granularity: str = "channel"):
+        super().__init__((out_features, in_features), bits=8, symmetric=True, granularity=granularity,
+                         cache_weight=False)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._packed = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> "Int8DynamicLinear":
+        if config.bits != 8 or not config.symmetric or config.granularity == "group":
+            raise ValueError("Int8DynamicLinear needs bits=8, symmetric=true, granularity 'channel' or 'tensor'")
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config.granularity)
+        module._encode(linear.weight, config)
+        if linear.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        module.refresh()
+        return module
+
+    @classmethod
+    def tied_to(cls, embedding: QuantEmbedding, bias: torch.Tensor | None = None) -> "Int8DynamicLinear":
+        """An output projection sharing an 8-bit symmetric QuantEmbedding's codes and scales (stored once there)."""
+        if embedding.bits != 8 or not embedding.symmetric or embedding.granularity == "group":
+            raise ValueError("Int8DynamicLinear.tied_to needs an 8-bit symmetric channel/tensor QuantEmbedding")
+        module = cls(embedding.embedding_dim, embedding.num_embeddings, bias is not None, embedding.granularity)
+        for name in ("codes", "scale"):
+            del module._buffers[name]
+            module.register_buffer(name, getattr(embedding, name), persistent=False)
+        if bias is not None:
+            module.bias.data.copy_(bias.detach())
+        module.refresh()
+        return module
+
+    def layout(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
+                "granularity": self.granularity}
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> "Int8DynamicLinear":
+        return cls(layout["in"], layout["out"], layout["bias"], layout["granularity"])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.dequantize()
+
+    def int8_codes(self) -> torch.Tensor:
+        """Signed int8 codes (out, in): stored unsigned with offset 128."""
+        return (self.unpacked_codes().to(torch.int16) - 128).to(torch.int8)
+
+    def refresh(self) -> None:
+        self._packed = INT8_KERNEL.pack(self.int8_codes(), self.scale, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return INT8_KERNEL.linear(x, self._packed)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int8 {self.granularity}"
+
+
+QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantConv1d, Int8DynamicLinear)
+
+
+def _quant_args(source: QuantConfig | dict) -> dict:
+    keys = ("bits", "symmetric", "granularity", "group_size")
+    if isinstance(source, dict):
+        return {k: source[k] for k in keys}
+    return {k: getattr(source, k) for k in keys}
+
+
+def _describe(module: QuantWeight) -> str:
+    if module.bits == 16:
+        return "fp16"
+    group = f" g{module.group_size}" if module.granularity == "group" else ""
+    return f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}"
+
+
+# ----------------------------------------------------------------------------- the verb
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _quantized(module: nn.Module, kind: str, config: QuantConfig) -> QuantWeight:
+    if kind == "embedding":
+        return QuantEmbedding.from_float(module, config)
+    if kind == "conv":
+        return QuantConv1d.from_float(module, config)
+    if config.backend == "int8_dynamic":
+        return Int8DynamicLinear.from_float(module, config)
+    return QuantLinear.from_float(module, config)
+
+
+def _tie_output(model: nn.Module, name: str, embedding: QuantEmbedding, config: QuantConfig) -> None:
+    """Keep a Linear that shared the embedding's table reading the quantized table (stored once)."""
+    linear = model.get_submodule(name)
+    if config.backend == "int8_dynamic":
+        _set_module(model, name, Int8DynamicLinear.tied_to(embedding, linear.bias))
+    else:
+        del linear.weight
+        linear.register_buffer("weight", embedding.weight, persistent=False)
+
+
+def quantize(model: nn.Module, config: QuantConfig = QuantConfig()) -> tuple[nn.Module, list[LayerReport]]:
+    """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched."""
+    model = copy.deepcopy(model)
+    reports = []
+    for info in compressible_layers(model, config.groups):
+        old = model.get_submodule(info.name)
+        tied = [name for name, m in model.named_modules()
+                if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight]
+        new = _quantized(old, info.kind, config)
+        _set_module(model, info.name, new)
+        for name in tied:
+            _tie_output(model, name, new, config)
+        note = _describe(new) + (f" {config.method}" if config.bits != 16 else "")
+        if config.backend == "int8_dynamic":
+            note += ", int8 kernel" if isinstance(new, Int8DynamicLinear) else ", dequantized fp32 forward"
+        if tied:
+            note += f"; {', '.join(tied)} shares this table"
+        reports.append(LayerReport(
+            name=info.name, group=info.group, technique="quantize", params_before=info.params,
+            params_after=info.params, bits=config.bits, rel_error=relative_error(old.weight, new.dequantize()),
+            note=note))
+    return model, reports

@@ -1,0 +1,372 @@
+"""Saving and loading compressed models: bitwise-identical round trips, compact sizes, clear errors."""
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from conftest import tiny_whisper_config
+from core.artifact import load_weights, register_layout, save_weights
+from core.quant import Int8DynamicLinear, QuantConfig, quantize
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PairLinear(nn.Module):
+    """Stand-in low-rank layer (first: in -> rank, no bias; second: rank -> out) following the layout contract."""
+
+    layout_kind = "test_pair_linear"
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        self.first = nn.Linear(in_features, rank, bias=False)
+        self.second = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+    def layout(self) -> dict:
+        return {"in": self.first.in_features, "out": self.second.out_features, "rank": self.first.out_features,
+                "bias": self.second.bias is not None}
+
+    @classmethod
+    def from_layout(cls, layout: dict) -> "PairLinear":
+        return cls(layout["in"], layout["out"], layout["rank"], layout["bias"])
+
+
+register_layout(PairLinear)
+
+
+def low_rank_classes():
+    """The stand-in, plus core.lowrank.LowRankLinear once that module exists."""
+    try:
+        from core.lowrank import LowRankLinear
+    except ImportError:
+        return [PairLinear]
+    return [PairLinear, LowRankLinear]
+
+
+def make_low_rank(cls, linear: nn.Linear, rank: int) -> nn.Module:
+    """A low-rank pair of class `cls` holding the rank-r SVD of `linear`."""
+    bias = linear.bias is not None
+    for build in (lambda: cls(linear.in_features, linear.out_features, rank, bias=bias),
+                  lambda: cls.from_layout({"in": linear.in_features, "out": linear.out_features, "rank": rank,
+                                           "bias": bias})):
+        try:
+            module = build()
+            break
+        except (TypeError, KeyError):
+            continue
+    else:
+        pytest.fail(f"cannot construct {cls.__name__}: adapt make_low_rank to its constructor")
+    u, s, vh = torch.linalg.svd(linear.weight.detach(), full_matrices=False)
+    with torch.no_grad():
+        module.first.weight.copy_(s[:rank, None] * vh[:rank])
+        module.second.weight.copy_(u[:, :rank])
+        if bias:
+            module.second.bias.copy_(linear.bias)
+    return module
+
+
+def short_whisper(seed: int = 0, **sizes) -> nn.Module:
+    """tiny_whisper's architecture with a 100-frame window, so a forward pass takes milliseconds."""
+    from transformers import WhisperForConditionalGeneration
+
+    config = tiny_whisper_config(**sizes)
+    config.max_source_positions = 50
+    torch.manual_seed(seed)
+    return WhisperForConditionalGeneration(config).eval()
+
+
+def logits(model):
+    frames = model.config.max_source_positions * 2
+    features = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(1))
+    ids = torch.tensor([[model.config.vocab_size - 3, 3, 17, 42, 99]])
+    with torch.inference_mode():
+        return model(input_features=features, decoder_input_ids=ids).logits
+
+
+def fresh_skeleton(model: nn.Module, seed: int = 123) -> nn.Module:
+    torch.manual_seed(seed)
+    return type(model)(model.config).eval()
+
+
+def round_trip(model: nn.Module, folder) -> tuple[nn.Module, dict, dict]:
+    sizes = save_weights(model, folder)
+    layout = json.loads((folder / "layout.json").read_text())
+    return load_weights(fresh_skeleton(model), folder), sizes, layout
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.is_floating_point():
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        return a.dtype == b.dtype and torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))
+    return torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- on tiny_whisper
+
+
+def test_plain_model_round_trip(tiny_whisper, tmp_path):
+    loaded, sizes, layout = round_trip(tiny_whisper, tmp_path)
+    assert torch.equal(logits(loaded), logits(tiny_whisper))
+    assert layout["modules"] == {}
+    assert all(k.endswith("fc1.bias") for k in layout["sparse"])  # random init leaves biases at exactly 0
+    assert layout["ties"] == {"proj_out.weight": "model.decoder.embed_tokens.weight"}
+    assert "proj_out.weight" not in load_file(str(tmp_path / "model.safetensors"))  # stored once
+    assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
+    assert sizes["total"] == sum(sizes["files"].values())
+    assert sum(sizes["groups"].values()) + sizes["overhead"] == sizes["total"]
+    assert sizes["groups"]["embedding"] == 120 * 32 * 4
+
+
+def test_four_bit_model_round_trip(tiny_whisper, tmp_path):
+    quantized, _ = quantize(tiny_whisper, QuantConfig(bits=4, granularity="group", group_size=24))
+    loaded, sizes, layout = round_trip(quantized, tmp_path)
+    assert torch.equal(logits(loaded), logits(quantized))
+    assert layout["modules"]["model.decoder.embed_tokens"]["kind"] == "quant_embedding"
+    assert layout["modules"]["model.encoder.layers.0.fc1"] == {
+        "kind": "quant_linear", "in": 32, "out": 128, "bias": True, "bits": 4, "symmetric": True,
+        "granularity": "group", "group_size": 24}
+    assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
+    plain = save_weights(tiny_whisper, tmp_path / "plain")
+    assert sizes["groups"]["encoder.ffn"] < 0.3 * plain["groups"]["encoder.ffn"]
+    assert set(sizes["kinds"]) >= {"quant_linear", "quant_embedding"} and "linear" not in sizes["kinds"]
+
+
+def test_int8_dynamic_round_trip(tiny_whisper, tmp_path):
+    quantized, _ = quantize(tiny_whisper, QuantConfig(backend="int8_dynamic"))
+    loaded, _, layout = round_trip(quantized, tmp_path)
+    assert torch.equal(logits(loaded), logits(quantized))
+    assert isinstance(loaded.proj_out, Int8DynamicLinear)
+    assert loaded.proj_out.codes is loaded.model.decoder.embed_tokens.codes
+    assert layout["ties"] == {"proj_out.codes": "model.decoder.embed_tokens.codes",
+                              "proj_out.scale": "model.decoder.embed_tokens.scale"}
+
+
+def test_zeroed_weights_are_stored_sparse(tiny_whisper, tmp_path):
+    pruned = copy.deepcopy(tiny_whisper)
+    with torch.no_grad():
+        for name, module in pruned.named_modules():
+            if isinstance(module, nn.Linear) and "layers" in name:
+                weight = module.weight
+                weight[weight.abs() < weight.abs().flatten().quantile(0.75)] = 0.0
+        pruned.model.encoder.layers[0].fc1.weight[0, :4] = -0.0  # kept bit-exact (stays in the values)
+    dense = save_weights(tiny_whisper, tmp_path / "dense")
+    loaded, sizes, layout = round_trip(pruned, tmp_path / "sparse")
+    assert "model.encoder.layers.0.fc1.weight" in layout["sparse"] and sizes["sparse_tensors"] >= 32
+    assert "model.encoder.conv1.weight" not in layout["sparse"]  # dense where sparse would not pay
+    assert sizes["total"] < 0.8 * dense["total"]
+    assert sizes["groups"]["encoder.ffn"] < 0.5 * dense["groups"]["encoder.ffn"]
+    assert all(bits_equal(loaded.state_dict()[k], v) for k, v in pruned.state_dict().items())
+    assert torch.equal(logits(loaded), logits(pruned))
+
+
+@pytest.mark.parametrize("cls", low_rank_classes())
+def test_low_rank_modules_round_trip(tiny_whisper, tmp_path, cls):
+    model = copy.deepcopy(tiny_whisper)
+    for layer in model.model.encoder.layers:
+        layer.fc1 = make_low_rank(cls, layer.fc1, rank=8)
+    attention = model.model.decoder.layers[1].self_attn
+    attention.q_proj = make_low_rank(cls, attention.q_proj, rank=4)
+    loaded, _, layout = round_trip(model, tmp_path / "plain")
+    assert type(loaded.model.encoder.layers[1].fc1) is cls
+    assert layout["modules"]["model.encoder.layers.0.fc1"]["kind"] == cls.layout_kind
+    assert torch.equal(logits(loaded), logits(model))
+    # quantizing after factorizing: the inner Linears become QuantLinears inside the pair
+    quantized, reports = quantize(model, QuantConfig(bits=4))
+    assert "model.encoder.layers.0.fc1.first" in [r.name for r in reports]
+    loaded, _, layout = round_trip(quantized, tmp_path / "quantized")
+    assert layout["modules"]["model.encoder.layers.0.fc1.second"]["kind"] == "quant_linear"
+    assert torch.equal(logits(loaded), logits(quantized))
+
+
+# ----------------------------------------------------------------------------- every quantization variant
+
+
+@pytest.mark.parametrize("config", [
+    QuantConfig(bits=8),
+    QuantConfig(bits=4),
+    QuantConfig(bits=4, granularity="group", group_size=24),
+    QuantConfig(bits=3, granularity="tensor"),
+    QuantConfig(bits=2, symmetric=False),
+    QuantConfig(bits=3, symmetric=False, granularity="group", group_size=20, method="mse"),
+    QuantConfig(bits=5, groups=("conv", "embedding", "decoder.ffn")),
+    QuantConfig(bits=16),
+    QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
+], ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}")
+def test_quantized_round_trip_is_bitwise(tiny_whisper, config, tmp_path):
+    quantized, _ = quantize(tiny_whisper, config)
+    loaded, _, _ = round_trip(quantized, tmp_path)
+    assert torch.equal(logits(loaded), logits(quantized))
+    state = loaded.state_dict()
+    assert all(bits_equal(state[k], v) for k, v in quantized.state_dict().items())
+
+
+def test_meta_device_skeleton_like_models_py(tiny_whisper, tmp_path):
+    """core.models builds the skeleton on the meta device, then to_empty (ties broken, memory garbage)."""
+    from transformers import WhisperForConditionalGeneration
+
+    quantized, _ = quantize(tiny_whisper, QuantConfig(bits=4, symmetric=False))
+    save_weights(quantized, tmp_path)
+    with torch.device("meta"):
+        skeleton = WhisperForConditionalGeneration(quantized.config)
+    loaded = load_weights(skeleton.to_empty(device="cpu").eval(), tmp_path)
+    assert torch.equal(logits(loaded), logits(quantized))
+    assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
+
+
+def test_structurally_pruned_shapes_round_trip(tmp_path):
+    model = short_whisper()
+    layer = model.model.encoder.layers[0]
+    with torch.no_grad():
+        fc1, fc2 = layer.fc1, layer.fc2
+        layer.fc1 = nn.Linear(32, 100)
+        layer.fc1.weight.copy_(fc1.weight[:100]), layer.fc1.bias.copy_(fc1.bias[:100])
+        layer.fc2 = nn.Linear(100, 32)
+        layer.fc2.weight.copy_(fc2.weight[:, :100]), layer.fc2.bias.copy_(fc2.bias)
+        attn = layer.self_attn  # keep 2 of 4 heads (head_dim 8)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            old = getattr(attn, name)
+            new = nn.Linear(32, 16, bias=old.bias is not None)
+            new.weight.copy_(old.weight[:16])
+            if old.bias is not None:
+                new.bias.copy_(old.bias[:16])
+            setattr(attn, name, new)
+        out = nn.Linear(16, 32)
+        out.weight.copy_(attn.out_proj.weight[:, :16]), out.bias.copy_(attn.out_proj.bias)
+        attn.out_proj = out
+    attn.num_heads = 2
+    attn.layout_attrs = {"num_heads": 2}
+    loaded, _, layout = round_trip(model, tmp_path)
+    assert layout["modules"]["model.encoder.layers.0.fc1"] == {"kind": "linear", "in": 32, "out": 100, "bias": True}
+    assert layout["modules"]["model.encoder.layers.0.self_attn.k_proj"] == {"kind": "linear", "in": 32, "out": 16,
+                                                                            "bias": False}
+    assert len(layout["modules"]) == 6 and layout["attrs"] == {"model.encoder.layers.0.self_attn": {"num_heads": 2}}
+    assert loaded.model.encoder.layers[0].self_attn.num_heads == 2
+    assert torch.equal(logits(loaded), logits(model))
+
+
+def test_four_bit_artifact_is_under_a_fifth_of_fp32(tmp_path):
+    model = short_whisper(vocab_size=512, d_model=64)
+    model.config.max_source_positions = 16
+    model.model.encoder.embed_positions = nn.Embedding(16, 64)  # quantized layers dominate the parameters
+    fp32 = save_weights(model, tmp_path / "fp32")
+    quantized, _ = quantize(model, QuantConfig(bits=4, groups=("encoder.attention", "encoder.ffn", "decoder.attention",
+                                                               "decoder.ffn", "embedding", "conv")))
+    four = save_weights(quantized, tmp_path / "int4")
+    assert four["total"] < 0.2 * fp32["total"], (four, fp32)
+
+
+def test_save_leaves_the_model_untouched(tmp_path):
+    quantized, _ = quantize(short_whisper(), QuantConfig(backend="int8_dynamic"))
+    before = logits(quantized)
+    save_weights(quantized, tmp_path)
+    assert torch.equal(logits(quantized), before)
+    assert quantized.proj_out.codes is quantized.model.decoder.embed_tokens.codes
+
+
+# ----------------------------------------------------------------------------- broken folders
+
+
+@pytest.fixture
+def saved(tmp_path):
+    quantized, _ = quantize(short_whisper(), QuantConfig(bits=4))
+    save_weights(quantized, tmp_path)
+    return tmp_path
+
+
+def edit_layout(folder, change):
+    layout = json.loads((folder / "layout.json").read_text())
+    change(layout)
+    (folder / "layout.json").write_text(json.dumps(layout))
+
+
+def test_missing_files(saved):
+    (saved / "layout.json").unlink()
+    with pytest.raises(ValueError, match="needs model.safetensors and layout.json"):
+        load_weights(short_whisper(), saved)
+    with pytest.raises(ValueError, match="is not a saved model"):
+        load_weights(short_whisper(), saved / "nowhere")
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda f: (f / "layout.json").write_text("{not json"), "not valid JSON"),
+    (lambda f: (f / "layout.json").write_text("[]"), "is not a speech-lab-layout file"),
+    (lambda f: edit_layout(f, lambda d: d.update(version=99)), "version 99"),
+    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(kind="sparkle")),
+     "unknown kind 'sparkle'"),
+    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].pop("bits")), "lacks 'bits'"),
+    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(bits=11)), "bad layout"),
+    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(out=99)),
+     "wrong shape/dtype.*fc1"),
+    (lambda f: edit_layout(f, lambda d: d["modules"].update({"model.nothing.here": {"kind": "linear", "in": 1,
+                                                                                    "out": 1, "bias": False}})),
+     "does not exist"),
+    (lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": "model.no.weight"})), "tie source"),
+    (lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": 3})), "'ties' must map"),
+    (lambda f: edit_layout(f, lambda d: d["attrs"].update({"model.encoder": {"forward": 1}})),
+     "only set existing plain attributes"),
+    (lambda f: edit_layout(f, lambda d: d["sparse"].update({"model.encoder.conv1.weight": [32, 80, 3]})),
+     "missing its mask"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+     "not a readable safetensors file"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "not a readable safetensors file"),
+])
+def test_broken_folders_raise_value_error(saved, break_it, message):
+    break_it(saved)
+    with pytest.raises(ValueError, match=message):
+        load_weights(short_whisper(), saved)
+
+
+def test_weights_of_another_model_are_refused(saved, tmp_path):
+    save_weights(short_whisper(), tmp_path / "plain")
+    (saved / "model.safetensors").write_bytes((tmp_path / "plain" / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="does not match layout.json.*missing"):
+        load_weights(short_whisper(), saved)
+
+
+def test_corrupt_sparse_entry(tmp_path):
+    model = short_whisper()
+    with torch.no_grad():
+        model.model.encoder.layers[0].fc1.weight[:, 4:] = 0
+    save_weights(model, tmp_path)
+    edit_layout(tmp_path, lambda d: d["sparse"].update({"model.encoder.layers.0.fc1.weight": [128, 16]}))
+    with pytest.raises(ValueError, match="sparse tensor model.encoder.layers.0.fc1.weight"):
+        load_weights(short_whisper(), tmp_path)
+
+
+def test_unregistered_replacement_cannot_be_saved(tmp_path):
+    class Mystery(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = short_whisper()
+    model.model.encoder.layers[0].fc2 = Mystery()
+    with pytest.raises(ValueError, match="Mystery.*has no layout"):
+        save_weights(model, tmp_path)
+
+
+def test_register_layout_checks_the_contract():
+    class NoLayout(nn.Module):
+        layout_kind = "test_no_layout"
+
+    with pytest.raises(ValueError, match="needs a str layout_kind"):
+        register_layout(NoLayout)
+
+    class Clash(PairLinear):
+        layout_kind = "quant_linear"
+
+    with pytest.raises(ValueError, match="already taken"):
+        register_layout(Clash)
+    with pytest.raises(ValueError, match="already taken"):
+        register_layout(type("Linearish", (PairLinear,), {"layout_kind": "linear"}))
