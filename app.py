@@ -8,5 +8,6 @@ PAGES = Path(__file__).resolve().parent / "pages"
 st.set_page_config(page_title="Speech Compression Lab", page_icon="🎙️", layout="wide")
 navigation = st.navigation([
     st.Page(PAGES / "home.py", title="Home", icon="🏠", default=True),
+    st.Page(PAGES / "compress.py", title="Compress", icon="🗜️"),
 ])
 navigation.run()

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
 from core.evaluate import load_waves, model_size_bytes  # noqa: E402
+from core.layers import linear_macs  # noqa: E402
 from core.metrics import score  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.recipe import Recipe  # noqa: E402
@@ -40,17 +41,6 @@ RECIPES = {
 }
 
 
-def linear_flops(module: torch.nn.Module) -> int:
-    """Multiply-accumulates of every Linear weight per input row: the theoretical cost of the layers."""
-    total = 0
-    for m in module.modules():
-        weight = getattr(m, "weight", None)
-        if isinstance(m, torch.nn.Linear) or (callable(weight) and hasattr(m, "_packed_params")):
-            w = m.weight() if callable(weight) else weight
-            total += int((w != 0).sum()) if w.dtype.is_floating_point else w.numel()
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="full")
@@ -66,7 +56,7 @@ def main() -> None:
     print(f"{dataset.name}: {len(waves)} clips (timing {args.clips}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'recipe':50s} {'WER %':>6s} {'MB':>6s} {'ms/clip':>8s} {'speed-up':>8s} {'dense-FLOP ratio':>16s}")
-    rows, base_ms, base_flops = [], None, linear_flops(base.module)
+    rows, base_ms, base_flops = [], None, linear_macs(base.module)
     for label, spec in RECIPES.items():
         recipe = Recipe.from_json(spec)
         model = base.with_module(recipe.apply(base.module)[0]) if spec["steps"] else base
@@ -80,7 +70,7 @@ def main() -> None:
         wer = score(refs, hyps).wer
         median = statistics.median(times)
         base_ms = base_ms or median
-        theory = base_flops / max(linear_flops(model.module), 1)
+        theory = base_flops / max(linear_macs(model.module), 1)
         size = model_size_bytes(model)
         rows.append({"recipe": label, "spec": spec, "wer": wer, "size_bytes": size, "median_ms": median,
                      "speedup": base_ms / median, "theoretical_speedup": theory})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 GROUPS = (
@@ -84,3 +85,22 @@ def relative_error(before, after) -> float:
     """Frobenius-norm relative error between two weight tensors (0 means identical)."""
     denom = before.float().norm().item()
     return (before.float() - after.float()).norm().item() / denom if denom else 0.0
+
+
+def linear_macs(model: nn.Module, decoder_tokens: int = 20, encoder_frames: int = 1500) -> int:
+    """Multiply-adds of the Linear layers for one Whisper window; zeros of float layers are skipped.
+
+    Encoder layers (and the decoder's cross-attention keys/values) see `encoder_frames` positions,
+    the rest of the decoder `decoder_tokens`. This is the theoretical cost that pruning and
+    factorization reduce; quantized layers count in full (an integer kernel multiplies every code,
+    zero or not). Set beside measured latency it shows which savings this CPU turns into speed.
+    """
+    from core.quant import Int8DynamicLinear, QuantLinear  # quant builds on this module
+
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, QuantLinear, Int8DynamicLinear)):
+            over_audio = ".encoder." in f".{name}" or "encoder_attn.k_proj" in name or "encoder_attn.v_proj" in name
+            weights = torch.count_nonzero(module.weight) if isinstance(module, nn.Linear) else module.weight.numel()
+            total += int(weights) * (encoder_frames if over_audio else decoder_tokens)
+    return total

@@ -1,7 +1,12 @@
-"""What every page shares: the cached base model and cached evaluations. Thin wrappers over `core`."""
+"""What every page shares: cached models, datasets and measured points. Thin wrappers over `core`."""
 from __future__ import annotations
 
+import io
+import json
 import os
+import tempfile
+import zipfile
+from pathlib import Path
 
 import streamlit as st
 
@@ -10,7 +15,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from core.data import load_dataset  # noqa: E402
 from core.evaluate import evaluate, load_waves  # noqa: E402
-from core.models import DEFAULT_MODEL, SpeechModel, load_model  # noqa: E402
+from core.metrics import word_diff  # noqa: E402
+from core.models import DEFAULT_MODEL, SpeechModel, load_model, save_model  # noqa: E402
+from core.recipe import Recipe  # noqa: E402
+from core.store import Point, Store  # noqa: E402
+from core.sweep import SweepSettings, run_sweep  # noqa: E402
+
+LIVE = SweepSettings()  # packed windows, 2 latency runs: the same for every point the pages compare
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -26,11 +37,76 @@ def dataset_waves(name: str):
     return dataset, load_waves(dataset)
 
 
+@st.cache_resource(show_spinner=False)
+def results_store() -> Store:
+    """The results store shared by all pages and sessions (SQLite in the user's data folder)."""
+    return Store(os.environ.get("SPEECH_LAB_STORE") or None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def encoder_cache() -> dict:
+    """Encoder outputs reused across points whose encoder weights are unchanged (exact reuse)."""
+    return {}
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def baseline_result(model_name: str, dataset_name: str) -> dict:
-    """Baseline WER/size/latency of an uncompressed model (a pure result, cached by its inputs)."""
+    """Baseline of an uncompressed model, measured like `python -m core evaluate` (one clip per window)."""
     dataset, waves = dataset_waves(dataset_name)
     return evaluate(base_model(model_name), dataset, waves=waves).to_dict()
+
+
+def measure(model_name: str, recipe: Recipe, dataset_name: str = "quick") -> Point:
+    """One point from the results store, or measured now and stored (every point joins the Pareto store)."""
+    dataset, waves = dataset_waves(dataset_name)
+    return next(run_sweep(base_model(model_name), dataset, [recipe], results_store(), LIVE,
+                          waves=waves, encoder_cache=encoder_cache()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def compressed_model(model_name: str, recipe_json: str) -> tuple[SpeechModel, list]:
+    """The base model with a recipe applied, and the per-layer report (few kept: they are large)."""
+    recipe = Recipe.from_json(json.loads(recipe_json))
+    base = base_model(model_name)
+    if recipe.is_empty:
+        return base, []
+    module, reports = recipe.apply(base.module)
+    return base.with_module(module, name=f"{base.name} + {recipe.describe()}"), reports
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def artifact_zip(model_name: str, recipe_json: str) -> bytes:
+    """The compressed model folder (as `python -m core compress` writes it), zipped for download."""
+    model, _ = compressed_model(model_name, recipe_json)
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(model, folder, {"recipe": json.loads(recipe_json), "base_model": model_name})
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted(Path(folder).iterdir()):
+                archive.write(path, f"compressed-model/{path.name}")
+    return buffer.getvalue()
+
+
+def diff_html(reference: str, hypothesis: str) -> str:
+    """Hypothesis words with substitutions, deletions and insertions highlighted (colour-blind safe)."""
+    styles = {"substitute": "background:#ffd8a8;color:#000", "delete": "background:#d0bfff;color:#000;"
+              "text-decoration:line-through", "insert": "background:#a5d8ff;color:#000"}
+    parts = []
+    for op, ref, hyp in word_diff(reference, hypothesis):
+        if op == "equal":
+            parts.append(hyp)
+        elif op == "substitute":
+            parts.append(f'<span style="{styles[op]}" title="was: {ref}">{hyp}</span>')
+        elif op == "delete":
+            parts.append(f'<span style="{styles[op]}" title="missing">{ref}</span>')
+        else:
+            parts.append(f'<span style="{styles[op]}" title="inserted">{hyp}</span>')
+    return " ".join(parts)
+
+
+DIFF_LEGEND = ('<span style="background:#ffd8a8;color:#000">substituted</span> · '
+               '<span style="background:#d0bfff;color:#000;text-decoration:line-through">deleted</span> · '
+               '<span style="background:#a5d8ff;color:#000">inserted</span>')
 
 
 def chosen_model_name() -> str:

@@ -40,7 +40,7 @@ cols[3].metric("Latency", f"{result['latency_ms']:.0f} ms",
 with st.expander("Per-utterance transcripts"):
     st.dataframe(
         [{"id": r["id"], "reference": r["reference"], "hypothesis": r["hypothesis"], "WER": round(100 * r["wer"], 1)}
-         for r in result["rows"]], use_container_width=True, hide_index=True)
+         for r in result["rows"]], width="stretch", hide_index=True)
 
 st.subheader("Reproduce it from the command line")
 st.code(f"python -m core evaluate --model {st.session_state['model_name']} --dataset quick --json result.json",
