@@ -161,6 +161,9 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
     if path.is_dir():
         if (path / META_FILE).exists():
             return _load_ours(path, name)
+        if not (path / "config.json").exists():
+            raise ValueError(f"folder {name} has no config.json: it is neither a Hugging Face model folder "
+                             "nor a model exported by this lab")
         return _load_hf(str(path), name)
     if path.exists():
         raise ValueError(f"{name} is a file; give a model folder, a Hugging Face id or '{DEFAULT_MODEL}'")

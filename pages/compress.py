@@ -22,16 +22,21 @@ def recipe_from_widgets() -> dict:
     steps = []
     with st.expander("✂️ Pruning", expanded=True):
         if st.toggle("Prune weights", key="prune_on"):
-            by = st.radio("Prune by", ["sparsity", "threshold"], horizontal=True, key="prune_by",
-                          help="Sparsity: the fraction of weights removed. Threshold: remove every weight "
-                               "whose magnitude is below it (in weight units).")
             structure = st.selectbox("Structure", ["unstructured", "neurons", "heads"], key="prune_structure",
                                      help="Unstructured zeroes single weights (smaller files, no speed-up on a CPU). "
                                           "Neurons/heads remove whole feed-forward neurons or attention heads: "
                                           "the model really gets smaller and faster.")
-            config = {"structure": structure} if structure != "unstructured" else {}
+            config = {}
+            if structure == "unstructured":
+                by = st.radio("Prune by", ["sparsity", "threshold"], horizontal=True, key="prune_by",
+                              help="Sparsity: the fraction of weights removed. Threshold: remove every weight "
+                                   "whose magnitude is below it (in weight units).")
+            else:
+                by, config["structure"] = "sparsity", structure
             if by == "sparsity":
-                config["sparsity"] = st.slider("Sparsity", 0.0, 0.95, 0.3, 0.05, key="prune_sparsity")
+                unit = {"unstructured": "weights", "neurons": "feed-forward neurons", "heads": "attention heads"}
+                config["sparsity"] = st.slider(f"Fraction of {unit[structure]} removed", 0.0, 0.95, 0.3, 0.05,
+                                               key="prune_sparsity")
             else:
                 config["threshold"] = st.slider("Threshold |w| <", 0.0, 0.2, 0.02, 0.005, format="%.3f",
                                                 key="prune_threshold")
@@ -39,8 +44,10 @@ def recipe_from_widgets() -> dict:
                 config["scope"] = st.radio("Scope", ["layer", "global"], horizontal=True, key="prune_scope",
                                            help="Layer: every layer loses the same fraction. Global: one ranking "
                                                 "over all selected layers.")
-            groups = st.multiselect("Parts", GROUP_CHOICES, list(DEFAULT_GROUPS), key="prune_groups")
-            config["groups"] = groups
+                config["groups"] = st.multiselect("Parts", GROUP_CHOICES, list(DEFAULT_GROUPS), key="prune_groups")
+            else:
+                parts = [g for g in DEFAULT_GROUPS if g.endswith("ffn" if structure == "neurons" else "attention")]
+                config["groups"] = st.multiselect("Parts", parts, parts, key=f"prune_groups_{structure}")
             steps.append({"prune": config})
     with st.expander("📉 Low-rank (SVD)", expanded=False):
         if st.toggle("Factorize Linear layers", key="lowrank_on"):

@@ -1,6 +1,7 @@
 """Home: what the lab does, which model is loaded, and its baseline numbers."""
 import streamlit as st
 
+from core.models import DEFAULT_MODEL
 from pages.common import base_model, baseline_result, chosen_model_name
 
 st.title("🎙️ Speech Compression Lab")
@@ -11,21 +12,29 @@ st.markdown(
     "Everything runs on your machine, offline; the default model is OpenAI's Whisper tiny.en."
 )
 
-name = st.text_input(
-    "Model", value=chosen_model_name(),
+
+def remember_model() -> None:
+    """Keep the typed model as the session's choice (read by every page)."""
+    st.session_state["model_name"] = st.session_state["model_input"].strip() or DEFAULT_MODEL
+
+
+if "model_input" not in st.session_state:  # a widget's state is dropped when its page is left
+    st.session_state["model_input"] = chosen_model_name()
+st.text_input(
+    "Model", key="model_input", on_change=remember_model,
     help="'whisper-tiny.en' (bundled), a local model folder, an exported compressed artifact, "
          "or a Hugging Face id you have downloaded before.")
-st.session_state["model_name"] = name.strip() or "whisper-tiny.en"
+name = chosen_model_name()
 
 try:
-    with st.spinner(f"Loading {st.session_state['model_name']} …"):
-        model = base_model(st.session_state["model_name"])
+    with st.spinner(f"Loading {name} …"):
+        model = base_model(name)
 except ValueError as exc:
     st.error(f"Could not load the model: {exc}")
     st.stop()
 
-with st.spinner("Measuring the baseline on the `quick` set (about 15 s the first time) …"):
-    result = baseline_result(st.session_state["model_name"], "quick")
+with st.spinner("Measuring the baseline on the `quick` set (a minute or less the first time) …"):
+    result = baseline_result(name, "quick")
 
 cols = st.columns(4)
 cols[0].metric("WER on quick", f"{100 * result['wer']:.1f}%",
@@ -43,6 +52,6 @@ with st.expander("Per-utterance transcripts"):
          for r in result["rows"]], width="stretch", hide_index=True)
 
 st.subheader("Reproduce it from the command line")
-st.code(f"python -m core evaluate --model {st.session_state['model_name']} --dataset quick --json result.json",
+st.code(f"python -m core evaluate --model {name} --dataset quick --json result.json",
         language="bash")
 st.caption(f"Model: {model.name} · {model.kind} · {len(model.layers())} compressible layers")

@@ -1,0 +1,89 @@
+"""The Home page, run headless through Streamlit's AppTest (no browser; see test_browser.py for that).
+
+`app.py` builds its pages with `st.navigation`; AppTest runs the entry script and renders the default
+page, which is Home. The first run loads the bundled Whisper tiny.en and measures the baseline on the
+`quick` set (tens of seconds on a small CPU); the models and results are cached per process
+(`st.cache_resource` / `st.cache_data`), so later AppTests in this module reuse them.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TIMEOUT = 300  # seconds for one script run: the first one measures the baseline
+QUICK_UTTERANCES = 16
+BAD_MODEL = "/no/such/speech-model"
+
+
+def new_app() -> AppTest:
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def exceptions(at: AppTest) -> list[str]:
+    return [f"{e.message}\n{''.join(e.stack_trace)}" for e in at.exception]
+
+
+@pytest.fixture(scope="module")
+def home() -> AppTest:
+    """Home, after its first full run (model loaded, baseline measured)."""
+    return new_app().run(timeout=TIMEOUT)
+
+
+def test_home_renders_without_exception(home):
+    assert not exceptions(home), exceptions(home)
+    assert not [e.value for e in home.error]
+    assert home.title[0].value.endswith("Speech Compression Lab")
+
+
+def test_home_metric_cards(home):
+    metrics = {m.label: m.value for m in home.metric}
+    assert list(metrics) == ["WER on quick", "Size", "Parameters", "Latency"]
+    assert re.fullmatch(r"\d{1,3}\.\d%", metrics["WER on quick"]), metrics
+    assert re.fullmatch(r"\d+\.\d MB", metrics["Size"]), metrics
+    assert re.fullmatch(r"\d+\.\d M", metrics["Parameters"]), metrics
+    assert re.fullmatch(r"\d+ ms", metrics["Latency"]), metrics
+    # Whisper tiny.en: ~37.8 M parameters; as float32 safetensors ~150 MB; WER on clean read speech is low.
+    assert 30 < float(metrics["Parameters"][:-2]) < 45
+    assert 100 < float(metrics["Size"][:-3]) < 200
+    assert float(metrics["WER on quick"][:-1]) < 50
+    assert int(metrics["Latency"][:-3]) > 0
+
+
+def test_home_per_utterance_table(home):
+    assert len(home.dataframe) == 1
+    table = home.dataframe[0].value
+    assert len(table) == QUICK_UTTERANCES
+    assert list(table.columns) == ["id", "reference", "hypothesis", "WER"]
+    assert table["id"].is_unique
+    assert table["reference"].str.len().gt(0).all()
+
+
+def test_home_command_line_and_caption(home):
+    assert "python -m core evaluate --model whisper-tiny.en --dataset quick" in home.code[0].value
+    assert home.caption[-1].value.startswith("Model: whisper-tiny.en")
+
+
+def test_nonexistent_model_path_shows_clear_error(home):
+    at = new_app().run(timeout=TIMEOUT)  # cached by `home`: fast
+    assert [m.label for m in at.metric], "Home should show its metrics before the model is changed"
+    model_input = next(t for t in at.text_input if t.label == "Model")
+    model_input.input(BAD_MODEL).run(timeout=TIMEOUT)
+    assert not exceptions(at), exceptions(at)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("Could not load the model") and BAD_MODEL in errors[0], errors
+    assert not at.metric and not at.dataframe, "nothing should be measured for a model that failed to load"
+
+
+def test_model_input_recovers_after_a_bad_path(home):
+    at = new_app().run(timeout=TIMEOUT)
+    next(t for t in at.text_input if t.label == "Model").input(BAD_MODEL).run(timeout=TIMEOUT)
+    assert [e.value for e in at.error]
+    next(t for t in at.text_input if t.label == "Model").input("whisper-tiny.en").run(timeout=TIMEOUT)
+    assert not exceptions(at), exceptions(at)
+    assert not [e.value for e in at.error], "typing the bundled model back in should clear the error"
+    assert [m.label for m in at.metric] == ["WER on quick", "Size", "Parameters", "Latency"]

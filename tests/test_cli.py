@@ -1,0 +1,72 @@
+"""The command line end to end on the real bundled model: compress → reload → same transcripts; evaluate."""
+import json
+
+import pytest
+
+from core.__main__ import main
+from core.audio import load_audio
+from core.data import load_dataset
+from core.models import load_model
+from core.recipe import Recipe
+
+RECIPE = {"steps": [
+    {"prune": {"sparsity": 0.2, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
+    {"low_rank": {"energy": 0.98, "groups": ["decoder.ffn"]}},
+    {"quantize": {"bits": 4, "granularity": "group", "group_size": 64}},
+]}
+
+
+@pytest.fixture(scope="module")
+def clips():
+    dataset = load_dataset("quick")
+    return [load_audio(u.path) for u in dataset.utterances[:3]]
+
+
+def test_compress_export_reload_gives_identical_transcripts(tmp_path, clips, capsys):
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(RECIPE))
+    assert main(["compress", "--recipe", str(recipe_file), "--out", str(tmp_path / "small")]) == 0
+    assert "wrote" in capsys.readouterr().out
+
+    base = load_model()
+    in_memory = base.with_module(Recipe.from_json(RECIPE).apply(base.module)[0])
+    reloaded = load_model(tmp_path / "small")
+    assert reloaded.transcribe(clips) == in_memory.transcribe(clips)
+
+    size = sum(f.stat().st_size for f in (tmp_path / "small").iterdir())
+    assert size < 151_060_302 / 5  # fp32 safetensors of tiny.en: 151 MB
+    meta = json.loads((tmp_path / "small" / "speech_lab.json").read_text())
+    assert meta["recipe"] == RECIPE and meta["report"]
+
+
+def test_evaluate_with_recipe_writes_json(tmp_path, capsys):
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps({"steps": [{"quantize": {"bits": 8}}]}))
+    manifest = tmp_path / "two.csv"
+    quick = load_dataset("quick").utterances[:2]
+    manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
+    out = tmp_path / "result.json"
+    assert main(["evaluate", "--dataset", str(manifest), "--recipe", str(recipe_file), "--json", str(out),
+                 "--latency-runs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "WER" in printed and "latency" in printed
+    result = json.loads(out.read_text())
+    for key in ("wer", "cer", "n_utterances", "size_bytes", "latency_ms", "rows"):
+        assert key in result
+    assert result["n_utterances"] == 2 and len(result["rows"]) == 2
+    assert result["size_bytes"] < 50_000_000  # 8-bit: about 42 MB
+
+
+def test_invalid_recipe_is_refused_with_the_key_named(tmp_path, capsys):
+    recipe_file = tmp_path / "bad.json"
+    recipe_file.write_text(json.dumps({"steps": [{"quantize": {"bits": 0}}]}))
+    assert main(["compress", "--recipe", str(recipe_file), "--out", str(tmp_path / "x")]) == 2
+    assert "bits" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_transcribe_reports_bad_audio_clearly(tmp_path, capsys):
+    bad = tmp_path / "notes.wav"
+    bad.write_text("this is not audio")
+    assert main(["transcribe", str(bad)]) == 2
+    assert "notes.wav" in capsys.readouterr().err
