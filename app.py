@@ -9,5 +9,6 @@ st.set_page_config(page_title="Speech Compression Lab", page_icon="🎙️", lay
 navigation = st.navigation([
     st.Page(PAGES / "home.py", title="Home", icon="🏠", default=True),
     st.Page(PAGES / "compress.py", title="Compress", icon="🗜️"),
+    st.Page(PAGES / "record.py", title="Record & compare", icon="🎤"),
 ])
 navigation.run()

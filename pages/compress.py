@@ -90,6 +90,7 @@ except ValueError as exc:
     results.error(f"This combination is not valid: {exc}")
     st.stop()
 
+st.session_state["recipe_json"] = json.dumps(recipe.to_json(), sort_keys=True)  # for Record & compare
 model_name = chosen_model_name()
 with results:
     try:
@@ -105,7 +106,7 @@ with results:
         point = measure(model_name, recipe)
         status.update(label=f"{'From the results store' if point.cached else 'Measured'}: "
                             f"{recipe.describe() or 'uncompressed'}", state="complete")
-    variant, reports = compressed_model(model_name, json.dumps(recipe.to_json(), sort_keys=True))
+    variant, reports = compressed_model(model_name, st.session_state["recipe_json"])
 
     theory = linear_macs(base.module) / max(linear_macs(variant.module), 1)
     measured = baseline.latency_ms / point.latency_ms if point.latency_ms else None
@@ -143,7 +144,7 @@ with results:
         st.download_button("Download recipe JSON", recipe_text, file_name="recipe.json", mime="application/json")
         if st.button("Build the compressed model for download", disabled=recipe.is_empty):
             with st.spinner("Writing the artifact …"):
-                data = artifact_zip(model_name, json.dumps(recipe.to_json(), sort_keys=True))
+                data = artifact_zip(model_name, st.session_state["recipe_json"])
             st.download_button(f"Download artifact ({len(data) / 1e6:.1f} MB zip)", data,
                                file_name="compressed-model.zip", mime="application/zip")
         st.caption("The same from the command line:")

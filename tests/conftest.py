@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Results of the tests never land in the user's results store (pages and CLI read SPEECH_LAB_DATA).
+os.environ["SPEECH_LAB_DATA"] = tempfile.mkdtemp(prefix="speech-lab-test-data-")
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parent.parent

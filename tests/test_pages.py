@@ -1,0 +1,70 @@
+"""Compress and Record & compare, run headless through Streamlit's AppTest."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TIMEOUT = 300
+
+
+def page(path: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.switch_page(path)
+    return at.run(timeout=TIMEOUT)
+
+
+def problems(at: AppTest) -> list[str]:
+    return [e.message for e in at.exception] + [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
+    return {m.label: (m.value, m.delta) for m in at.metric}
+
+
+@pytest.fixture(scope="module")
+def compress() -> AppTest:
+    return page("pages/compress.py")
+
+
+def test_compress_default_is_8_bit_and_measured(compress):
+    assert not problems(compress), problems(compress)
+    shown = metrics(compress)
+    assert list(shown) == ["WER", "Size", "Latency", "Theoretical speed-up"]
+    assert shown["WER"][0].endswith("%") and "pts" in shown["WER"][1]
+    size_mb = float(shown["Size"][0].split()[0])
+    assert 35 < size_mb < 50, shown["Size"]  # 8-bit tiny.en: about 42 MB
+    assert "× smaller" in shown["Size"][1]
+    assert compress.tabs and len(compress.dataframe) == 1  # the per-layer table
+
+
+def test_compress_slider_changes_the_result(compress):
+    before = metrics(compress)
+    compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT)
+    after = metrics(compress)
+    assert not problems(compress), problems(compress)
+    assert float(after["Size"][0].split()[0]) < float(before["Size"][0].split()[0]) * 0.7
+
+
+def test_compress_structured_pruning_really_shrinks(compress):
+    compress.toggle(key="prune_on").set_value(True).run(timeout=TIMEOUT)
+    compress.selectbox(key="prune_structure").set_value("neurons").run(timeout=TIMEOUT)
+    assert not problems(compress), problems(compress)
+    speedup = float(metrics(compress)["Theoretical speed-up"][0].rstrip("×"))
+    assert speedup > 1.05  # 30% of feed-forward neurons removed: fewer multiply-adds
+
+
+def test_compress_invalid_combination_is_explained(compress):
+    compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT)
+    compress.checkbox(key="quant_int8").check().run(timeout=TIMEOUT)
+    assert not compress.exception
+    assert any("int8" in e.value for e in compress.error), [e.value for e in compress.error]
+
+
+def test_record_page_waits_for_audio_and_lists_variants():
+    at = page("pages/record.py")
+    assert not problems(at), problems(at)
+    assert any("Record a sentence" in i.value for i in at.info)
+    assert at.selectbox[0].options  # at least the example variant
