@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -20,6 +21,12 @@ from core.models import DEFAULT_MODEL, SpeechModel, load_model, save_model  # no
 from core.recipe import Recipe  # noqa: E402
 from core.store import Point, Store  # noqa: E402
 from core.sweep import SweepSettings, run_sweep  # noqa: E402
+
+if PagesManager.uses_pages_directory:
+    # A deep link (e.g. /compress) was the first request of this server process: Streamlit then runs the
+    # page in its legacy pages/-folder mode without app.py's navigation. Switch to app.py and run again.
+    PagesManager.uses_pages_directory = False
+    st.rerun()
 
 LIVE = SweepSettings()  # packed windows, 2 latency runs: the same for every point the pages compare
 

@@ -13,7 +13,7 @@ GROUP_CHOICES = list(DEFAULT_GROUPS) + ["embedding"]
 BITS = [2, 3, 4, 5, 6, 7, 8, 16]
 
 st.title("Compress")
-st.caption("Move a slider: the compressed model is measured on the bundled `quick` set (16 sentences, packed "
+st.caption("Move a slider in the sidebar: the compressed model is measured on the bundled `quick` set (16 sentences, packed "
            "into 30 s windows) and every point joins the Pareto page. Points you have tried before return at once.")
 
 
@@ -81,9 +81,10 @@ def recipe_from_widgets() -> dict:
     return {"steps": steps}
 
 
-controls, results = st.columns([1, 2], gap="large")
-with controls:
+with st.sidebar:
+    st.header("Recipe")
     spec = recipe_from_widgets()
+results = st.container()
 try:
     recipe = Recipe.from_json(spec)
 except ValueError as exc:
@@ -111,7 +112,7 @@ with results:
     theory = linear_macs(base.module) / max(linear_macs(variant.module), 1)
     measured = baseline.latency_ms / point.latency_ms if point.latency_ms else None
     cards = st.columns(4)
-    cards[0].metric("WER", f"{100 * point.wer:.1f}%", f"{100 * (point.wer - baseline.wer):+.1f} pts",
+    cards[0].metric("WER", f"{100 * point.wer:.{0 if point.wer >= 1 else 1}f}%", f"{100 * (point.wer - baseline.wer):+.1f} pts",
                     delta_color="inverse", help=f"Baseline {100 * baseline.wer:.1f}% on the same packed windows")
     cards[1].metric("Size", f"{point.size_bytes / 1e6:.1f} MB", f"{baseline.size_bytes / point.size_bytes:.2f}× smaller",
                     delta_color="off", help="Bytes of the exported artifact (safetensors with packed integers, "
@@ -120,7 +121,7 @@ with results:
                     delta_color="off", help=f"Median of {point.result['latency']['runs']} runs on a "
                                             f"{point.result['latency']['clip_seconds']:.1f} s clip, "
                                             f"{point.result['latency']['threads']} threads")
-    cards[3].metric("Theoretical speed-up", f"{theory:.2f}×", f"measured {measured:.2f}×" if measured else None,
+    cards[3].metric("Speed-up in theory", f"{theory:.2f}×", f"measured {measured:.2f}×" if measured else None,
                     delta_color="off", help="Linear-layer multiply-adds of one window, nonzero weights only. "
                                             "Unstructured zeros and fake-quantized weights still compute densely "
                                             "on this CPU, so measured speed stays near 1×.")

@@ -39,3 +39,46 @@ def test_home_in_browser(streamlit_server):
         shutil.copyfile(shot, README_SCREENSHOT)
         assert shot.stat().st_size > 10_000
         print("browser console errors:", page.console_errors or "none")  # shown when the test fails
+
+
+def metric_value(page, label: str) -> str:
+    card = page.locator('[data-testid="stMetric"]').filter(has_text=label)
+    return card.locator('[data-testid="stMetricValue"]').inner_text().strip()
+
+
+def test_compress_slider_moved_with_the_keyboard_changes_the_metrics(streamlit_server):
+    with open_page(streamlit_server, "compress") as page:
+        page.locator('[data-testid="stMetric"]').filter(has_text="Size").wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        before = metric_value(page, "Size")
+        bits = page.get_by_role("slider").first  # Bits: the only slider while pruning and SVD are off
+        assert bits.get_attribute("aria-valuetext") == "8"
+        bits.focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowLeft")  # 8 → 4 bits
+        page.wait_for_function(
+            "(old) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m => "
+            "m.innerText.includes('Size') && !m.innerText.includes(old))", arg=before, timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        after = metric_value(page, "Size")
+        assert float(after.split()[0]) < float(before.split()[0]) * 0.7, (before, after)
+        assert not exception_boxes(page), exception_boxes(page)
+        full_page_screenshot(page, ARTIFACTS / "compress.png")
+        shutil.copyfile(ARTIFACTS / "compress.png", REPO / "docs" / "screenshots" / "compress.png")
+
+
+def test_record_through_the_fake_microphone_gives_a_transcript(streamlit_server):
+    clip = REPO / "assets" / "samples" / "hello.wav"
+    with open_page(streamlit_server, "record", fake_audio=clip) as page:
+        recorder = page.locator('[data-testid="stAudioInput"]')
+        recorder.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        recorder.get_by_role("button", name=re.compile("record", re.I)).first.click()
+        page.wait_for_timeout(4_500)  # the fake microphone plays the 3 s clip (in a loop)
+        recorder.get_by_role("button", name=re.compile("stop", re.I)).first.click()
+        page.get_by_text("Compressed", exact=True).wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        assert not exception_boxes(page), exception_boxes(page)
+        text = page.locator('[data-testid="stMain"]').inner_text().lower()
+        assert "speech lab" in text or "short test" in text, text[-800:]
+        full_page_screenshot(page, ARTIFACTS / "record.png")
+        shutil.copyfile(ARTIFACTS / "record.png", REPO / "docs" / "screenshots" / "record.png")

@@ -32,7 +32,7 @@ def compress() -> AppTest:
 def test_compress_default_is_8_bit_and_measured(compress):
     assert not problems(compress), problems(compress)
     shown = metrics(compress)
-    assert list(shown) == ["WER", "Size", "Latency", "Theoretical speed-up"]
+    assert list(shown) == ["WER", "Size", "Latency", "Speed-up in theory"]
     assert shown["WER"][0].endswith("%") and "pts" in shown["WER"][1]
     size_mb = float(shown["Size"][0].split()[0])
     assert 35 < size_mb < 50, shown["Size"]  # 8-bit tiny.en: about 42 MB
@@ -52,7 +52,7 @@ def test_compress_structured_pruning_really_shrinks(compress):
     compress.toggle(key="prune_on").set_value(True).run(timeout=TIMEOUT)
     compress.selectbox(key="prune_structure").set_value("neurons").run(timeout=TIMEOUT)
     assert not problems(compress), problems(compress)
-    speedup = float(metrics(compress)["Theoretical speed-up"][0].rstrip("×"))
+    speedup = float(metrics(compress)["Speed-up in theory"][0].rstrip("×"))
     assert speedup > 1.05  # 30% of feed-forward neurons removed: fewer multiply-adds
 
 
