@@ -119,3 +119,58 @@ DIFF_LEGEND = ('<span style="background:#ffd8a8;color:#000">substituted</span> Â
 def chosen_model_name() -> str:
     """The model the user picked on Home (session state holds only the choice)."""
     return st.session_state.get("model_name", DEFAULT_MODEL)
+
+
+BITS = [2, 3, 4, 5, 6, 7, 8, 16]
+GROUP_SIZES = [16, 32, 64, 128, 256]
+GROUP_CHOICES = ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn", "embedding"]
+LINEAR_GROUPS = GROUP_CHOICES[:4]
+COMPRESS_DEFAULTS = {  # the Compress page's widgets, by key: 8-bit weights, nothing else
+    "prune_on": False, "prune_structure": "unstructured", "prune_by": "sparsity", "prune_sparsity": 0.3,
+    "prune_threshold": 0.02, "prune_scope": "layer", "prune_groups": LINEAR_GROUPS,
+    "prune_groups_neurons": ["encoder.ffn", "decoder.ffn"],
+    "prune_groups_heads": ["encoder.attention", "decoder.attention"],
+    "lowrank_on": False, "lowrank_by": "energy", "lowrank_energy": 0.95, "lowrank_fraction": 0.5,
+    "lowrank_groups": LINEAR_GROUPS,
+    "quant_on": True, "quant_bits": 8, "quant_granularity": "channel", "quant_group": 64, "quant_method": "minmax",
+    "quant_symmetric": True, "quant_groups": GROUP_CHOICES, "quant_int8": False,
+}
+
+
+def compress_widget_state(recipe: dict) -> dict:
+    """The Compress page's widget values that reproduce `recipe`; ValueError if its sliders cannot."""
+    state = dict(COMPRESS_DEFAULTS, prune_on=False, lowrank_on=False, quant_on=False)
+    seen = set()
+    for step in Recipe.from_json(recipe).to_json()["steps"]:
+        (name, config), = step.items()
+        if name in seen:
+            raise ValueError(f"it has two {name} steps (the sliders hold one of each)")
+        seen.add(name)
+        if name == "prune":
+            structure = config.get("structure", "unstructured")
+            by = "threshold" if "threshold" in config else "sparsity"
+            state.update(prune_on=True, prune_structure=structure, prune_by=by,
+                         prune_scope=config.get("scope", "layer"))
+            state[f"prune_{by}"] = config[by]
+            groups_key = "prune_groups" if structure == "unstructured" else f"prune_groups_{structure}"
+            state[groups_key] = list(config.get("groups", COMPRESS_DEFAULTS[groups_key]))
+        elif name == "low_rank":
+            by = "energy" if "energy" in config else "rank_fraction"
+            if by not in config:
+                raise ValueError("its low-rank step sets an absolute rank (the slider sets a fraction or energy)")
+            state.update(lowrank_on=True, lowrank_by=by, lowrank_groups=list(config.get("groups", LINEAR_GROUPS)))
+            state["lowrank_energy" if by == "energy" else "lowrank_fraction"] = config[by]
+        elif name == "quantize":
+            state.update(quant_on=True, quant_bits=config.get("bits", 8),
+                         quant_granularity=config.get("granularity", "channel"),
+                         quant_group=config.get("group_size", 64), quant_method=config.get("method", "minmax"),
+                         quant_symmetric=config.get("symmetric", True),
+                         quant_groups=list(config.get("groups", GROUP_CHOICES)),
+                         quant_int8=config.get("backend") == "int8_dynamic")
+    for key in ("prune_groups", "prune_groups_neurons", "prune_groups_heads", "lowrank_groups", "quant_groups"):
+        allowed = COMPRESS_DEFAULTS["quant_groups" if key in ("prune_groups", "quant_groups") else key]
+        if not set(state[key]) <= set(allowed + (LINEAR_GROUPS if key == "lowrank_groups" else [])):
+            raise ValueError(f"it compresses {sorted(set(state[key]) - set(allowed))}, which the sliders do not offer")
+    if state["quant_bits"] not in BITS or state["quant_group"] not in GROUP_SIZES:
+        raise ValueError("its bit width or group size is not on the sliders")
+    return state

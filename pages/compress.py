@@ -4,13 +4,13 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.layers import DEFAULT_GROUPS, linear_macs
+from core.layers import linear_macs
 from core.recipe import Recipe
-from pages.common import (DIFF_LEGEND, artifact_zip, base_model, chosen_model_name, compressed_model, diff_html,
-                          measure)
+from pages.common import (BITS, COMPRESS_DEFAULTS, DIFF_LEGEND, GROUP_CHOICES, GROUP_SIZES, LINEAR_GROUPS, artifact_zip,
+                          base_model, chosen_model_name, compressed_model, diff_html, measure)
 
-GROUP_CHOICES = list(DEFAULT_GROUPS) + ["embedding"]
-BITS = [2, 3, 4, 5, 6, 7, 8, 16]
+for key, value in COMPRESS_DEFAULTS.items():  # widgets read their values from session state only
+    st.session_state.setdefault(key, value)
 
 st.title("Compress")
 st.caption("Move a slider in the sidebar: the compressed model is measured on the bundled `quick` set (16 sentences, packed "
@@ -35,19 +35,19 @@ def recipe_from_widgets() -> dict:
                 by, config["structure"] = "sparsity", structure
             if by == "sparsity":
                 unit = {"unstructured": "weights", "neurons": "feed-forward neurons", "heads": "attention heads"}
-                config["sparsity"] = st.slider(f"Fraction of {unit[structure]} removed", 0.0, 0.95, 0.3, 0.05,
+                config["sparsity"] = st.slider(f"Fraction of {unit[structure]} removed", 0.0, 0.95, step=0.05,
                                                key="prune_sparsity")
             else:
-                config["threshold"] = st.slider("Threshold |w| <", 0.0, 0.2, 0.02, 0.005, format="%.3f",
+                config["threshold"] = st.slider("Threshold |w| <", 0.0, 0.2, step=0.005, format="%.3f",
                                                 key="prune_threshold")
             if structure == "unstructured":
                 config["scope"] = st.radio("Scope", ["layer", "global"], horizontal=True, key="prune_scope",
                                            help="Layer: every layer loses the same fraction. Global: one ranking "
                                                 "over all selected layers.")
-                config["groups"] = st.multiselect("Parts", GROUP_CHOICES, list(DEFAULT_GROUPS), key="prune_groups")
+                config["groups"] = st.multiselect("Parts", GROUP_CHOICES, key="prune_groups")
             else:
-                parts = [g for g in DEFAULT_GROUPS if g.endswith("ffn" if structure == "neurons" else "attention")]
-                config["groups"] = st.multiselect("Parts", parts, parts, key=f"prune_groups_{structure}")
+                parts = [g for g in LINEAR_GROUPS if g.endswith("ffn" if structure == "neurons" else "attention")]
+                config["groups"] = st.multiselect("Parts", parts, key=f"prune_groups_{structure}")
             steps.append({"prune": config})
     with st.expander("📉 Low-rank (SVD)", expanded=False):
         if st.toggle("Factorize Linear layers", key="lowrank_on"):
@@ -55,26 +55,26 @@ def recipe_from_widgets() -> dict:
                           help="Energy: keep this fraction of the sum of squared singular values. "
                                "Rank fraction: keep this fraction of the full rank.")
             if by == "energy":
-                config = {"energy": st.slider("Energy kept", 0.5, 1.0, 0.95, 0.01, key="lowrank_energy")}
+                config = {"energy": st.slider("Energy kept", 0.5, 1.0, step=0.01, key="lowrank_energy")}
             else:
-                config = {"rank_fraction": st.slider("Rank fraction", 0.05, 1.0, 0.5, 0.05, key="lowrank_fraction")}
-            config["groups"] = st.multiselect("Parts", list(DEFAULT_GROUPS), list(DEFAULT_GROUPS), key="lowrank_groups")
+                config = {"rank_fraction": st.slider("Rank fraction", 0.05, 1.0, step=0.05, key="lowrank_fraction")}
+            config["groups"] = st.multiselect("Parts", LINEAR_GROUPS, key="lowrank_groups")
             steps.append({"low_rank": config})
     with st.expander("🔢 Quantization", expanded=True):
-        if st.toggle("Quantize weights", key="quant_on", value=True):
-            config = {"bits": st.select_slider("Bits", BITS, value=8, key="quant_bits")}
+        if st.toggle("Quantize weights", key="quant_on"):
+            config = {"bits": st.select_slider("Bits", BITS, key="quant_bits")}
             granularity = st.radio("Scales", ["channel", "group", "tensor"], horizontal=True, key="quant_granularity",
                                    help="One scale per output channel, per group of weights in a row, or per tensor.")
             config["granularity"] = granularity
             if granularity == "group":
-                config["group_size"] = st.select_slider("Group size", [16, 32, 64, 128, 256], 64, key="quant_group")
+                config["group_size"] = st.select_slider("Group size", GROUP_SIZES, key="quant_group")
             config["method"] = st.radio("Range", ["minmax", "mse"], horizontal=True, key="quant_method",
                                         help="minmax: the full range. mse: search a clipping range that minimises error.")
-            config["symmetric"] = st.checkbox("Symmetric", True, key="quant_symmetric")
-            config["groups"] = st.multiselect("Parts", GROUP_CHOICES, GROUP_CHOICES, key="quant_groups",
+            config["symmetric"] = st.checkbox("Symmetric", key="quant_symmetric")
+            config["groups"] = st.multiselect("Parts", GROUP_CHOICES, key="quant_groups",
                                               help="The token embedding is tied to the output projection: "
                                                    "quantizing it quantizes both, stored once.")
-            if st.checkbox("Run on int8 kernels (8-bit only)", False, key="quant_int8",
+            if st.checkbox("Run on int8 kernels (8-bit only)", key="quant_int8",
                            help="Real int8 matrix multiplies instead of dequantized fp32: faster on this CPU."):
                 config["backend"] = "int8_dynamic"
             steps.append({"quantize": config})

@@ -68,3 +68,24 @@ def test_record_page_waits_for_audio_and_lists_variants():
     assert not problems(at), problems(at)
     assert any("Record a sentence" in i.value for i in at.info)
     assert at.selectbox[0].options  # at least the example variant
+
+
+def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compress):
+    at = page("pages/pareto.py")  # the Compress tests above stored several points
+    assert not problems(at), problems(at)
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    assert at.selectbox[0].options
+    # a 2-point sweep: uncompressed (stored already) and 8-bit channel (stored by the Compress tests)
+    at.multiselect[0].set_value([0.0]).run(timeout=TIMEOUT)
+    at.multiselect[1].set_value([16, 8]).run(timeout=TIMEOUT)
+    at.radio[0].set_value("channel").run(timeout=TIMEOUT)
+    sweep = next(b for b in at.button if b.label.startswith("Run the sweep"))
+    assert "(2 recipes)" in sweep.label
+    sweep.click().run(timeout=TIMEOUT)
+    assert not problems(at), problems(at)
+    point = next(o for o in at.selectbox[0].options if o.startswith("8-bit channel"))
+    at.selectbox[0].set_value(point).run(timeout=TIMEOUT)
+    next(b for b in at.button if b.label == "Open in Compress").click().run(timeout=TIMEOUT)
+    assert not problems(at), problems(at)
+    assert at.session_state["quant_bits"] == 8 and at.session_state["quant_on"]

@@ -1,0 +1,145 @@
+"""Pareto: every measured point, the best trade-offs as a front, sweeps, sensitivity and budget search."""
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.layers import GROUPS
+from core.pareto import pareto_front
+from core.recipe import Recipe
+from core.sensitivity import budget_search, run_sensitivity, sensitivity_plan
+from core.store import model_identity
+from core.sweep import grid_recipes, run_sweep
+from pages.common import (LIVE, base_model, chosen_model_name, compress_widget_state, dataset_waves, encoder_cache,
+                          results_store)
+
+DATASET = "quick"
+PALETTE = px.colors.qualitative.Safe  # colour-blind safe, readable on light and dark themes
+
+st.title("Pareto")
+st.caption("Every point measured on the `quick` set (packed windows) for this model. The line joins the "
+           "non-dominated points: nothing else is both more accurate and smaller (or faster).")
+
+model_name = chosen_model_name()
+model = base_model(model_name)
+dataset, waves = dataset_waves(DATASET)
+store = results_store()
+
+
+def technique(recipe: dict) -> str:
+    steps = [next(iter(step)) for step in recipe.get("steps", [])]
+    return " + ".join(steps) if steps else "uncompressed"
+
+
+def stored_points() -> pd.DataFrame:
+    """This model's points on the quick set, measured with the live settings, as a table."""
+    points = store.points(model_identity(model), dataset.fingerprint())
+    points = [p for p in points if p.settings == LIVE.key_json()]
+    rows = [{"key": p.key, "recipe": p.label, "technique": technique(p.recipe), "WER %": 100 * p.wer,
+             "size MB": p.size_bytes / 1e6, "latency ms": p.latency_ms, "recipe_json": p.recipe,
+             "rows": p.rows} for p in points]
+    return pd.DataFrame(rows)
+
+
+def front_figure(table: pd.DataFrame, x: str) -> go.Figure:
+    """Scatter of WER against `x`, coloured by technique, the Pareto front as a line, the baseline starred."""
+    table = table.dropna(subset=[x])
+    fig = px.scatter(table, x=x, y="WER %", color="technique", symbol="technique", hover_name="recipe",
+                     color_discrete_sequence=PALETTE, hover_data={"technique": False})
+    on_front = pareto_front(table[["WER %", x]].to_numpy(dtype=float))
+    front = table[on_front].sort_values(x)
+    fig.add_trace(go.Scatter(x=front[x], y=front["WER %"], mode="lines", name="Pareto front",
+                             line={"color": "#888", "dash": "dot", "width": 2}, hoverinfo="skip"))
+    base = table[table["technique"] == "uncompressed"]
+    if len(base):
+        fig.add_trace(go.Scatter(x=base[x], y=base["WER %"], mode="markers", name="baseline",
+                                 marker={"symbol": "star", "size": 18, "color": "#d4a017",
+                                         "line": {"width": 1, "color": "#333"}}))
+    fig.update_traces(marker_size=11, selector={"mode": "markers"})
+    fig.update_layout(font={"size": 15}, height=460, legend_title_text="", margin={"t": 30},
+                      xaxis_title={"size MB": "Size (MB, as saved)", "latency ms": "Latency (ms, median)"}[x],
+                      yaxis_title="WER (%)")
+    return fig
+
+
+table = stored_points()
+if table.empty:
+    st.info("No point measured yet for this model: use the Compress page, or run a sweep below.")
+else:
+    charts = st.columns(2)
+    for column, x in zip(charts, ["size MB", "latency ms"]):
+        column.plotly_chart(front_figure(table, x), width="stretch", key=f"front_{x}")
+
+    st.subheader("Inspect a point")
+    labels = {f"{r['recipe']} · WER {r['WER %']:.1f}% · {r['size MB']:.1f} MB": i for i, r in table.iterrows()}
+    chosen = table.loc[labels[st.selectbox("Point", list(labels))]]
+    left, right = st.columns([1, 2])
+    with left:
+        st.code(json.dumps(chosen["recipe_json"], indent=1), language="json")
+        if st.button("Open in Compress", disabled=not chosen["recipe_json"].get("steps")):
+            try:
+                st.session_state.update(compress_widget_state(chosen["recipe_json"]))
+                st.switch_page("pages/compress.py")
+            except ValueError as exc:
+                st.warning(f"The Compress sliders cannot show this recipe: {exc}")
+    with right:
+        st.dataframe(pd.DataFrame(chosen["rows"])[["reference", "hypothesis", "wer"]], hide_index=True,
+                     width="stretch", height=260)
+
+st.divider()
+st.subheader("Run a sweep")
+st.caption("A grid over the main knobs; 0 sparsity, 16 bits and 100% energy mean the step is off. Points "
+           "already stored return at once; interacting with the page stops the sweep (points so far are kept).")
+grid_columns = st.columns(3)
+sparsities = grid_columns[0].multiselect("Pruning sparsity", [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.0, 0.2, 0.4])
+bits = grid_columns[1].multiselect("Quantization bits", [16, 8, 6, 5, 4, 3], [16, 8, 4])
+energies = grid_columns[2].multiselect("SVD energy kept", [1.0, 0.99, 0.95, 0.9, 0.8], [1.0])
+granularity = st.radio("Quantization scales", ["channel", "group"], horizontal=True, index=1)
+grid = {"prune.sparsity": sparsities, "quantize.bits": bits, "low_rank.energy": energies,
+        "quantize.granularity": granularity}
+try:
+    recipes = grid_recipes(grid)
+except ValueError as exc:
+    st.error(f"This grid is not valid: {exc}")
+    recipes = []
+st.code(json.dumps(grid), language="json")
+if st.button(f"Run the sweep ({len(recipes)} recipes)", type="primary", disabled=not recipes):
+    progress = st.progress(0.0, text="Starting …")
+    for done, point in enumerate(run_sweep(model, dataset, recipes, store, LIVE, waves, encoder_cache()), 1):
+        progress.progress(done / len(recipes), text=f"{done}/{len(recipes)} · {point.label}: "
+                                                    f"WER {100 * point.wer:.1f}%{' (stored)' if point.cached else ''}")
+    st.rerun()
+
+st.divider()
+st.subheader("Which layers matter? (sensitivity)")
+st.caption("Each layer group is compressed alone at several levels; ΔWER against the uncompressed model "
+           "shows where compression is cheap. A budget search then picks per-group levels.")
+if st.button("Measure sensitivity (about 50 points, a few minutes the first time)"):
+    st.session_state["show_sensitivity"] = True
+if st.session_state.get("show_sensitivity"):
+    plan = sensitivity_plan()
+    progress = st.progress(0.0)
+    rows = []  # stored points come back at once, so showing it again later costs nothing
+    for done, row in enumerate(run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache())):
+        rows.append(row)
+        progress.progress(min(done / len(plan), 1.0), text=f"{done}/{len(plan)} · {row['label']}")
+    progress.empty()
+    table = pd.DataFrame([r for r in rows if r["technique"] != "none"])
+    table["setting"] = table["technique"] + " " + table["knob"] + "=" + table["level"].astype(str)
+    heat = table.pivot_table(index="group", columns="setting", values="delta_wer") * 100
+    heat = heat.reindex([g for g in GROUPS if g in heat.index])
+    fig = px.imshow(heat, color_continuous_scale="Viridis", aspect="auto", text_auto=".1f",
+                    labels={"color": "ΔWER (pts)", "x": "", "y": ""})
+    fig.update_layout(font={"size": 14}, height=420)
+    st.plotly_chart(fig, width="stretch", key="sensitivity")
+
+    budget_mb = st.number_input("Size budget (MB)", 5.0, 200.0, 30.0, 1.0)
+    plan = budget_search(rows, max_bytes=budget_mb * 1e6)
+    st.write(f"Greedy plan: **{plan.recipe.describe()}** — estimated {plan.estimated_size_bytes / 1e6:.1f} MB, "
+             f"WER ≈ {100 * plan.estimated_wer:.1f}%")
+    if st.button("Measure this plan"):
+        point = next(run_sweep(model, dataset, [plan.recipe], store, LIVE, waves, encoder_cache()))
+        st.success(f"Measured: WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB — it is now on the plots.")
