@@ -35,6 +35,9 @@ RECIPES = {
     "FFN neurons pruned 50% (structured)": {"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons",
                                                                   "groups": ["encoder.ffn", "decoder.ffn"]}}]},
     "SVD rank 25% (factorized)": {"steps": [{"low_rank": {"rank_fraction": 0.25}}]},
+    "FFN neurons 20% + int8 dynamic": {"steps": [
+        {"prune": {"sparsity": 0.2, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
+        {"quantize": {"bits": 8, "backend": "int8_dynamic"}}]},
     "FFN neurons 30% + int8 dynamic": {"steps": [
         {"prune": {"sparsity": 0.3, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
         {"quantize": {"bits": 8, "backend": "int8_dynamic"}}]},

@@ -1,7 +1,6 @@
 """Pareto: every measured point, the best trade-offs as a front, sweeps, sensitivity and budget search."""
 import json
 
-import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -9,7 +8,6 @@ import streamlit as st
 
 from core.layers import GROUPS
 from core.pareto import pareto_front
-from core.recipe import Recipe
 from core.sensitivity import budget_search, run_sensitivity, sensitivity_plan
 from core.store import model_identity
 from core.sweep import grid_recipes, run_sweep

@@ -39,3 +39,12 @@ def tiny_whisper():
 
     torch.manual_seed(0)
     return WhisperForConditionalGeneration(tiny_whisper_config()).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,13 +12,7 @@ from core.artifact import load_weights, register_layout, save_weights
 from core.quant import Int8DynamicLinear, QuantConfig, quantize
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PairLinear(nn.Module):

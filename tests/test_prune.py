@@ -11,13 +11,7 @@ from core.layers import DEFAULT_GROUPS
 from core.prune import PruneConfig, prune, smallest_mask, threshold_for_sparsity, threshold_sparsity_curve
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Toy(nn.Module):

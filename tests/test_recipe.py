@@ -15,12 +15,7 @@ FULL = {"steps": [{"prune": {"sparsity": 0.3, "scope": "global"}}, {"low_rank": 
                   {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}}]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("obj", [
