@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", action="store_true", help="print every utterance")
     _model_args(p)
     p.set_defaults(run=cmd_evaluate)
+
+    from core import sensitivity, sweep  # light imports: torch loads only when a command runs
+
+    sweep.add_commands(commands)  # sweep, pareto, export
+    sensitivity.add_commands(commands)  # sensitivity, budget
     return parser
 
 

@@ -1,0 +1,226 @@
+"""Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
+
+Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget] [--append bench/RESULTS.md]
+
+Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
+  naive  one clip per 30 s window, latency = 5 runs after a warm-up (what `evaluate` does)
+  fast   clips packed into 30 s windows, latency = 2 runs (the evaluation is the warm-up),
+         encoder outputs reused when a recipe leaves the encoder unchanged (exact)
+WER of both modes is printed so any accuracy difference is visible. `--budget` adds the budget-search
+check: per-group greedy recipe vs the best uniform recipe of no larger size, measured on quick and full.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from core.data import load_dataset  # noqa: E402
+from core.evaluate import load_waves, machine_facts  # noqa: E402
+from core.models import load_model  # noqa: E402
+from core.recipe import Recipe  # noqa: E402
+from core.sensitivity import LEVELS, budget_search, run_sensitivity, sensitivity_plan  # noqa: E402
+from core.store import Store  # noqa: E402
+from core.sweep import NAIVE, SweepSettings, grid_recipes, run_sweep  # noqa: E402
+
+GRID = {"prune.sparsity": [0, 0.25, 0.5], "low_rank.rank_fraction": [1.0, 0.75, 0.5], "quantize.bits": [16, 8, 4]}
+MODES = {"fast": SweepSettings(), "naive": NAIVE}
+
+
+def bench_modes(model, dataset, recipes, modes: dict, folder: Path) -> list[dict]:
+    """First run of the grid with the modes interleaved point by point (so both see the same machine
+    load), then per mode the second run and single cached points; each mode has its own fresh store."""
+    stores = {name: Store(folder / f"{name}.sqlite") for name in modes}
+    runs = {name: run_sweep(model, dataset, recipes, stores[name], settings) for name, settings in modes.items()}
+    first = {name: [] for name in modes}
+    spent = {name: [] for name in modes}
+    for index in range(len(recipes)):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            first[name].append(next(run))
+            spent[name].append(time.perf_counter() - start)
+        print(f"\r[grid] {index + 1}/{len(recipes)} points per mode", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    results = []
+    for name, settings in modes.items():
+        start = time.perf_counter()
+        second = list(run_sweep(model, dataset, recipes, stores[name], settings))
+        second_s = time.perf_counter() - start
+        assert all(p.cached for p in second) and not any(p.cached for p in first[name])
+        cached = []
+        for recipe in recipes[:5]:
+            start = time.perf_counter()
+            assert next(run_sweep(model, dataset, [recipe], stores[name], settings)).cached
+            cached.append(time.perf_counter() - start)
+        points = first[name]
+        results.append({
+            "name": name, "first_s": sum(spent[name]), "second_s": second_s, "cached_s": statistics.median(cached),
+            "point_median_s": statistics.median(spent[name]), "point_max_s": max(spent[name]),
+            "apply_s": statistics.median(p.timings["apply"] for p in points),
+            "evaluate_s": statistics.median(p.timings["evaluate"] for p in points),
+            "latency_s": statistics.median(p.timings["latency"] for p in points),
+            "spent": spent[name], "points": {p.label: p for p in points}, "store": stores[name].path})
+    return results
+
+
+def cli_rerun(store: Path, grid_file: Path, dataset: str, threads: int) -> float:
+    """Wall time of the CLI rerunning a fully stored grid in a fresh process (imports + model load included)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "core", "--threads", str(threads), "sweep", "--grid", str(grid_file),
+                    "--dataset", dataset, "--store", str(store)], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def report(results: list[dict], dataset, args, cli_s: float | None, load: tuple) -> str:
+    facts = machine_facts()
+    lines = [f"## Sweeps at speed (bench/sweep.py, issue #4)", "",
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {facts['cpu']}, {torch.get_num_threads()} torch "
+             f"threads (torch.set_num_threads({args.threads})), torch {facts['torch']}, Python {facts['python']}; "
+             f"dataset `{dataset.name}` ({len(dataset)} clips); grid {GRID} = 27 recipes. "
+             f"Load average before/after: {load[0]:.1f} / {load[1]:.1f} (the machine is shared with other "
+             "developers' processes, so absolute times are noisy).", "",
+             "| figure | goal | " + " | ".join(r["name"] for r in results) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in results) + " |"]
+    rows = [("cached point (in process)", "≤ 0.3 s", lambda r: f"{r['cached_s']:.3f} s"),
+            ("new point, median of the grid", "≤ 3 s", lambda r: f"{r['point_median_s']:.2f} s"),
+            ("new point, slowest of the grid", "", lambda r: f"{r['point_max_s']:.2f} s"),
+            ("  of which apply recipe (median)", "", lambda r: f"{r['apply_s']:.2f} s"),
+            ("  of which transcribe + score + size (median)", "", lambda r: f"{r['evaluate_s']:.2f} s"),
+            ("  of which latency runs (median)", "", lambda r: f"{r['latency_s']:.2f} s"),
+            ("27-point grid, first run (sum of its points)", "≤ 2 min", lambda r: f"{r['first_s']:.1f} s"),
+            ("27-point grid, second run (in process)", "≤ 2 s", lambda r: f"{r['second_s']:.2f} s")]
+    for label, goal, cell in rows:
+        lines.append(f"| {label} | {goal} | " + " | ".join(cell(r) for r in results) + " |")
+    if cli_s is not None:
+        cells = " | ".join(f"{cli_s:.1f} s" if r["name"] == "fast" else "" for r in results)
+        lines.append(f"| 27-point grid, second run via `python -m core sweep` (new process: imports + model "
+                     f"load) | | {cells} |")
+    labels = list(results[0]["points"])
+    lines += ["", "WER per recipe in each mode (same recipes, same clips; size is the same in both modes):", "",
+              "| recipe | size MB | " + " | ".join(f"WER {r['name']}" for r in results) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in results) + " |"]
+    for label in labels:
+        cells = " | ".join(f"{100 * r['points'][label].wer:.2f}%" for r in results)
+        lines.append(f"| {label} | {results[0]['points'][label].size_bytes / 1e6:.1f} | {cells} |")
+    if len(results) == 2:
+        a = [results[0]["points"][k].wer for k in labels]
+        b = [results[1]["points"][k].wer for k in labels]
+        rank = lambda xs: [sorted(xs).index(x) for x in xs]
+        ra, rb = rank(a), rank(b)
+        n = len(a)
+        rho = 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
+        ratios = [n / f for f, n in zip(results[0]["spent"], results[1]["spent"])]
+        lines += ["", f"Per recipe, {results[1]['name']} time / {results[0]['name']} time: median "
+                      f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x); "
+                      "the modes ran alternately, point by point, so both saw the same machine load."]
+        lines += ["", f"Mean |WER naive − WER fast| over the grid: "
+                      f"{100 * statistics.mean(abs(x - y) for x, y in zip(a, b)):.2f} points; "
+                      f"rank correlation (Spearman, ties by order) {rho:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+def uniform_recipes() -> dict[str, Recipe]:
+    """Every technique at every sensitivity level on all the groups it applies to (the same groups the
+    sensitivity probes cover), e.g. "quantize 4 everywhere"."""
+    groups: dict[str, list[str]] = {}
+    for probe in sensitivity_plan():
+        groups.setdefault(probe.technique, [])
+        if probe.group not in groups[probe.technique]:
+            groups[probe.technique].append(probe.group)
+    recipes = {}
+    for technique, (knob, levels) in LEVELS.items():
+        for level in levels:
+            recipe = Recipe.from_json({"steps": [{technique: {knob: level, "groups": groups[technique]}}]})
+            recipes[recipe.describe()] = recipe
+    return recipes
+
+
+def bench_budget(model, store: Store, settings: SweepSettings) -> str:
+    """Sensitivity on quick, then for budgets at the sizes of uniform recipes: greedy per-group recipe vs
+    the best uniform recipe no larger than it, both measured on quick and full."""
+    quick, full = load_dataset("quick"), load_dataset("full")
+    start = time.perf_counter()
+    table = []
+    for row in run_sensitivity(model, quick, store, settings=settings):
+        table.append(row)
+        print(f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    sensitivity_s = time.perf_counter() - start
+    uniform = uniform_recipes()
+    measured = {name: {ds.name: next(run_sweep(model, ds, [recipe], store, settings))
+                       for ds in (quick, full)} for name, recipe in uniform.items()}
+    baseline = {ds.name: next(run_sweep(model, ds, [Recipe()], store, settings)) for ds in (quick, full)}
+    lines = ["", f"### Budget search vs uniform recipes (bench/sweep.py --budget)", "",
+             f"Sensitivity table: {len(table) - 1} probes on quick ({sensitivity_s:.0f} s, packed mode, "
+             f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
+             f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
+             "| budget (MB) | recipe | size MB | WER quick | WER full |", "| --- | --- | --- | --- | --- |"]
+    budgets = sorted({round(m["quick"].size_bytes / 1e6, 1) for m in measured.values()
+                      if m["quick"].size_bytes < baseline["quick"].size_bytes}, reverse=True)
+    for budget in budgets:
+        fits = [(name, m) for name, m in measured.items() if m["quick"].size_bytes <= budget * 1e6]
+        best = min(fits, key=lambda item: item[1]["full"].wer)
+        try:
+            plan = budget_search(table, max_bytes=budget * 1e6)
+        except ValueError as exc:
+            lines.append(f"| {budget:.1f} | greedy: {exc} | | | |")
+            continue
+        greedy = {ds.name: next(run_sweep(model, ds, [plan.recipe], store, settings)) for ds in (quick, full)}
+        for label, points in ((f"best uniform: {best[0]}", best[1]), (f"greedy: {plan.recipe.describe()}", greedy)):
+            lines.append(f"| {budget:.1f} | {label} | {points['quick'].size_bytes / 1e6:.1f} | "
+                         f"{100 * points['quick'].wer:.2f}% | {100 * points['full'].wer:.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="quick")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-naive", action="store_true", help="only the fast mode")
+    parser.add_argument("--append", type=Path, help="append the markdown report to this file")
+    parser.add_argument("--budget", action="store_true", help="run the budget-search check instead")
+    parser.add_argument("--store", type=Path, help="results store for --budget (default: a temporary one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    model, dataset = load_model(), load_dataset(args.dataset)
+    if args.budget:
+        with tempfile.TemporaryDirectory() as folder:
+            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings())
+        text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
+        print(text)
+        if args.append:
+            with open(args.append, "a") as f:
+                f.write(text)
+        return
+    recipes = grid_recipes(GRID)
+    assert len(recipes) == 27, len(recipes)
+    modes = {name: settings for name, settings in MODES.items() if not (name == "naive" and args.skip_naive)}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        results = bench_modes(model, dataset, recipes, modes, folder)
+        grid_file = folder / "grid.json"
+        grid_file.write_text(__import__("json").dumps(GRID))
+        fast = next(r for r in results if r["name"] == "fast")
+        cli_s = cli_rerun(fast["store"], grid_file, args.dataset, args.threads)
+    text = report(results, dataset, args, cli_s, (load_before, os.getloadavg()[0]))
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

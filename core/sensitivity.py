@@ -1,0 +1,286 @@
+"""Per-layer-group sensitivity and budget search: which groups can take how much compression.
+
+Sensitivity compresses one layer group alone at several levels of each technique (prune sparsity,
+quantize bits, low-rank rank fraction, where the technique applies to the group) and records WER,
+size and latency against the uncompressed model: a tidy table (group, technique, level, wer,
+delta_wer, size_bytes, ...) to draw as a heatmap. Every probe is an ordinary recipe restricted to
+one group, so it is measured through `run_sweep` and cached in the store like any other point.
+
+Budget search (AIMET-style greedy): starting from no compression, repeatedly move the one group whose
+next-stronger measured option costs the least extra ΔWER per byte (or ms) saved, until the estimate
+(baseline minus the sum of per-group savings) fits the budget. ΔWER and savings are assumed additive
+across groups; the resulting recipe should be measured (`budget --verify` does).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from core.store import Point, Store
+from core.sweep import STEPS, SweepSettings, run_sweep
+
+LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild to strong)
+    "prune": ("sparsity", (0.25, 0.5, 0.75)),
+    "low_rank": ("rank_fraction", (0.75, 0.5, 0.25)),
+    "quantize": ("bits", (8, 6, 4, 3)),
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One sensitivity measurement: a technique at one level on one group, as a recipe JSON."""
+
+    group: str
+    technique: str
+    knob: str
+    level: float
+    recipe: dict
+
+
+def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVELS,
+                     options: dict[str, dict] | None = None) -> list[Probe]:
+    """Probes for every group (default: all of core.layers.GROUPS) x technique x level; `options` adds
+    fixed fields per technique (e.g. {"quantize": {"granularity": "group"}}). Pairs a technique refuses
+    (low_rank on the embedding or conv) are left out."""
+    from core.layers import GROUPS
+    from core.recipe import Recipe
+
+    groups = GROUPS if groups is None else tuple(groups)
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown layer group(s) {sorted(unknown)}; allowed: {list(GROUPS)}")
+    unknown = (set(levels) | set(options or {})) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown technique(s) {sorted(unknown)}; allowed: {list(STEPS)}")
+    probes = []
+    for group in groups:
+        for technique, (knob, values) in levels.items():
+            try:
+                Recipe.from_json({"steps": [{technique: {knob: values[0], "groups": [group]}}]})
+            except ValueError:
+                continue  # this technique does not apply to this group
+            for level in values:
+                config = {**(options or {}).get(technique, {}), knob: level, "groups": [group]}
+                probes.append(Probe(group, technique, knob, level, {"steps": [{technique: config}]}))
+    return probes
+
+
+def _row(probe: Probe | None, point: Point, baseline: Point) -> dict:
+    """One tidy table row (the baseline row has technique "none")."""
+    latency = None if point.latency_ms is None or baseline.latency_ms is None else \
+        point.latency_ms - baseline.latency_ms
+    return {
+        "group": probe.group if probe else "all", "technique": probe.technique if probe else "none",
+        "knob": probe.knob if probe else None, "level": probe.level if probe else None,
+        "wer": point.wer, "delta_wer": point.wer - baseline.wer, "size_bytes": point.size_bytes,
+        "bytes_saved": baseline.size_bytes - point.size_bytes, "latency_ms": point.latency_ms,
+        "delta_latency_ms": latency, "label": point.label, "key": point.key, "cached": point.cached,
+        "step": probe.recipe["steps"][0] if probe else None,
+    }
+
+
+def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = None,
+                    settings: SweepSettings = SweepSettings(), waves: list | None = None,
+                    encoder_cache: dict | None = None) -> Iterator[dict]:
+    """Yield the baseline row, then one table row per probe as its point arrives (cached ones first)."""
+    from core.recipe import Recipe
+
+    plan = sensitivity_plan() if plan is None else plan
+    encoder_cache = {} if encoder_cache is None else encoder_cache
+    baseline = next(run_sweep(model, dataset, [Recipe.from_json({"steps": []})], store, settings, waves,
+                              encoder_cache))
+    yield _row(None, baseline, baseline)
+    recipes, probes = [], {}
+    for probe in plan:
+        recipe = Recipe.from_json(probe.recipe)
+        recipes.append(recipe)
+        probes.setdefault(json.dumps(recipe.to_json(), sort_keys=True), probe)
+    for point in run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache):
+        yield _row(probes[json.dumps(point.recipe, sort_keys=True)], point, baseline)
+
+
+# ----------------------------------------------------------------------------- budget search
+
+
+@dataclass
+class BudgetPlan:
+    """The greedy choice: per group the chosen table row, the recipe, and the additive estimates."""
+
+    recipe: object  # core.recipe.Recipe
+    choices: dict[str, dict]  # group -> sensitivity row
+    estimated_size_bytes: int
+    estimated_latency_ms: float | None
+    estimated_wer: float
+    trail: list[str] = field(default_factory=list)  # the greedy moves, in order
+
+
+def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None) -> BudgetPlan:
+    """Pick per-group levels from a sensitivity table so the estimate fits the budget at least ΔWER.
+
+    Greedy: each move upgrades one group to a stronger option (more saved), choosing the move with the
+    smallest extra ΔWER per extra byte (or ms) saved. ValueError if the budget cannot be reached."""
+    from core.recipe import Recipe
+
+    if (max_bytes is None) == (max_ms is None):
+        raise ValueError("give exactly one budget: max_bytes or max_ms")
+    baseline = next((r for r in table if r["technique"] == "none"), None)
+    if baseline is None:
+        raise ValueError("the sensitivity table has no baseline row (technique 'none')")
+    by_size = max_bytes is not None
+    if not by_size and baseline["latency_ms"] is None:
+        raise ValueError("a latency budget needs latency measurements (latency_runs > 0)")
+    saved = (lambda r: r["bytes_saved"]) if by_size else (lambda r: -r["delta_latency_ms"])
+    start = baseline["size_bytes"] if by_size else baseline["latency_ms"]
+    budget = max_bytes if by_size else max_ms
+    options: dict[str, list[dict]] = {}
+    for row in table:
+        measured = by_size or row["delta_latency_ms"] is not None
+        if row["technique"] != "none" and measured and saved(row) > 0:
+            options.setdefault(row["group"], []).append(row)
+    choices: dict[str, dict] = {}
+    estimate, trail = start, []
+    while estimate > budget:
+        best = None
+        for group, rows in options.items():
+            current = choices.get(group)
+            base_saved, base_delta = (saved(current), current["delta_wer"]) if current else (0, 0.0)
+            for row in rows:
+                gain = saved(row) - base_saved
+                if gain <= 0:
+                    continue
+                cost = (row["delta_wer"] - base_delta) / gain
+                if best is None or (cost, -gain) < (best[0], -best[1]):
+                    best = (cost, gain, group, row)
+        if best is None:
+            unit = "bytes" if by_size else "ms"
+            raise ValueError(f"budget {budget:,.0f} {unit} cannot be reached with the measured options: "
+                             f"the strongest combination is estimated at {estimate:,.0f} {unit}")
+        _, gain, group, row = best
+        choices[group] = row
+        estimate -= gain
+        trail.append(f"{group}: {row['label']} (ΔWER {row['delta_wer']:+.4f}, saves {saved(row):,.0f})")
+    chosen = list(choices.values())
+    estimated_size = baseline["size_bytes"] - sum(r["bytes_saved"] for r in chosen)
+    latency = None if baseline["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
+        baseline["latency_ms"] + sum(r["delta_latency_ms"] for r in chosen)
+    return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
+                      estimated_size_bytes=estimated_size, estimated_latency_ms=latency,
+                      estimated_wer=baseline["wer"] + sum(r["delta_wer"] for r in chosen), trail=trail)
+
+
+def plan_recipe(rows: list[dict]) -> dict:
+    """A recipe JSON applying each row's step to its group; groups sharing a step share one step entry."""
+    from core.layers import GROUPS
+
+    merged: dict[str, dict] = {}
+    for row in rows:
+        (technique, config), = row["step"].items()
+        rest = {k: v for k, v in config.items() if k != "groups"}
+        key = json.dumps([STEPS.index(technique), technique, rest], sort_keys=True)
+        entry = merged.setdefault(key, {technique: {**rest, "groups": []}})
+        entry[technique]["groups"] += [g for g in config["groups"] if g not in entry[technique]["groups"]]
+    steps = [merged[key] for key in sorted(merged, key=lambda k: json.loads(k)[:2])]
+    for step in steps:
+        (config,) = step.values()
+        config["groups"] = sorted(config["groups"], key=GROUPS.index)
+    return {"steps": steps}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def format_table(rows: list[dict], value: str = "delta_wer") -> str:
+    """Rows = groups, columns = technique/level; cells ΔWER in percentage points (or MB saved)."""
+    probes = [r for r in rows if r["technique"] != "none"]
+    columns = list(dict.fromkeys((r["technique"], r["level"]) for r in probes))
+    groups = list(dict.fromkeys(r["group"] for r in probes))
+    cells = {(r["group"], r["technique"], r["level"]): r for r in probes}
+    header = "".join(f"{t[:5]}{level:g}".rjust(9) for t, level in columns)
+    lines = [f"{'group':18s}{header}"]
+    for group in groups:
+        line = f"{group:18s}"
+        for technique, level in columns:
+            row = cells.get((group, technique, level))
+            cell = "-" if row is None else f"{100 * row['delta_wer']:+.1f}" if value == "delta_wer" else \
+                f"{row['bytes_saved'] / 1e6:.1f}"
+            line += cell.rjust(9)
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _sensitivity_rows(args: argparse.Namespace) -> list[dict]:
+    """Run (or read back) the sensitivity table named by the CLI arguments, with progress on stderr."""
+    import time
+
+    from core.sweep import _context, _settings, progress
+
+    plan = sensitivity_plan(args.groups)
+    model, dataset, store = _context(args)
+    start, rows = time.perf_counter(), []
+    for row in run_sensitivity(model, dataset, store, plan, _settings(args)):
+        rows.append(row)
+        print(progress(len(rows), len(plan) + 1, sum(r["cached"] for r in rows), time.perf_counter() - start,
+                       row["label"]), end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return rows
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    """`sensitivity`: ΔWER (and MB saved) per layer group and compression level."""
+    rows = _sensitivity_rows(args)
+    baseline = rows[0]
+    print(f"baseline WER {100 * baseline['wer']:.2f}%, size {baseline['size_bytes'] / 1e6:.2f} MB")
+    print("ΔWER, percentage points (compressing one group alone):")
+    print(format_table(rows))
+    print("\nMB saved:")
+    print(format_table(rows, "bytes_saved"))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+        print(f"wrote {args.json}")
+
+
+def cmd_budget(args: argparse.Namespace) -> None:
+    """`budget`: the greedy per-group recipe that fits a size or latency budget; --verify measures it."""
+    rows = _sensitivity_rows(args)
+    max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
+    plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms)
+    for move in plan.trail:
+        print(f"  {move}")
+    latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
+    print(f"estimate: WER {100 * plan.estimated_wer:.2f}%, size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
+    print(json.dumps(plan.recipe.to_json(), indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(plan.recipe.to_json(), indent=1))
+        print(f"wrote {args.out} (use it with --recipe)")
+    if args.verify:
+        from core.sweep import _context, _settings
+
+        model, dataset, store = _context(args)
+        point = next(run_sweep(model, dataset, [plan.recipe], store, _settings(args)))
+        latency = f", latency {point.latency_ms:.0f} ms" if point.latency_ms is not None else ""
+        print(f"measured: WER {100 * point.wer:.2f}%, size {point.size_bytes / 1e6:.2f} MB{latency}")
+
+
+def add_commands(commands) -> None:
+    """Register `sensitivity` and `budget` on the CLI's subparsers."""
+    from core.sweep import add_run_args
+
+    p = commands.add_parser("sensitivity", help="ΔWER per layer group and compression level (cached)")
+    p.add_argument("--groups", nargs="+", help="layer groups to probe (default: all; see core.layers.GROUPS)")
+    p.add_argument("--json", type=Path, help="also write the tidy table here")
+    add_run_args(p)
+    p.set_defaults(run=cmd_sensitivity)
+
+    p = commands.add_parser("budget", help="per-group recipe that fits a size or latency budget")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-mb", type=float, help="size budget in MB (10^6 bytes) as saved")
+    budget.add_argument("--max-ms", type=float, help="latency budget in ms on the latency clip")
+    p.add_argument("--groups", nargs="+", help="layer groups to compress (default: all)")
+    p.add_argument("--out", type=Path, help="write the recipe JSON here")
+    p.add_argument("--verify", action="store_true", help="measure the chosen recipe (stored like any point)")
+    add_run_args(p)
+    p.set_defaults(run=cmd_budget)

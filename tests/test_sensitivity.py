@@ -1,0 +1,121 @@
+"""Per-group sensitivity (shape, monotonic sizes, caching) and the greedy budget search."""
+import pytest
+import torch
+
+from core.sensitivity import budget_search, plan_recipe, run_sensitivity, sensitivity_plan
+from core.store import Store
+from core.sweep import SweepSettings
+from test_sweep import tiny_dataset, tiny_speech_model
+
+FAST = SweepSettings(latency_runs=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+LEVELS = {"prune": ("sparsity", (0.5, 0.9)), "quantize": ("bits", (8, 4)), "low_rank": ("rank_fraction", (0.5,))}
+
+
+def test_plan_covers_every_group_technique_and_level():
+    plan = sensitivity_plan()
+    assert len(plan) == 6 * (3 + 4) + 4 * 3  # low_rank refuses the embedding and conv groups
+    assert not [p for p in plan if p.technique == "low_rank" and p.group in ("embedding", "conv")]
+    assert {p.group for p in plan} == {"encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn",
+                                       "embedding", "conv"}
+    probe = next(p for p in sensitivity_plan(("decoder.ffn",), options={"quantize": {"granularity": "group"}})
+                 if p.technique == "quantize" and p.level == 4)
+    assert probe.recipe == {"steps": [{"quantize": {"granularity": "group", "bits": 4, "groups": ["decoder.ffn"]}}]}
+    with pytest.raises(ValueError, match="unknown layer group"):
+        sensitivity_plan(("encoder.everything",))
+    with pytest.raises(ValueError, match="unknown technique"):
+        sensitivity_plan(options={"distill": {}})
+
+
+def test_table_shape_monotonic_sizes_and_cache(tiny_whisper, tmp_path, monkeypatch):
+    from core.recipe import Recipe
+
+    model, dataset = tiny_speech_model(tiny_whisper), tiny_dataset(tmp_path / "data")
+    store = Store(tmp_path / "results.sqlite")
+    plan = sensitivity_plan(("encoder.ffn", "decoder.ffn"), LEVELS)
+    rows = list(run_sensitivity(model, dataset, store, plan, FAST))
+    assert len(rows) == 1 + 2 * 5 and rows[0]["technique"] == "none" and rows[0]["delta_wer"] == 0
+    assert {tuple(sorted(r)) for r in rows} == {tuple(sorted(rows[0]))}  # tidy: same columns everywhere
+    cells = {(r["group"], r["technique"], r["level"]): r for r in rows[1:]}
+    assert len(cells) == 10
+    for group in ("encoder.ffn", "decoder.ffn"):
+        for row in (cells[(group, "quantize", 8)], cells[(group, "prune", 0.9)]):
+            assert 0 < row["size_bytes"] < rows[0]["size_bytes"]
+            assert row["bytes_saved"] == rows[0]["size_bytes"] - row["size_bytes"]
+            assert row["delta_wer"] == pytest.approx(row["wer"] - rows[0]["wer"])
+        assert cells[(group, "quantize", 4)]["size_bytes"] < cells[(group, "quantize", 8)]["size_bytes"]
+        assert cells[(group, "prune", 0.9)]["size_bytes"] < cells[(group, "prune", 0.5)]["size_bytes"]
+    calls = []
+    apply = Recipe.apply
+    monkeypatch.setattr(Recipe, "apply", lambda self, module: calls.append(1) or apply(self, module))
+    again = list(run_sensitivity(model, dataset, store, plan, FAST))
+    assert calls == [] and all(r["cached"] for r in again)
+    assert [(r["group"], r["technique"], r["level"], r["wer"]) for r in again] == \
+        [(r["group"], r["technique"], r["level"], r["wer"]) for r in rows]
+
+
+def _row(group, technique, level, delta_wer, saved, latency=None):
+    knob = {"prune": "sparsity", "quantize": "bits", "low_rank": "rank_fraction"}[technique]
+    return {"group": group, "technique": technique, "knob": knob, "level": level, "wer": 0.1 + delta_wer,
+            "delta_wer": delta_wer, "size_bytes": 1000 - saved, "bytes_saved": saved, "latency_ms": None,
+            "delta_latency_ms": latency, "label": f"{technique} {level} {group}",
+            "step": {technique: {knob: level, "groups": [group]}}}
+
+
+BASELINE = {"group": "all", "technique": "none", "knob": None, "level": None, "wer": 0.1, "delta_wer": 0.0,
+            "size_bytes": 1000, "bytes_saved": 0, "latency_ms": 50.0, "delta_latency_ms": 0.0, "label": "none",
+            "step": None}
+TABLE = [BASELINE,
+         _row("encoder.ffn", "quantize", 8, 0.00, 300),   # free
+         _row("encoder.ffn", "quantize", 4, 0.10, 400),   # +0.10 for 100 more bytes: expensive
+         _row("decoder.ffn", "quantize", 8, 0.01, 200),
+         _row("decoder.ffn", "quantize", 4, 0.02, 350),   # +0.01 for 150 more bytes: cheap
+         _row("decoder.ffn", "prune", 0.5, 0.05, 100, latency=-20.0),
+         _row("conv", "prune", 0.5, 0.30, 50)]
+
+
+def test_budget_search_takes_the_cheapest_wer_per_byte_first():
+    from core.recipe import Recipe
+
+    plan = budget_search(TABLE, max_bytes=400)  # must save 600 bytes
+    assert {g: (r["technique"], r["level"]) for g, r in plan.choices.items()} == \
+        {"encoder.ffn": ("quantize", 8), "decoder.ffn": ("quantize", 4)}
+    assert plan.estimated_size_bytes == 350 and plan.estimated_wer == pytest.approx(0.12)
+    assert len(plan.trail) == 3  # encoder q8, decoder q8, then decoder upgraded to q4
+    assert isinstance(plan.recipe, Recipe)
+    assert plan.recipe.to_json() == Recipe.from_json(
+        {"steps": [{"quantize": {"bits": 8, "groups": ["encoder.ffn"]}},
+                   {"quantize": {"bits": 4, "groups": ["decoder.ffn"]}}]}).to_json()
+    assert budget_search(TABLE, max_bytes=1000).choices == {}  # already fits
+
+
+def test_budget_search_latency_and_errors():
+    plan = budget_search(TABLE, max_ms=40)
+    assert list(plan.choices) == ["decoder.ffn"] and plan.estimated_latency_ms == pytest.approx(30.0)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        budget_search(TABLE, max_bytes=100)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        budget_search(TABLE, max_ms=10)
+    with pytest.raises(ValueError, match="exactly one"):
+        budget_search(TABLE, max_bytes=1, max_ms=1)
+    with pytest.raises(ValueError, match="baseline"):
+        budget_search(TABLE[1:], max_bytes=500)
+
+
+def test_plan_recipe_merges_groups_and_orders_steps():
+    rows = [_row("decoder.ffn", "quantize", 4, 0, 1), _row("encoder.ffn", "quantize", 4, 0, 1),
+            _row("conv", "prune", 0.5, 0, 1), _row("encoder.attention", "quantize", 8, 0, 1)]
+    assert plan_recipe(rows) == {"steps": [
+        {"prune": {"sparsity": 0.5, "groups": ["conv"]}},
+        {"quantize": {"bits": 4, "groups": ["encoder.ffn", "decoder.ffn"]}},
+        {"quantize": {"bits": 8, "groups": ["encoder.attention"]}}]}

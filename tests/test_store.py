@@ -1,0 +1,133 @@
+"""Results store: keys, round trip, filters, export, location, and the memoized model identity."""
+import csv
+import hashlib
+import io
+import json
+import sqlite3
+
+import pytest
+import torch
+
+from core import store as store_module
+from core.store import (Point, Store, canonical_json, default_store_path, export_points, model_identity,
+                        point_key, weights_hash)
+
+
+def make_point(key: str = "k1", wer: float = 0.25, size: int = 1000, latency: float | None = 12.5,
+               dataset_fingerprint: str = "fp", settings: dict | None = None) -> Point:
+    return Point(key=key, model="tiny", model_id="m" * 64, recipe={"steps": [{"prune": {"sparsity": 0.5}}]},
+                 label="prune 50%", dataset="quick", dataset_fingerprint=dataset_fingerprint,
+                 settings=settings or {"packed": True}, wer=wer, cer=0.1, size_bytes=size, latency_ms=latency,
+                 parameters=42, result={"wer": wer, "n_utterances": 2, "wer_ci95": [0.1, 0.4]},
+                 rows=[{"id": "a", "hypothesis": "hello", "reference": "hello", "wer": 0.0},
+                       {"id": "b", "hypothesis": "wold", "reference": "world", "wer": 1.0}],
+                 timings={"total": 1.5}, machine={"cpu": "x86_64", "threads": 2, "torch": torch.__version__})
+
+
+def test_point_key_is_canonical_and_covers_every_part():
+    recipe = {"steps": [{"quantize": {"bits": 4, "granularity": "channel"}}]}
+    reordered = {"steps": [{"quantize": {"granularity": "channel", "bits": 4}}]}
+    key = point_key("model", recipe, "data", {"packed": True, "latency_runs": 2})
+    assert key == point_key("model", reordered, "data", {"latency_runs": 2, "packed": True})
+    assert len(key) == 64
+    others = {point_key("model2", recipe, "data", {"packed": True, "latency_runs": 2}),
+              point_key("model", {"steps": []}, "data", {"packed": True, "latency_runs": 2}),
+              point_key("model", recipe, "data2", {"packed": True, "latency_runs": 2}),
+              point_key("model", recipe, "data", {"packed": False, "latency_runs": 2})}
+    assert key not in others and len(others) == 4
+    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+
+
+def test_round_trip_and_filters(tmp_path):
+    path = tmp_path / "results.sqlite"
+    with Store(path) as store:
+        point = make_point()
+        store.put(point)
+        store.put(make_point("k2", wer=0.5, dataset_fingerprint="other"))
+        assert len(store) == 2 and "k1" in store and "nope" not in store
+        back = store.get("k1")
+    assert back.cached and not point.cached
+    assert back.to_json() == point.to_json()  # every field, rows and nested JSON included
+    with Store(path) as store:  # a new connection (another session) sees both
+        assert [p.key for p in store.points()] == ["k1", "k2"]
+        assert [p.key for p in store.points(dataset_fingerprint="other")] == ["k2"]
+        assert [p.key for p in store.points(settings={"packed": True})] == ["k1", "k2"]
+        assert store.points(settings={"packed": False}) == []
+        assert set(store.get_many(["k1", "k2", "k3"])) == {"k1", "k2"}
+        assert store.delete("k2") and not store.delete("k2")
+        assert store.get("k2") is None
+
+
+def test_put_replaces_a_point_with_the_same_key(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        store.put(make_point(wer=0.25))
+        store.put(make_point(wer=0.125))
+        assert len(store) == 1 and store.get("k1").wer == 0.125
+
+
+def test_store_uses_wal_journal(tmp_path):
+    Store(tmp_path / "r.sqlite").close()
+    with sqlite3.connect(tmp_path / "r.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_export_csv_and_json(tmp_path):
+    points = [make_point("k1", latency=None), make_point("k2", wer=0.5)]
+    rows = list(csv.DictReader(io.StringIO(export_points(points, "csv"))))
+    assert [r["key"] for r in rows] == ["k1", "k2"]
+    assert rows[0]["latency_ms"] == "" and float(rows[1]["wer"]) == 0.5
+    assert json.loads(rows[0]["recipe"]) == {"steps": [{"prune": {"sparsity": 0.5}}]}
+    records = json.loads(export_points(points, "json"))
+    assert records[1]["rows"][1]["hypothesis"] == "wold" and "cached" not in records[1]
+    with pytest.raises(ValueError, match="csv or json"):
+        export_points(points, "xml")
+
+
+def test_default_location(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPEECH_LAB_DATA", str(tmp_path / "data"))
+    assert default_store_path() == tmp_path / "data" / "results.sqlite"
+    monkeypatch.delenv("SPEECH_LAB_DATA")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_store_path() == tmp_path / "xdg" / "speech-compression-lab" / "results.sqlite"
+    store = Store()
+    assert store.path.parent.is_dir()
+    store.close()
+
+
+def test_weights_hash_is_memoized_per_module(tiny_whisper, monkeypatch):
+    first = weights_hash(tiny_whisper)
+    calls = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(store_module.hashlib, "sha256", lambda *a: calls.append(1) or real_sha256(*a))
+    assert weights_hash(tiny_whisper) == first
+    assert calls == []  # nothing rehashed
+
+
+def test_weights_hash_follows_weight_changes(tiny_whisper):
+    import copy
+
+    first = weights_hash(tiny_whisper)
+    twin = copy.deepcopy(tiny_whisper)
+    assert weights_hash(twin) == first  # content, not object identity
+    weight = twin.model.encoder.layers[0].fc1.weight
+    original = weight[0, 0].item()
+    with torch.no_grad():
+        weight[0, 0] = original + 1.0  # in place: the version counter moves
+    changed = weights_hash(twin)
+    assert changed != first
+    with torch.no_grad():
+        weight[0, 0] = original
+    assert weights_hash(twin) == first
+    fc2 = twin.model.decoder.layers[0].fc2
+    fc2.weight = torch.nn.Parameter(torch.zeros_like(fc2.weight))
+    assert weights_hash(twin) not in (first, changed)  # a replaced parameter is seen too
+
+
+def test_model_identity_ignores_the_display_name(tiny_whisper):
+    from core.models import WhisperDecoding, _whisper_model
+
+    decoding = WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=(), max_length=64)
+    model = _whisper_model("a", tiny_whisper, None, decoding, {})
+    assert model_identity(model) == model_identity(model.with_module(tiny_whisper, name="b"))
+    other = _whisper_model("a", tiny_whisper, None, WhisperDecoding((117,), 116, (5,), ()), {})
+    assert model_identity(other) != model_identity(model)
