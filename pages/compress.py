@@ -17,6 +17,13 @@ st.caption("Move a slider in the sidebar: the compressed model is measured on th
            "into 30 s windows) and every point joins the Pareto page. Points you have tried before return at once.")
 
 
+def speed_text(ratio: float | None) -> str | None:
+    """Measured speed against the baseline, in words that read right both ways."""
+    if not ratio:
+        return None
+    return f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+
+
 def recipe_from_widgets() -> dict:
     """The recipe JSON the controls describe (steps in the order prune → low-rank → quantize)."""
     steps = []
@@ -117,7 +124,7 @@ with results:
     cards[1].metric("Size", f"{point.size_bytes / 1e6:.1f} MB", f"{baseline.size_bytes / point.size_bytes:.2f}× smaller",
                     delta_color="off", help="Bytes of the exported artifact (safetensors with packed integers, "
                                             "sparse storage where smaller)")
-    cards[2].metric("Latency", f"{point.latency_ms:.0f} ms", f"{measured:.2f}× faster" if measured else None,
+    cards[2].metric("Latency", f"{point.latency_ms:.0f} ms", speed_text(measured),
                     delta_color="off", help=f"Median of {point.result['latency']['runs']} runs on a "
                                             f"{point.result['latency']['clip_seconds']:.1f} s clip, "
                                             f"{point.result['latency']['threads']} threads")
