@@ -1,6 +1,5 @@
 """Per-group sensitivity (shape, monotonic sizes, caching) and the greedy budget search."""
 import pytest
-import torch
 
 from core.sensitivity import budget_search, plan_recipe, run_sensitivity, sensitivity_plan
 from core.store import Store
@@ -10,13 +9,7 @@ from test_sweep import tiny_dataset, tiny_speech_model
 FAST = SweepSettings(latency_runs=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LEVELS = {"prune": ("sparsity", (0.5, 0.9)), "quantize": ("bits", (8, 4)), "low_rank": ("rank_fraction", (0.5,))}

@@ -20,13 +20,7 @@ TESTS = Path(__file__).resolve().parent
 FAST = SweepSettings(latency_runs=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread skips OpenMP hand-offs, which dominate here and crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- helpers shared with test_sensitivity
