@@ -167,7 +167,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
         return _load_hf(str(path), name)
     if path.exists():
         raise ValueError(f"{name} is a file; give a model folder, a Hugging Face id or '{DEFAULT_MODEL}'")
-    if os.sep in name and not name.count("/") == 1 or name.startswith((".", "~")):
+    if name.startswith((".", "~", "/")) or name.count("/") > 1:  # a path, not an "owner/model" hub id
         raise ValueError(f"model folder {name} does not exist")
     return _load_hf(name, name)
 
