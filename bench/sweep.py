@@ -167,19 +167,19 @@ def bench_budget(model, store: Store, settings: SweepSettings) -> str:
              f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
              f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
              "| budget (MB) | recipe | size MB | WER quick | WER full |", "| --- | --- | --- | --- | --- |"]
-    budgets = sorted({round(m["quick"].size_bytes / 1e6, 1) for m in measured.values()
+    budgets = sorted({m["quick"].size_bytes for m in measured.values()
                       if m["quick"].size_bytes < baseline["quick"].size_bytes}, reverse=True)
     for budget in budgets:
-        fits = [(name, m) for name, m in measured.items() if m["quick"].size_bytes <= budget * 1e6]
+        fits = [(name, m) for name, m in measured.items() if m["quick"].size_bytes <= budget]
         best = min(fits, key=lambda item: item[1]["full"].wer)
         try:
-            plan = budget_search(table, max_bytes=budget * 1e6)
+            plan = budget_search(table, max_bytes=budget)
         except ValueError as exc:
-            lines.append(f"| {budget:.1f} | greedy: {exc} | | | |")
+            lines.append(f"| {budget / 1e6:.1f} | greedy: {exc} | | | |")
             continue
         greedy = {ds.name: next(run_sweep(model, ds, [plan.recipe], store, settings)) for ds in (quick, full)}
         for label, points in ((f"best uniform: {best[0]}", best[1]), (f"greedy: {plan.recipe.describe()}", greedy)):
-            lines.append(f"| {budget:.1f} | {label} | {points['quick'].size_bytes / 1e6:.1f} | "
+            lines.append(f"| {budget / 1e6:.1f} | {label} | {points['quick'].size_bytes / 1e6:.1f} | "
                          f"{100 * points['quick'].wer:.2f}% | {100 * points['full'].wer:.2f}% |")
     return "\n".join(lines) + "\n"
 
