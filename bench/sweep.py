@@ -147,13 +147,13 @@ def uniform_recipes() -> dict[str, Recipe]:
     return recipes
 
 
-def bench_budget(model, store: Store, settings: SweepSettings) -> str:
+def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: str = "quick") -> str:
     """Sensitivity on quick, then for budgets at the sizes of uniform recipes: greedy per-group recipe vs
     the best uniform recipe no larger than it, both measured on quick and full."""
     quick, full = load_dataset("quick"), load_dataset("full")
     start = time.perf_counter()
     table = []
-    for row in run_sensitivity(model, quick, store, settings=settings):
+    for row in run_sensitivity(model, quick if sensitivity_on == "quick" else full, store, settings=settings):
         table.append(row)
         print(f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
@@ -162,8 +162,9 @@ def bench_budget(model, store: Store, settings: SweepSettings) -> str:
     measured = {name: {ds.name: next(run_sweep(model, ds, [recipe], store, settings))
                        for ds in (quick, full)} for name, recipe in uniform.items()}
     baseline = {ds.name: next(run_sweep(model, ds, [Recipe()], store, settings)) for ds in (quick, full)}
-    lines = ["", f"### Budget search vs uniform recipes (bench/sweep.py --budget)", "",
-             f"Sensitivity table: {len(table) - 1} probes on quick ({sensitivity_s:.0f} s, packed mode, "
+    lines = ["", "### Budget search vs uniform recipes "
+             f"(bench/sweep.py --budget --sensitivity-on {sensitivity_on})", "",
+             f"Sensitivity table: {len(table) - 1} probes on {sensitivity_on} ({sensitivity_s:.0f} s, packed mode, "
              f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
              f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
              "| budget (MB) | recipe | size MB | WER quick | WER full |", "| --- | --- | --- | --- | --- |"]
@@ -192,13 +193,16 @@ def main() -> None:
     parser.add_argument("--append", type=Path, help="append the markdown report to this file")
     parser.add_argument("--budget", action="store_true", help="run the budget-search check instead")
     parser.add_argument("--store", type=Path, help="results store for --budget (default: a temporary one)")
+    parser.add_argument("--sensitivity-on", choices=("quick", "full"), default="quick",
+                        help="dataset the --budget sensitivity table is measured on")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     model, dataset = load_model(), load_dataset(args.dataset)
     if args.budget:
         with tempfile.TemporaryDirectory() as folder:
-            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings())
+            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings(),
+                                args.sensitivity_on)
         text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
         print(text)
         if args.append:

@@ -122,7 +122,8 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
     """Pick per-group levels from a sensitivity table so the estimate fits the budget at least ΔWER.
 
     Greedy: each move upgrades one group to a stronger option (more saved), choosing the move with the
-    smallest extra ΔWER per extra byte (or ms) saved. ValueError if the budget cannot be reached."""
+    smallest extra ΔWER per extra byte (or ms) saved, the larger saving on ties. A negative ΔWER counts
+    as 0: on a small set it is noise, not a gain to chase. ValueError if the budget cannot be reached."""
     from core.recipe import Recipe
 
     if (max_bytes is None) == (max_ms is None):
@@ -147,12 +148,12 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
         best = None
         for group, rows in options.items():
             current = choices.get(group)
-            base_saved, base_delta = (saved(current), current["delta_wer"]) if current else (0, 0.0)
+            base_saved, base_delta = (saved(current), max(current["delta_wer"], 0.0)) if current else (0, 0.0)
             for row in rows:
                 gain = saved(row) - base_saved
                 if gain <= 0:
                     continue
-                cost = (row["delta_wer"] - base_delta) / gain
+                cost = (max(row["delta_wer"], 0.0) - base_delta) / gain
                 if best is None or (cost, -gain) < (best[0], -best[1]):
                     best = (cost, gain, group, row)
         if best is None:

@@ -92,6 +92,13 @@ def test_budget_search_takes_the_cheapest_wer_per_byte_first():
     assert budget_search(TABLE, max_bytes=1000).choices == {}  # already fits
 
 
+def test_budget_search_treats_a_lower_wer_as_noise_not_a_gain():
+    table = [BASELINE, _row("conv", "prune", 0.5, -0.05, 100), _row("embedding", "quantize", 8, 0.0, 300)]
+    plan = budget_search(table, max_bytes=800)
+    assert list(plan.choices) == ["embedding"]  # both cost nothing; the larger saving goes first
+    assert budget_search(table, max_bytes=650).choices["embedding"]["level"] == 8
+
+
 def test_budget_search_latency_and_errors():
     plan = budget_search(TABLE, max_ms=40)
     assert list(plan.choices) == ["decoder.ffn"] and plan.estimated_latency_ms == pytest.approx(30.0)
