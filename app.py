@@ -11,6 +11,7 @@ navigation = st.navigation([
     st.Page(PAGES / "compress.py", title="Compress", icon="🗜️"),
     st.Page(PAGES / "record.py", title="Record & compare", icon="🎤"),
     st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
+    st.Page(PAGES / "distill.py", title="Distill", icon="🧑‍🏫"),
     st.Page(PAGES / "learn.py", title="Learn", icon="🎓"),
 ])
 navigation.run()

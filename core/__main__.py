@@ -128,10 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(run=cmd_evaluate)
 
-    from core import sensitivity, sweep  # light imports: torch loads only when a command runs
+    from core import distill, sensitivity, sweep
 
     sweep.add_commands(commands)  # sweep, pareto, export
     sensitivity.add_commands(commands)  # sensitivity, budget
+    distill.add_commands(commands)  # distill
     return parser
 
 

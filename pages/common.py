@@ -72,7 +72,10 @@ def measure(model_name: str, recipe: Recipe, dataset_name: str = "quick") -> Poi
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def compressed_model(model_name: str, recipe_json: str) -> tuple[SpeechModel, list]:
-    """The base model with a recipe applied, and the per-layer report (few kept: they are large)."""
+    """The base model with a recipe applied, and the per-layer report (few kept: they are large). A trained
+    student's entry (core.distill.pareto_entry) loads from its folder."""
+    if "distill" in json.loads(recipe_json):
+        return load_model(json.loads(recipe_json)["distill"]["folder"]), []
     recipe = Recipe.from_json(json.loads(recipe_json))
     base = base_model(model_name)
     if recipe.is_empty:

@@ -28,6 +28,8 @@ store = results_store()
 
 
 def technique(recipe: dict) -> str:
+    if "distill" in recipe:  # a trained student (core.distill.pareto_entry)
+        return "recovery" if recipe["distill"]["student"].get("recipe") else "distillation"
     steps = [next(iter(step)) for step in recipe.get("steps", [])]
     return " + ".join(steps) if steps else "uncompressed"
 
@@ -77,7 +79,10 @@ else:
     left, right = st.columns([1, 2])
     with left:
         st.code(json.dumps(chosen["recipe_json"], indent=1), language="json")
-        if st.button("Open in Compress", disabled=not chosen["recipe_json"].get("steps")):
+        trained = "distill" in chosen["recipe_json"]
+        if trained:
+            st.caption(f"A trained student, saved in `{chosen['recipe_json']['distill']['folder']}`.")
+        if st.button("Open in Compress", disabled=trained or not chosen["recipe_json"].get("steps")):
             try:
                 st.session_state.update(compress_widget_state(chosen["recipe_json"]))
                 st.switch_page("pages/compress.py")

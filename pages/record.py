@@ -1,5 +1,6 @@
 """Record & compare: your own voice through the original and a compressed model, side by side."""
 import json
+from pathlib import Path
 
 import streamlit as st
 
@@ -21,7 +22,8 @@ def variant_choices() -> dict[str, dict]:
         current = json.loads(st.session_state["recipe_json"])
         choices[f"Compress page: {Recipe.from_json(current).describe()}"] = current
     for point in results_store().points():
-        if point.recipe.get("steps"):
+        trained = point.recipe.get("distill", {}).get("folder")
+        if (point.recipe.get("steps") and not trained) or (trained and Path(trained).is_dir()):
             choices.setdefault(f"Stored: {point.label} (WER {100 * point.wer:.1f}% on {point.dataset})", point.recipe)
     choices.setdefault(f"Example: {Recipe.from_json(EXAMPLE).describe()}", EXAMPLE)
     return choices

@@ -51,7 +51,12 @@ def test_bundled_splits(assets):
 
 
 def test_bundled_split_absent_or_manifest_missing(assets, tmp_path):
-    with pytest.raises(ValueError, match="'train' is empty.*splits present: full, quick"):
+    with pytest.raises(ValueError, match="'train' is not available.*train/manifest.csv not found"):
+        load_dataset("train", assets_dir=assets)  # train has its own folder
+    (assets / "train").mkdir()
+    write_manifest(assets / "train" / "manifest.csv", [{"path": "../eval/audio/quick_0.wav", "text": "x",
+                                                         "split": "other", "voice": "v"}])
+    with pytest.raises(ValueError, match="'train' is empty.*splits present: other"):
         load_dataset("train", assets_dir=assets)
     with pytest.raises(ValueError, match="'quick' is not available.*manifest.csv not found"):
         load_dataset("quick", assets_dir=tmp_path / "nowhere")
@@ -149,3 +154,17 @@ def test_fingerprint_is_stable_and_tracks_content(tmp_path):
     assert Dataset("x", (Utterance("a", a, "one"), Utterance("c", b, "two"))).fingerprint() != fp
     write_tone(b, 500)
     assert data.fingerprint() != fp
+
+
+def test_train_split_is_synthesized_once_and_disjoint_from_evaluation(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("SPEECH_LAB_CACHE", str(tmp_path))
+    train = load_dataset("train")
+    words = lambda text: " ".join(re.sub(r"[^a-z0-9']+", " ", text.lower()).split())
+    held_out = {words(u.text) for name in ("quick", "full") for u in load_dataset(name).utterances}
+    assert len(train) == 320 and not {words(u.text) for u in train.utterances} & held_out
+    assert all(u.path.is_relative_to(tmp_path) for u in train.utterances)
+    stamp = (tmp_path / "train-320" / "manifest.csv").stat().st_mtime_ns
+    assert load_dataset("train").fingerprint() == train.fingerprint()  # read back, not made again
+    assert (tmp_path / "train-320" / "manifest.csv").stat().st_mtime_ns == stamp

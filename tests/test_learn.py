@@ -41,7 +41,8 @@ def test_learn_renders_four_sections_with_charts(learn):
     assert [any(label.endswith(s) for label in labels) for s in SECTIONS] == [True] * 4, labels
     # histogram + threshold curve, staircase, spectrum, flow diagram + softmax bars
     assert len(learn.get("plotly_chart")) == 6
-    assert any("later release" in i.value for i in learn.info)  # no pretend distillation engine
+    links = learn.get("page_link")  # the distillation tab points to the page that trains a student
+    assert len(links) == 1 and links[0].proto.page == "distill", links
     assert not learn.button  # and no dead buttons
 
 

