@@ -1,6 +1,8 @@
 """Which compressions really run faster on this CPU? fp32 against each speed path, same clips, one run.
 
-Usage: python bench/latency.py [--dataset full] [--threads 2] [--clips 24]
+Usage: python bench/latency.py [--dataset full] [--threads 2] [--clips 24] [--models DIR ...] [--short]
+--models adds saved model folders (e.g. students from `python -m core distill`) as rows; --short keeps
+only fp32 and int8 of the recipes.
 Prints, per recipe: WER on the dataset, artifact size, median ms per clip and the speed-up against
 fp32 measured in this same run, next to the theoretical speed-up from weight FLOPs per token.
 Unstructured sparsity and fake-quantized weights compute in dense fp32, so they are expected at ~1.0x.
@@ -50,6 +52,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=24, help="clips timed per recipe (WER uses all)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--models", type=Path, nargs="*", default=[], help="model folders to time as extra rows")
+    parser.add_argument("--short", action="store_true", help="of the recipes, only fp32 and int8 dynamic")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_model()
@@ -60,9 +64,13 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"{'recipe':50s} {'WER %':>6s} {'MB':>6s} {'ms/clip':>8s} {'speed-up':>8s} {'dense-FLOP ratio':>16s}")
     rows, base_ms, base_flops = [], None, linear_macs(base.module)
-    for label, spec in RECIPES.items():
-        recipe = Recipe.from_json(spec)
-        model = base.with_module(recipe.apply(base.module)[0]) if spec["steps"] else base
+    recipes = list(RECIPES.items())[: 2 if args.short else None]
+    variants = [(label, spec, lambda spec=spec: base.with_module(Recipe.from_json(spec).apply(base.module)[0])
+                 if spec["steps"] else base) for label, spec in recipes]
+    variants += [(f"folder {folder}", {"model": str(folder)}, lambda folder=folder: load_model(folder))
+                 for folder in args.models]
+    for label, spec, build in variants:
+        model = build()
         model.transcribe([waves[0]])  # warm-up
         times = []
         for wave in waves[: args.clips]:

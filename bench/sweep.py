@@ -28,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
-from core.evaluate import load_waves, machine_facts  # noqa: E402
+from core.evaluate import machine_facts  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.recipe import Recipe  # noqa: E402
 from core.sensitivity import LEVELS, budget_search, run_sensitivity, sensitivity_plan  # noqa: E402
@@ -85,7 +85,7 @@ def cli_rerun(store: Path, grid_file: Path, dataset: str, threads: int) -> float
 
 def report(results: list[dict], dataset, args, cli_s: float | None, load: tuple) -> str:
     facts = machine_facts()
-    lines = [f"## Sweeps at speed (bench/sweep.py, issue #4)", "",
+    lines = ["## Sweeps at speed (bench/sweep.py, issue #4)", "",
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {facts['cpu']}, {torch.get_num_threads()} torch "
              f"threads (torch.set_num_threads({args.threads})), torch {facts['torch']}, Python {facts['python']}; "
              f"dataset `{dataset.name}` ({len(dataset)} clips); grid {GRID} = 27 recipes. "

@@ -1,8 +1,9 @@
 """Evaluation sets: audio files paired with reference transcripts, from the bundled set or your own.
 
 Accepted: the bundled names (`quick` and `full`: splits of assets/eval/manifest.csv; `train`, for
-distillation, sentences that never occur in quick/full, synthesized on first use), a manifest CSV with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio
-files each with a same-named .txt transcript.
+distillation, sentences that never occur in quick/full, synthesized on first use), a manifest CSV
+with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio files each
+with a same-named .txt transcript.
 """
 from __future__ import annotations
 

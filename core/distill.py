@@ -39,7 +39,7 @@ class DistillConfig:
     steps: int = 200
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 − α goes to the soft labels
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     batch_size: int = 4  # 30 s windows per step
     warmup_steps: int = 10
     seed: int = 0
@@ -148,9 +148,11 @@ def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]
 
     _check_plain_whisper(teacher, "teacher")
     recipe = Recipe.from_json(recipe)
-    split = {kind: [(step, keys) for step, keys in zip(recipe.steps, recipe.keys) if
-                    (step[0] == "quantize") == (kind == "after")] for kind in ("train", "after")}
-    train, after = (Recipe(tuple(s for s, _ in split[k]), tuple(k_ for _, k_ in split[k])) for k in ("train", "after"))
+    def part(quantize: bool) -> Recipe:
+        chosen = [(step, keys) for step, keys in zip(recipe.steps, recipe.keys) if (step[0] == "quantize") == quantize]
+        return Recipe(tuple(step for step, _ in chosen), tuple(keys for _, keys in chosen))
+
+    train, after = part(quantize=False), part(quantize=True)
     module, _ = train.apply(teacher.module)
     return teacher.with_module(module, name=f"{teacher.name} + {train.describe()}"), after
 
@@ -163,8 +165,7 @@ class Example:
     """One training window: the teacher's cached outputs and the hard labels."""
 
     features: torch.Tensor  # (mels, frames), only kept when the student encoder trains
-    encoder_states: torch.Tensor  # (frames, d) the frozen student encoder's output (or the teacher's)
-    teacher_states: torch.Tensor  # (frames, d_teacher)
+    encoder_states: torch.Tensor  # (frames, d) the frozen student encoder's output (empty if it trains)
     inputs: list[int]  # prompt + label tokens
     labels: list[int]  # IGNORE under the prompt but its last token, then label tokens + end-of-text
     teacher_logits: torch.Tensor  # (len(inputs), vocab) float16
@@ -202,13 +203,14 @@ def prepare_examples(teacher: SpeechModel, student: SpeechModel, waves: list, te
         inputs = list(decoding.prompt) + tokens
         labels = [IGNORE] * (len(decoding.prompt) - 1) + tokens + [decoding.eot]
         logits = _decoder_logits(teacher.module, teacher_states, torch.tensor([inputs]))[0]
-        if config.train_encoder or not same_encoder:
-            states = student.module.model.encoder(features).last_hidden_state[0]
-        else:
+        if config.train_encoder:  # the encoder runs in every step instead
+            states = torch.empty(0)
+        elif same_encoder:
             states = teacher_states[0]
+        else:
+            states = student.module.model.encoder(features).last_hidden_state[0]
         yield Example(features=features[0] if config.train_encoder else torch.empty(0), encoder_states=states,
-                      teacher_states=teacher_states[0], inputs=inputs, labels=labels,
-                      teacher_logits=logits.to(torch.float16))
+                      inputs=inputs, labels=labels, teacher_logits=logits.to(torch.float16))
 
 
 def batch_order(count: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -319,7 +321,8 @@ def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer
         meta = json.loads((folder / "checkpoint.json").read_text())
         tensors = load_file(str(folder / "state.safetensors"))
     except (OSError, json.JSONDecodeError, SafetensorError) as exc:
-        raise ValueError(f"{folder} is not a readable distillation checkpoint ({exc}); delete it to start over") from None
+        raise ValueError(f"{folder} is not a readable distillation checkpoint ({exc}); "
+                         "delete it to start over") from None
     if meta.get("config") != config.to_json() or meta.get("student") != identity:
         raise ValueError(f"{folder} was written by a run with other settings or another student; use the same "
                          "settings to resume, or another output folder (or delete the checkpoint) to start over")
@@ -332,6 +335,31 @@ def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer
         if f"exp_avg.{name}" in tensors:
             optimizer.state[p] = {key: tensors[f"{key}.{name}"] for key in ("step", "exp_avg", "exp_avg_sq")}
     return int(meta["step"])
+
+
+def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: dict[str, nn.Parameter],
+               masks: dict[str, torch.Tensor], optimizer, rate: float, config: DistillConfig) -> LossParts:
+    """One optimizer step on a batch: loss, backward, pruned weights kept at zero, clipped AdamW update."""
+    module.train()
+    inputs, labels, teacher_logits = collate(batch, pad)
+    if config.train_encoder:
+        states = module.model.encoder(torch.stack([e.features for e in batch])).last_hidden_state
+    else:
+        states = torch.stack([e.encoder_states for e in batch])
+    loss = distill_loss(_decoder_logits(module, states, inputs), teacher_logits, labels, config.temperature,
+                        config.alpha)
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    for name, mask in masks.items():
+        parameters[name].grad.mul_(mask)
+    torch.nn.utils.clip_grad_norm_(list(parameters.values()), 1.0)
+    optimizer.step()
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask)
+    return loss
 
 
 def evaluate_student(student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: dict) -> float:
@@ -379,46 +407,30 @@ def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: 
         step = load_checkpoint(checkpoint, parameters, optimizer, config, identity)
     yield Progress("prepare", step, config.steps, clock(),
                    message=f"{len(examples)} windows, {sum(p.numel() for p in parameters.values()):,} trainable "
-                           f"parameters, {len(masks)} pruned matrices kept sparse" + (f", resumed at step {step}" if step else ""))
+                           f"parameters, {len(masks)} pruned matrices kept sparse"
+                           + (f", resumed at step {step}" if step else ""))
     encoder_cache: dict = {}
     eval_waves = eval_waves if eval_waves is not None or eval_set is None else load_waves(eval_set)
+    evaluation = lambda at: Progress("eval", at, config.steps, clock(),
+                                     wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
     if eval_set is not None and step == 0:
-        yield Progress("eval", 0, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
-    pad = teacher.decoding.eot
+        yield evaluation(0)
     while step < config.steps:
-        student.module.train()
         batch = [examples[i] for i in batch_order(len(examples), step, config.batch_size, config.seed)]
-        inputs, labels, teacher_logits = collate(batch, pad)
-        if config.train_encoder:
-            states = student.module.model.encoder(torch.stack([e.features for e in batch])).last_hidden_state
-        else:
-            states = torch.stack([e.encoder_states for e in batch])
-        loss = distill_loss(_decoder_logits(student.module, states, inputs), teacher_logits, labels,
-                            config.temperature, config.alpha)
         rate = learning_rate_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
-        optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
-        for name, mask in masks.items():
-            parameters[name].grad.mul_(mask)
-        torch.nn.utils.clip_grad_norm_(list(parameters.values()), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            for name, mask in masks.items():
-                parameters[name].mul_(mask)
+        loss = train_step(student.module, batch, teacher.decoding.eot, parameters, masks, optimizer, rate, config)
         step += 1
         if checkpoint is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint, step, parameters, optimizer, config, identity)
         yield Progress("train", step, config.steps, clock(), loss=loss.total.item(),
                        cross_entropy=loss.cross_entropy.item(), kl=loss.kl.item(), learning_rate=rate)
         if eval_set is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            yield Progress("eval", step, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+            yield evaluation(step)
     for p in student.module.parameters():
         p.requires_grad_(False)
     student.module.eval()
     if eval_set is not None:
-        yield Progress("eval", step, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+        yield evaluation(step)
     yield Progress("done", step, config.steps, clock(), message="finished")
 
 
@@ -511,7 +523,8 @@ def cmd_distill(args) -> None:
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
     spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
     config = DistillConfig(steps=args.steps, temperature=args.temperature, alpha=args.alpha,
-                           learning_rate=args.lr, batch_size=args.batch_size, warmup_steps=min(args.warmup, args.steps - 1),
+                           learning_rate=args.lr, batch_size=args.batch_size,
+                           warmup_steps=min(args.warmup, args.steps - 1),
                            seed=args.seed, pseudo_labels=args.pseudo_labels, train_encoder=args.train_encoder,
                            eval_every=args.eval_every)
     train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
@@ -530,8 +543,8 @@ def cmd_distill(args) -> None:
     before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
     final = finish_student(student, after, teacher, spec, config, Path(args.out), before, after_training)
     if wers:
-        print(f"WER on {eval_set.name} (packed windows): " + (f"{100 * before:.2f}% before training → " if before
-                                                              is not None else "") + f"{100 * after_training:.2f}% after")
+        was = f"{100 * before:.2f}% before training → " if before is not None else ""
+        print(f"WER on {eval_set.name} (packed windows): {was}{100 * after_training:.2f}% after")
     print(f"wrote {args.out}; load it with --model {args.out}")
     if not args.no_store:
         recipe_json, label = pareto_entry(spec, config, after, Path(args.out).resolve())

@@ -15,7 +15,7 @@ from core.sweep import record_model_point
 from pages.common import LIVE, base_model, dataset_waves, encoder_cache, results_store
 from pages.flow import distillation_flow
 
-RECOVERY_EXAMPLE = {"steps": [{"prune": {"sparsity": 0.5, "scope": "global"}}]}
+RECOVERY_EXAMPLE = {"steps": [{"prune": {"structure": "neurons", "sparsity": 0.3, "groups": ["decoder.ffn"]}}]}
 
 st.title("Distill")
 st.caption("A student learns from the teacher's probabilities (soft labels, softened by temperature T) and from "
@@ -40,15 +40,16 @@ with left:
     kind = st.radio("Student", ["Smaller student", "Recover a compressed model"], horizontal=True, key="distill_kind")
     if kind == "Smaller student":
         layers = base_model(teacher_name).module.config.decoder_layers
-        decoder_layers = st.slider("Decoder layers kept", 1, max(1, layers - 1), min(2, max(1, layers - 1)), key="distill_layers",
-                                   help="Copied from evenly spaced teacher layers (first and last for 2); the "
-                                        "encoder is copied whole and frozen.")
+        decoder_layers = st.slider("Decoder layers kept", 1, max(1, layers - 1), min(2, max(1, layers - 1)),
+                                   key="distill_layers", help="Copied from evenly spaced teacher layers (first and "
+                                                              "last for 2); the encoder is copied whole and frozen.")
         spec = StudentSpec(decoder_layers=decoder_layers)
     else:
         current = st.session_state.get("recipe_json")  # the Compress page's recipe, if the user made one
-        text = st.text_area("Recipe to recover (JSON)", json.dumps(json.loads(current) if current else RECOVERY_EXAMPLE),
-                            key="distill_recipe", help="Defaults to the Compress page's recipe. Pruned weights stay "
-                                                       "zero while training; quantize steps run after training.")
+        text = st.text_area("Recipe to recover (JSON)", json.dumps(json.loads(current) if current else
+                                                                   RECOVERY_EXAMPLE), key="distill_recipe",
+                            help="Defaults to the Compress page's recipe. Pruned weights stay zero while training; "
+                                 "quantize steps run after training.")
         try:
             spec = StudentSpec(recipe=Recipe.from_json(text).to_json())
         except ValueError as exc:
@@ -60,9 +61,11 @@ with left:
     steps = knobs[0].number_input("Steps", 5, 2000, 100, 5, key="distill_steps")
     learning_rate = knobs[1].select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 3e-4,
                                            format_func=lambda v: f"{v:.0e}")
-    train_all, _ = dataset_waves("train")
-    utterances = st.slider("Training utterances", 8, len(train_all), min(160, len(train_all)), 8, key="distill_utterances",
-                           help="The first N of the bundled train split: fewer prepares faster")
+    with st.spinner("Preparing the train split (synthesized once, about 10 s) …"):
+        train_all, _ = dataset_waves("train")
+    utterances = st.slider("Training utterances", 8, len(train_all), min(160, len(train_all)), 8,
+                           key="distill_utterances", help="The first N of the bundled train split: fewer "
+                                                          "prepare faster")
 with right:
     diagram = st.empty()
     diagram.plotly_chart(distillation_flow(), width="stretch", key="flow")

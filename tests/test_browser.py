@@ -82,3 +82,26 @@ def test_record_through_the_fake_microphone_gives_a_transcript(streamlit_server)
         assert "speech lab" in text or "short test" in text, text[-800:]
         full_page_screenshot(page, ARTIFACTS / "record.png")
         shutil.copyfile(ARTIFACTS / "record.png", REPO / "docs" / "screenshots" / "record.png")
+
+
+def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
+    with open_page(streamlit_server, "distill") as page:
+        start = page.get_by_role("button", name=re.compile("^(Start|Resume)$"))
+        start.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        steps = page.get_by_label("Steps")
+        steps.fill("10")
+        steps.press("Enter")
+        wait_until_idle(page)
+        utterances = page.get_by_role("slider").filter(has=page.locator("[aria-valuemax]")).last  # Training utterances
+        utterances.focus()
+        page.keyboard.press("Home")  # the fewest utterances: a short demo
+        wait_until_idle(page)
+        assert utterances.get_attribute("aria-valuetext") == "8"
+        page.get_by_role("button", name=re.compile("^(Start|Resume)$")).click()
+        page.get_by_text("The student is on the Pareto page").wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        assert not exception_boxes(page), exception_boxes(page)
+        assert metric_value(page, "WER before").endswith("%") and metric_value(page, "WER after").endswith("%")
+        assert page.locator(".js-plotly-plot").count() >= 2  # the flow diagram and the loss curve
+        full_page_screenshot(page, ARTIFACTS / "distill.png")
+        shutil.copyfile(ARTIFACTS / "distill.png", REPO / "docs" / "screenshots" / "distill.png")

@@ -108,3 +108,14 @@ def test_distill_trains_a_student_that_lands_on_the_pareto_page():
     assert not problems(pareto), problems(pareto)
     labels = pareto.selectbox[0].options
     assert any(label.startswith("distilled 2-layer decoder (5 steps)") for label in labels), labels
+
+
+def test_distill_recovery_takes_a_recipe_and_explains_a_bad_one():
+    distill = page("pages/distill.py")
+    distill.radio(key="distill_kind").set_value("Recover a compressed model").run(timeout=TIMEOUT)
+    assert not problems(distill), problems(distill)
+    assert '"neurons"' in distill.text_area(key="distill_recipe").value  # the measured example
+    assert any("recovery-" in c.value for c in distill.caption)  # its own output folder
+    distill.text_area(key="distill_recipe").set_value('{"steps": [{"prune": {"sparsity": 1.5}}]}').run(timeout=TIMEOUT)
+    assert any("sparsity" in e.value for e in distill.error), [e.value for e in distill.error]
+    assert not distill.button  # nothing to start with an invalid recipe
