@@ -76,6 +76,13 @@ train = Dataset(f"train[:{utterances}]", train_all.utterances[:utterances])
 folder = run_folder(default_store_path().parent / "students", teacher_name, spec, config, train.name)
 resumable = (folder / CHECKPOINT / "checkpoint.json").exists()
 st.caption(f"Output folder: `{folder}`" + (" — a checkpoint is there: Start resumes it." if resumable else ""))
+finished = folder / "speech_lab.json"
+if finished.exists() and not resumable:
+    done = json.loads(finished.read_text()).get("distill", {})
+    if done.get("wer_after") is not None:
+        before = f"{100 * done['wer_before']:.1f}% → " if done.get("wer_before") is not None else ""
+        st.success(f"Trained before with these settings: WER on quick {before}{100 * done['wer_after']:.1f}% "
+                   "(packed). Its point is on the Pareto page; Start trains it again.")
 if not st.button("Resume" if resumable else "Start", type="primary"):
     st.info("Leaving this page while training pauses it; the last checkpoint (every 50 steps) is kept.")
     st.stop()

@@ -103,6 +103,8 @@ def test_distill_trains_a_student_that_lands_on_the_pareto_page():
     assert set(shown) == {"WER before", "WER after", "Stored point"}, shown
     assert shown["WER before"][0].endswith("%") and "MB" in shown["Stored point"][1]
     assert len(distill.get("plotly_chart")) >= 2 and distill.success  # loss curve + flow, and a result
+    distill.run(timeout=TIMEOUT)  # back on the page with the same settings: the finished run is remembered
+    assert any("Trained before with these settings" in s.value for s in distill.success)
 
     pareto = page("pages/pareto.py")
     assert not problems(pareto), problems(pareto)
