@@ -92,7 +92,7 @@ def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
         steps.fill("10")
         steps.press("Enter")
         wait_until_idle(page)
-        utterances = page.get_by_role("slider").filter(has=page.locator("[aria-valuemax]")).last  # Training utterances
+        utterances = page.locator('[data-testid="stSlider"]').filter(has_text="Training utterances").get_by_role("slider")
         utterances.focus()
         page.keyboard.press("Home")  # the fewest utterances: a short demo
         wait_until_idle(page)
