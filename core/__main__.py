@@ -128,11 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.set_defaults(run=cmd_evaluate)
 
-    from core import distill, sensitivity, sweep
+    from core import distill_cli, sensitivity, sweep  # light imports: torch loads only when a command runs
 
     sweep.add_commands(commands)  # sweep, pareto, export
     sensitivity.add_commands(commands)  # sensitivity, budget
-    distill.add_commands(commands)  # distill
+    distill_cli.add_commands(commands)  # distill
     return parser
 
 

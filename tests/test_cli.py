@@ -1,5 +1,6 @@
 """The command line end to end on the real bundled model: compress → reload → same transcripts; evaluate."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,14 @@ def test_transcribe_reports_bad_audio_clearly(tmp_path, capsys):
     bad.write_text("this is not audio")
     assert main(["transcribe", str(bad)]) == 2
     assert "notes.wav" in capsys.readouterr().err
+
+
+def test_building_the_command_line_does_not_import_torch():
+    """`python -m core --help` stays instant: every command module imports torch only when it runs."""
+    import subprocess
+    import sys
+
+    code = "import sys; from core.__main__ import build_parser; build_parser(); print('torch' in sys.modules)"
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

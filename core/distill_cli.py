@@ -1,0 +1,84 @@
+"""The `distill` command. Kept apart from core.distill so that building the CLI does not import torch;
+options left out take DistillConfig's defaults."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CONFIG_OPTIONS = {"steps": "steps", "temperature": "temperature", "alpha": "alpha", "lr": "learning_rate",
+                  "batch_size": "batch_size", "warmup": "warmup_steps", "seed": "seed",
+                  "eval_every": "eval_every"}  # command-line option -> DistillConfig field
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    """`distill`: train a student (smaller, or a compressed model to recover), write it, store its point."""
+    from core.data import load_dataset
+    from core.distill import (CHECKPOINT, DistillConfig, StudentSpec, distill, finish_student, format_progress,
+                              pareto_entry)
+    from core.models import load_model
+    from core.recipe import Recipe
+    from core.store import Store
+    from core.sweep import SweepSettings, record_model_point
+
+    recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
+    spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
+    given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()
+             if getattr(args, option) is not None}
+    if "warmup_steps" not in given:  # the default warm-up, but never all of a short run
+        given["warmup_steps"] = min(DistillConfig.warmup_steps, given.get("steps", DistillConfig.steps) - 1)
+    config = DistillConfig(pseudo_labels=args.pseudo_labels, train_encoder=args.train_encoder, **given)
+    train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
+    teacher = load_model(args.teacher)
+    student, after = spec.build(teacher)
+    wers = []
+    try:
+        for progress in distill(student, teacher, train, config, eval_set, checkpoint=Path(args.out) / CHECKPOINT):
+            print(format_progress(progress), flush=True)
+            if progress.stage == "eval":
+                wers.append(progress.wer)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume from {Path(args.out) / CHECKPOINT}",
+              file=sys.stderr)
+        raise SystemExit(130)
+    before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
+    final = finish_student(student, after, teacher, spec, config, Path(args.out), before, after_training)
+    if wers:
+        was = f"{100 * before:.2f}% before training → " if before is not None else ""
+        print(f"WER on {eval_set.name} (packed windows): {was}{100 * after_training:.2f}% after")
+    print(f"wrote {args.out}; load it with --model {args.out}")
+    if not args.no_store:
+        recipe_json, label = pareto_entry(spec, config, after, Path(args.out).resolve())
+        point = record_model_point(teacher, final, eval_set, Store(args.store), recipe_json, label,
+                                   SweepSettings(latency_runs=args.latency_runs))
+        print(f"stored on the Pareto plots of {teacher.name}: {label}: WER {100 * point.wer:.2f}%, "
+              f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else ""))
+
+
+def add_commands(commands) -> None:
+    """Register `distill` on the CLI's subparsers."""
+    p = commands.add_parser("distill", help="knowledge distillation into a smaller student, or recovery "
+                                            "fine-tuning of a compressed model (see README)")
+    p.add_argument("--teacher", default="whisper-tiny.en", help="teacher: 'whisper-tiny.en', 'whisper-base', a "
+                                                                "model folder or a Hugging Face id")
+    shape = p.add_mutually_exclusive_group(required=True)
+    shape.add_argument("--student-decoder-layers", type=int, help="smaller student: decoder layers to keep")
+    shape.add_argument("--recipe", type=Path, help="recovery: fine-tune the teacher compressed by this recipe")
+    p.add_argument("--student-encoder-layers", type=int, help="smaller student: encoder layers (default: all)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 200)")
+    p.add_argument("--out", type=Path, required=True, help="output folder; rerun the same command to resume")
+    p.add_argument("--dataset", default="train", help="training data: 'train' (bundled) or any dataset path")
+    p.add_argument("--eval-dataset", default="quick", help="WER before/after training (packed windows)")
+    p.add_argument("--temperature", type=float, help="softens both distributions (default 2)")
+    p.add_argument("--alpha", type=float, help="weight of the hard-label loss (default 0.5)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
+    p.add_argument("--batch-size", type=int, help="30 s windows per step (default 4)")
+    p.add_argument("--warmup", type=int, help="warm-up steps (default 10)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: before and after only)")
+    p.add_argument("--pseudo-labels", action="store_true", help="hard labels from the teacher's transcripts")
+    p.add_argument("--train-encoder", action="store_true", help="train the encoder too (much slower)")
+    p.add_argument("--store", type=Path, default=None, help="results database (default: the user data folder)")
+    p.add_argument("--no-store", action="store_true", help="do not add the student to the Pareto store")
+    p.add_argument("--latency-runs", type=int, default=2, help="timed latency runs for the stored point")
+    p.set_defaults(run=cmd_distill)
