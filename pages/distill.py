@@ -109,8 +109,8 @@ for progress in distill(student, teacher, train, config, eval_set, folder / CHEC
             chart.plotly_chart(loss_figure(pd.DataFrame(history)), width="stretch", key=f"loss_{progress.step}")
     elif progress.stage == "eval":
         wers.append(progress.wer)
-        metrics[0 if len(wers) == 1 else 1].metric("WER before" if len(wers) == 1 else "WER after",
-                                                   f"{100 * progress.wer:.1f}%")
+        first = progress.step == 0  # a resumed run has no "before"
+        metrics[0 if first else 1].metric("WER before" if first else "WER after", f"{100 * progress.wer:.1f}%")
 
 final = finish_student(student, after, teacher, spec, config, folder, wers[0] if len(wers) > 1 else None,
                        wers[-1] if wers else None)
