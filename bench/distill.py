@@ -28,7 +28,7 @@ from core.data import load_dataset  # noqa: E402
 from core.distill import DistillConfig, StudentSpec, distill, format_progress  # noqa: E402
 from core.evaluate import evaluate, load_waves, machine_facts, measure_latency  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.recipe import Recipe  # noqa: E402
+from core.recipe import Recipe, apply_recipe  # noqa: E402
 
 
 def wers(model, full, waves) -> tuple[float, float]:
@@ -42,13 +42,13 @@ def run(teacher, spec: StudentSpec, config: DistillConfig, train, full, full_wav
     """Build the student, measure it, train it (timed), apply the post-training steps, measure again."""
     start = time.perf_counter()
     student, after = spec.build(teacher)
-    before = wers(student.with_module(after.apply(student.module)[0]), full, full_waves)
+    before = wers(apply_recipe(student, after)[0], full, full_waves)
     train_start = time.perf_counter()
     for progress in distill(student, teacher, train, config):
         if progress.stage != "train" or progress.step % 20 == 0 or progress.step == config.steps:
             print(format_progress(progress), file=sys.stderr, flush=True)
     trained = time.perf_counter() - train_start
-    final = student.with_module(after.apply(student.module)[0])
+    final = apply_recipe(student, after)[0]
     result = {"label": spec.describe(config.steps), "before": before, "after": wers(final, full, full_waves),
               "train_s": trained, "total_s": time.perf_counter() - start,
               "latency_ms": measure_latency(final).median_ms, "params": final.num_parameters()}

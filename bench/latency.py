@@ -27,7 +27,7 @@ from core.evaluate import load_waves, model_size_bytes  # noqa: E402
 from core.layers import linear_macs  # noqa: E402
 from core.metrics import score  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.recipe import Recipe  # noqa: E402
+from core.recipe import Recipe, apply_recipe  # noqa: E402
 
 RECIPES = {
     "fp32 (baseline)": {"steps": []},
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"{'recipe':50s} {'WER %':>6s} {'MB':>6s} {'ms/clip':>8s} {'speed-up':>8s} {'dense-FLOP ratio':>16s}")
     rows, base_ms, base_flops = [], None, linear_macs(base.module)
     recipes = list(RECIPES.items())[: 2 if args.short else None]
-    variants = [(label, spec, lambda spec=spec: base.with_module(Recipe.from_json(spec).apply(base.module)[0])
+    variants = [(label, spec, lambda spec=spec: apply_recipe(base, Recipe.from_json(spec))[0]
                  if spec["steps"] else base) for label, spec in recipes]
     variants += [(f"folder {folder}", {"model": str(folder)}, lambda folder=folder: load_model(folder))
                  for folder in args.models]

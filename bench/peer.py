@@ -40,10 +40,10 @@ def ours(recipe_path: str | None):
 
     model = load_model()
     if recipe_path:
-        from core.recipe import Recipe
+        from core.recipe import Recipe, apply_recipe
 
         recipe = Recipe.load(recipe_path)
-        model = model.with_module(recipe.apply(model.module)[0], name=recipe.describe())
+        model = apply_recipe(model, recipe, name=recipe.describe())[0]
     return model.name, lambda wave: model.transcribe([wave])[0]
 
 

@@ -23,11 +23,9 @@ def _load(args: argparse.Namespace):
 
     model = load_model(args.model)
     if getattr(args, "recipe", None):
-        from core.recipe import Recipe
+        from core.recipe import Recipe, apply_recipe
 
-        recipe = Recipe.load(args.recipe)
-        module, _ = recipe.apply(model.module)
-        model = model.with_module(module, name=f"{model.name} + {recipe.describe()}")
+        model, _ = apply_recipe(model, Recipe.load(args.recipe))
     return model
 
 
@@ -54,12 +52,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_compress(args: argparse.Namespace) -> None:
     from core.models import save_model
-    from core.recipe import Recipe
+    from core.recipe import Recipe, apply_recipe
 
     base = _load(argparse.Namespace(model=args.model, recipe=None))
     recipe = Recipe.load(args.recipe)
-    module, reports = recipe.apply(base.module)
-    model = base.with_module(module, name=f"{base.name} + {recipe.describe()}")
+    model, reports = apply_recipe(base, recipe)
     size = save_model(model, args.out, {"recipe": recipe.to_json(), "base_model": base.name,
                                         "report": [asdict(r) for r in reports]})
     print(format_reports(reports))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import Dataset
-from core.models import SpeechModel, greedy_decode
+from core.models import SpeechModel, greedy_decode, label_tokens
 
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
 CHECKPOINT = "checkpoint"  # subfolder of the output folder while training runs
@@ -144,7 +144,7 @@ def make_student(teacher: SpeechModel, decoder_layers: int, encoder_layers: int 
 def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]:
     """The teacher with the recipe's prune and low-rank steps applied, and the quantize steps left to run
     after training (as a Recipe): fine-tuning happens on float weights."""
-    from core.recipe import Recipe
+    from core.recipe import Recipe, apply_recipe
 
     _check_plain_whisper(teacher, "teacher")
     recipe = Recipe.from_json(recipe)
@@ -153,8 +153,7 @@ def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]
         return Recipe(tuple(step for step, _ in chosen), tuple(keys for _, keys in chosen))
 
     train, after = part(quantize=False), part(quantize=True)
-    module, _ = train.apply(teacher.module)
-    return teacher.with_module(module, name=f"{teacher.name} + {train.describe()}"), after
+    return apply_recipe(teacher, train)[0], after
 
 
 # ----------------------------------------------------------------------------- data
@@ -169,11 +168,6 @@ class Example:
     inputs: list[int]  # prompt + label tokens
     labels: list[int]  # IGNORE under the prompt but its last token, then label tokens + end-of-text
     teacher_logits: torch.Tensor  # (len(inputs), vocab) float16
-
-
-def label_tokens(model: SpeechModel, text: str) -> list[int]:
-    """Whisper's text tokens for a transcript (with the leading space Whisper emits)."""
-    return model.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
 
 
 def _decoder_logits(module: nn.Module, states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -473,9 +467,9 @@ def finish_student(student: SpeechModel, after, teacher: SpeechModel, spec: Stud
     """Run the post-training steps (quantize), write the student to `out` (it loads with `load_model(out)`)
     and drop the checkpoint."""
     from core.models import save_model
+    from core.recipe import apply_recipe
 
-    module, _ = after.apply(student.module)
-    final = student.with_module(module, name=f"{teacher.name} {spec.describe(config.steps)}")
+    final, _ = apply_recipe(student, after, name=f"{teacher.name} {spec.describe(config.steps)}")
     meta = {"base_model": teacher.name, "recipe": after.to_json(),
             "distill": {"teacher": teacher.name, "student": asdict(spec), "config": config.to_json(),
                         "wer_before": wer_before, "wer_after": wer_after}}

@@ -1,8 +1,8 @@
 """Which layers of a speech model can be compressed, and which group each belongs to.
 
 Groups are what users choose and what sensitivity is measured over: encoder/decoder x
-attention/feed-forward, the token embedding (tied to the output projection in Whisper) and
-the convolutional front-end. Works on Hugging Face Whisper and wav2vec2 module names.
+attention/feed-forward, the token embedding (tied to the output projection in Whisper), the
+convolutional front-end and the position tables (Whisper's encoder and decoder positional embeddings). Works on Hugging Face Whisper and wav2vec2 module names.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ GROUPS = (
     "decoder.ffn",
     "embedding",
     "conv",
+    "positions",
 )
 DEFAULT_GROUPS = ("encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn")
 
@@ -35,7 +36,7 @@ def layer_group(name: str, module: nn.Module) -> str | None:
     """The group of a module by its qualified name, or None if it is not compressible."""
     side = "decoder" if "decoder" in name else "encoder"
     if isinstance(module, nn.Embedding):
-        return "embedding" if "embed_tokens" in name else None
+        return "embedding" if "embed_tokens" in name else "positions" if "embed_positions" in name else None
     if isinstance(module, nn.Conv1d):
         return "conv"
     if not isinstance(module, nn.Linear):
@@ -60,7 +61,7 @@ def compressible_layers(model: nn.Module, groups: tuple[str, ...] | None = None)
         if group is None or (groups is not None and group not in groups):
             continue
         weight = module.weight
-        kind = "embedding" if group == "embedding" else "conv" if group == "conv" else "linear"
+        kind = "embedding" if group in ("embedding", "positions") else "conv" if group == "conv" else "linear"
         layers.append(LayerInfo(name, group, kind, tuple(weight.shape), weight.numel()))
     return layers
 

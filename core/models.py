@@ -118,6 +118,11 @@ class SpeechModel:
         return replace(self, module=module.eval(), name=name or self.name)
 
 
+def label_tokens(model: SpeechModel, text: str) -> list[int]:
+    """Whisper's text tokens for a transcript (with the leading space Whisper emits)."""
+    return model.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
+
+
 def greedy_decode(model: nn.Module, features: torch.Tensor, decoding: WhisperDecoding,
                   max_new_tokens: int) -> list[list[int]]:
     """Greedy Whisper decoding with a key/value cache; returns the new tokens of each item (no eot)."""

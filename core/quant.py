@@ -29,13 +29,16 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.layers import DEFAULT_GROUPS, GROUPS, LayerReport, compressible_layers, relative_error
+
+if TYPE_CHECKING:
+    from core.gptq import Calibration
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 GRANULARITIES = ("tensor", "channel", "group")
@@ -55,6 +58,9 @@ class QuantConfig:
     method: str = "minmax"  # "minmax": range = min/max; "mse": best of MSE_SHRINKS per channel/group
     groups: tuple[str, ...] = DEFAULT_GROUPS + ("embedding",)
     backend: str = "fake"  # "fake": fp32 dequantized forward; "int8_dynamic": int8 kernels for Linear
+    gptq: bool = False  # round with GPTQ error compensation (core.gptq) instead of to nearest: needs calibration
+    calibration: str = "train"  # dataset whose packed windows calibrate GPTQ (a bundled name or a path)
+    calibration_windows: int = 16  # 30 s windows of it, spread over the set
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or self.bits not in BITS:
@@ -73,6 +79,13 @@ class QuantConfig:
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups:
             raise ValueError(f"quantize.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}")
+        if not isinstance(self.gptq, bool):
+            raise ValueError(f"quantize.gptq must be true or false, got {self.gptq!r}")
+        if not isinstance(self.calibration, str) or not self.calibration:
+            raise ValueError(f"quantize.calibration must be a dataset name or path, got {self.calibration!r}")
+        if isinstance(self.calibration_windows, bool) or not isinstance(self.calibration_windows, int) \
+                or self.calibration_windows < 1:
+            raise ValueError(f"quantize.calibration_windows must be a positive integer, got {self.calibration_windows!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"quantize.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         if self.backend == "int8_dynamic" and (self.bits != 8 or not self.symmetric or self.granularity == "group"):
@@ -165,13 +178,9 @@ def _round(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) 
     return ((x / scale).round() + zero).clamp(0, 2**bits - 1)
 
 
-def quantize_tensor(weight: torch.Tensor,
-                    config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Codes (uint8, weight viewed as rows x cols), scales (fp32) and zero points (uint8; None if symmetric)."""
-    if config.bits == 16:
-        raise ValueError("quantize_tensor: 16 bits is stored as fp16, it has no integer codes")
-    w = weight.detach().float().reshape(weight.shape[0], -1)
-    x = _blocks(w, config.granularity, config.group_size)
+def _search_qparams(x: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zero points of blocks x (see _blocks): the min-max range, or with method "mse" the clipped
+    range of MSE_SHRINKS whose round-to-nearest error is smallest, per block."""
     shrinks = MSE_SHRINKS if config.method == "mse" else (1.0,)
     best_err = best_scale = best_zero = None
     for shrink in shrinks:
@@ -187,9 +196,27 @@ def quantize_tensor(weight: torch.Tensor,
             best_err = torch.where(better, err, best_err)
             best_scale = torch.where(better, scale, best_scale)
             best_zero = torch.where(better, zero, best_zero)
-    codes = _unblock(_round(x, best_scale, best_zero, config.bits), *w.shape).to(torch.uint8)
-    zero = None if config.symmetric else best_zero.squeeze(-1).to(torch.uint8)
-    return codes, best_scale.squeeze(-1).contiguous(), zero
+    return best_scale, best_zero
+
+
+def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Codes (uint8, weight viewed as rows x cols), scales (fp32) and zero points (uint8; None if symmetric).
+
+    With `hessian` (the layer's input statistics, see core.gptq) the codes are GPTQ's; else round-to-nearest."""
+    if config.bits == 16:
+        raise ValueError("quantize_tensor: 16 bits is stored as fp16, it has no integer codes")
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    x = _blocks(w, config.granularity, config.group_size)
+    scale, zero = _search_qparams(x, config)
+    if hessian is None:
+        codes = _unblock(_round(x, scale, zero, config.bits), *w.shape).to(torch.uint8)
+    else:
+        from core.gptq import gptq_codes  # core.gptq builds on this module
+
+        group_size = config.group_size if config.granularity == "group" else None
+        codes = gptq_codes(w, hessian, scale, zero, config.bits, group_size)
+    return codes, scale.squeeze(-1).contiguous(), None if config.symmetric else zero.squeeze(-1).to(torch.uint8)
 
 
 def dequantize_tensor(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
@@ -286,13 +313,13 @@ class QuantWeight(nn.Module):
         return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
                 "group_size": self.group_size}
 
-    def _encode(self, weight: torch.Tensor, config: QuantConfig) -> None:
-        """Fill the storage buffers from a float weight."""
+    def _encode(self, weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None) -> None:
+        """Fill the storage buffers from a float weight (GPTQ codes when given the layer's input Hessian)."""
         with torch.no_grad():
             if self.bits == 16:
                 self.weight_fp16.copy_(weight.detach().reshape(self.weight_shape))
                 return
-            codes, scale, zero = quantize_tensor(weight.reshape(self.weight_shape), config)
+            codes, scale, zero = quantize_tensor(weight.reshape(self.weight_shape), config, hessian)
             self.codes.copy_(pack_bits(codes, self.bits))
             self.scale.copy_(scale)
             if zero is not None:
@@ -330,9 +357,9 @@ class QuantLinear(QuantWeight):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None) -> "QuantLinear":
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, **_quant_args(config))
-        module._encode(linear.weight, config)
+        module._encode(linear.weight, config, hessian)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         module.refresh()
@@ -363,11 +390,12 @@ class QuantEmbedding(QuantWeight):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantEmbedding":
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig,
+                   hessian: torch.Tensor | None = None) -> "QuantEmbedding":
         if embedding.max_norm is not None:
             raise ValueError("quantize: embeddings with max_norm are not supported")
         module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, **_quant_args(config))
-        module._encode(embedding.weight, config)
+        module._encode(embedding.weight, config, hessian)
         module.refresh()
         return module
 
@@ -384,6 +412,18 @@ class QuantEmbedding(QuantWeight):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, {_describe(self)}"
+
+
+class QuantPositions(QuantEmbedding):
+    """Whisper's decoder position table (WhisperPositionalEmbedding), quantized: called the way it is."""
+
+    layout_kind = "quant_positions"
+
+    def forward(self, input_ids: torch.Tensor, past_key_values_length: int = 0,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None:
+            return self.weight[past_key_values_length: past_key_values_length + input_ids.shape[1]]
+        return self.weight[position_ids]
 
 
 class QuantConv1d(QuantWeight):
@@ -451,11 +491,12 @@ class Int8DynamicLinear(QuantWeight):
         self._packed = None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig) -> "Int8DynamicLinear":
+    def from_float(cls, linear: nn.Linear, config: QuantConfig,
+                   hessian: torch.Tensor | None = None) -> "Int8DynamicLinear":
         if config.bits != 8 or not config.symmetric or config.granularity == "group":
             raise ValueError("Int8DynamicLinear needs bits=8, symmetric=true, granularity 'channel' or 'tensor'")
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, config.granularity)
-        module._encode(linear.weight, config)
+        module._encode(linear.weight, config, hessian)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         module.refresh()
@@ -501,7 +542,7 @@ class Int8DynamicLinear(QuantWeight):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int8 {self.granularity}"
 
 
-QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantConv1d, Int8DynamicLinear)
+QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantPositions, QuantConv1d, Int8DynamicLinear)
 
 
 def _quant_args(source: QuantConfig | dict) -> dict:
@@ -526,14 +567,15 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _quantized(module: nn.Module, kind: str, config: QuantConfig) -> QuantWeight:
+def _quantized(module: nn.Module, kind: str, config: QuantConfig, hessian: torch.Tensor | None) -> QuantWeight:
     if kind == "embedding":
-        return QuantEmbedding.from_float(module, config)
+        positional = type(module).__name__ == "WhisperPositionalEmbedding"
+        return (QuantPositions if positional else QuantEmbedding).from_float(module, config, hessian)
     if kind == "conv":
         return QuantConv1d.from_float(module, config)
     if config.backend == "int8_dynamic":
-        return Int8DynamicLinear.from_float(module, config)
-    return QuantLinear.from_float(module, config)
+        return Int8DynamicLinear.from_float(module, config, hessian)
+    return QuantLinear.from_float(module, config, hessian)
 
 
 def _tie_output(model: nn.Module, name: str, embedding: QuantEmbedding, config: QuantConfig) -> None:
@@ -546,19 +588,33 @@ def _tie_output(model: nn.Module, name: str, embedding: QuantEmbedding, config: 
         linear.register_buffer("weight", embedding.weight, persistent=False)
 
 
-def quantize(model: nn.Module, config: QuantConfig = QuantConfig()) -> tuple[nn.Module, list[LayerReport]]:
-    """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched."""
+def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
+             calibration: "Calibration | None" = None) -> tuple[nn.Module, list[LayerReport]]:
+    """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched.
+
+    `config.gptq` needs `calibration` (core.gptq.calibration_for(model)): the Linear layers' inputs on it
+    weight the rounding. A tied embedding is calibrated by the output projection's inputs; conv layers
+    are rounded to nearest."""
+    hessians = {}
+    if config.gptq and config.bits != 16:
+        if calibration is None:
+            raise ValueError("quantize.gptq needs calibration data: apply the recipe with "
+                             "calibration=core.gptq.calibration_for(model)")
+        from core.gptq import input_hessians
+
+        hessians = input_hessians(model, calibration(config.calibration, config.calibration_windows))
     model = copy.deepcopy(model)
     reports = []
     for info in compressible_layers(model, config.groups):
         old = model.get_submodule(info.name)
         tied = [name for name, m in model.named_modules()
                 if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight]
-        new = _quantized(old, info.kind, config)
+        hessian = hessians.get(tied[0] if tied else info.name) if info.kind != "conv" else None
+        new = _quantized(old, info.kind, config, hessian)
         _set_module(model, info.name, new)
         for name in tied:
             _tie_output(model, name, new, config)
-        note = _describe(new) + (f" {config.method}" if config.bits != 16 else "")
+        note = _describe(new) + (f" {config.method}" if config.bits != 16 else "") + (" gptq" if hessian is not None else "")
         if config.backend == "int8_dynamic":
             note += ", int8 kernel" if isinstance(new, Int8DynamicLinear) else ", dequantized fp32 forward"
         if tied:

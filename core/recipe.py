@@ -28,7 +28,7 @@ from typing import Any, Callable
 from torch import nn
 
 _SHORT_GROUPS = {"encoder.attention": "enc.attn", "encoder.ffn": "enc.ffn", "decoder.attention": "dec.attn",
-                 "decoder.ffn": "dec.ffn", "embedding": "emb", "conv": "conv"}
+                 "decoder.ffn": "dec.ffn", "embedding": "emb", "conv": "conv", "positions": "pos"}
 
 
 # ----------------------------------------------------------------------------- labels
@@ -79,6 +79,8 @@ def _describe_quantize(config) -> str:
             label += " asym"
         if getattr(config, "method", "minmax") not in ("minmax", None):
             label += f" {config.method}"
+        if getattr(config, "gptq", False):
+            label += " gptq"
     if getattr(config, "backend", "fake") not in ("fake", None):
         label += f" {str(config.backend).replace('_', ' ')}"
     return label + _groups_suffix(config)
@@ -93,6 +95,7 @@ class StepType:
 
     load: Callable[[], tuple[type, Callable]]  # () -> (config class, verb(model, config) -> (model, reports))
     describe: Callable[[Any], str]
+    calibrated: bool = False  # the verb takes a third argument: calibration data (see core.gptq.Calibration)
 
 
 def _lazy(module: str, config: str, verb: str) -> Callable[[], tuple[type, Callable]]:
@@ -105,7 +108,7 @@ def _lazy(module: str, config: str, verb: str) -> Callable[[], tuple[type, Calla
 STEP_TYPES: dict[str, StepType] = {
     "prune": StepType(_lazy("core.prune", "PruneConfig", "prune"), _describe_prune),
     "low_rank": StepType(_lazy("core.lowrank", "LowRankConfig", "low_rank"), _describe_low_rank),
-    "quantize": StepType(_lazy("core.quant", "QuantConfig", "quantize"), _describe_quantize),
+    "quantize": StepType(_lazy("core.quant", "QuantConfig", "quantize"), _describe_quantize, calibrated=True),
 }
 
 
@@ -290,16 +293,29 @@ class Recipe:
             return "uncompressed"
         return " · ".join(STEP_TYPES[name].describe(config) for name, config in self.steps)
 
-    def apply(self, model: nn.Module) -> tuple[nn.Module, list]:
-        """Run the steps in order on a copy of `model`; returns the new model and every step's LayerReports."""
+    def apply(self, model: nn.Module, calibration: Callable | None = None) -> tuple[nn.Module, list]:
+        """Run the steps in order on a copy of `model`; returns the new model and every step's LayerReports.
+
+        `calibration` (core.gptq.calibration_for(speech_model)) feeds the steps that need data, e.g. GPTQ."""
         if self.is_empty:
             return copy.deepcopy(model), []
         reports = []
         for name, config in self.steps:
-            _, verb = STEP_TYPES[name].load()
-            model, step_reports = verb(model, config)
+            step = STEP_TYPES[name]
+            _, verb = step.load()
+            model, step_reports = verb(model, config, calibration) if step.calibrated else verb(model, config)
             reports.extend(step_reports)
         return model, reports
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def apply_recipe(model, recipe: Recipe, name: str | None = None) -> tuple[Any, list]:
+    """A core.models.SpeechModel with `recipe` applied to a copy of its weights, and the LayerReports; steps
+    that need data (GPTQ) are calibrated through the model's own front end (core.gptq.calibration_for)."""
+    from core.gptq import calibration_for
+
+    module, reports = recipe.apply(model.module, calibration_for(model))
+    label = name or (model.name if recipe.is_empty else f"{model.name} + {recipe.describe()}")
+    return model.with_module(module, name=label), reports

@@ -43,13 +43,14 @@ class Probe:
 
 def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVELS,
                      options: dict[str, dict] | None = None) -> list[Probe]:
-    """Probes for every group (default: all of core.layers.GROUPS) x technique x level; `options` adds
+    """Probes for every group (default: core.layers.GROUPS but "positions") x technique x level; `options` adds
     fixed fields per technique (e.g. {"quantize": {"granularity": "group"}}). Pairs a technique refuses
     (low_rank on the embedding or conv) are left out."""
     from core.layers import GROUPS
     from core.recipe import Recipe
 
-    groups = GROUPS if groups is None else tuple(groups)
+    # by default not the position tables: 2% of Whisper's weights, not worth a probe's time
+    groups = tuple(g for g in GROUPS if g != "positions") if groups is None else tuple(groups)
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown layer group(s) {sorted(unknown)}; allowed: {list(GROUPS)}")

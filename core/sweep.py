@@ -42,7 +42,8 @@ OFF_WORDS = (None, "off")
 LIST_FIELDS = ("groups",)  # fields whose single value is itself a list
 EVAL_METHOD = 1  # bump when the way a point is measured changes: old points are then not reused
 # Modules whose code produces a point's numbers: editing (or upgrading) any of them retires old points.
-MEASURING_MODULES = ("audio", "models", "metrics", "evaluate", "artifact", "recipe", "prune", "lowrank", "quant")
+MEASURING_MODULES = ("audio", "models", "metrics", "evaluate", "artifact", "recipe", "prune", "lowrank", "quant",
+                     "gptq")
 
 
 # ----------------------------------------------------------------------------- grids
@@ -238,10 +239,10 @@ def measure_point(model, recipe, dataset, waves: list, settings: SweepSettings =
     With `encoder_cache` (and settings.reuse_encoder), a variant whose encoder is still the base model's
     reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size."""
     from core.evaluate import evaluate, measure_latency
+    from core.recipe import apply_recipe
 
     start = time.perf_counter()
-    module, _ = recipe.apply(model.module)
-    variant = model.with_module(module, name=f"{model.name} + {recipe.describe()}")
+    variant, _ = apply_recipe(model, recipe)
     applied = time.perf_counter()
     encoder_id = None
     if settings.reuse_encoder and encoder_cache is not None:

@@ -18,7 +18,7 @@ from core.data import load_dataset  # noqa: E402
 from core.evaluate import evaluate, load_waves  # noqa: E402
 from core.metrics import word_diff  # noqa: E402
 from core.models import DEFAULT_MODEL, SpeechModel, load_model, save_model  # noqa: E402
-from core.recipe import Recipe  # noqa: E402
+from core.recipe import Recipe, apply_recipe  # noqa: E402
 from core.store import Point, Store  # noqa: E402
 from core.sweep import SweepSettings, run_sweep  # noqa: E402
 
@@ -80,8 +80,7 @@ def compressed_model(model_name: str, recipe_json: str) -> tuple[SpeechModel, li
     base = base_model(model_name)
     if recipe.is_empty:
         return base, []
-    module, reports = recipe.apply(base.module)
-    return base.with_module(module, name=f"{base.name} + {recipe.describe()}"), reports
+    return apply_recipe(base, recipe)
 
 
 @st.cache_data(show_spinner=False, max_entries=2)

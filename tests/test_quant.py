@@ -11,7 +11,8 @@ from torch import nn
 from conftest import REPO
 from core.layers import DEFAULT_GROUPS
 from core.quant import (
-    Int8DynamicLinear, QuantConfig, QuantConv1d, QuantEmbedding, QuantLinear, dequantize_tensor, fake_quantize,
+    Int8DynamicLinear, QuantConfig, QuantConv1d, QuantEmbedding, QuantLinear, QuantPositions, dequantize_tensor,
+    fake_quantize,
     pack_bits, packed_nbytes, quantize, quantize_row, quantize_tensor, quiet_torch_quantization, unpack_bits,
 )
 
@@ -303,3 +304,18 @@ def test_conv_group_quantizes_the_front_end(tiny_whisper, inputs):
     assert isinstance(quantized.model.encoder.conv2, QuantConv1d)
     reference = logits(tiny_whisper, inputs)
     assert (logits(quantized, inputs) - reference).norm() / reference.norm() < 0.02
+
+
+def test_positions_group_quantizes_both_position_tables(tiny_whisper, inputs):
+    config = QuantConfig(bits=8, groups=("positions",))
+    quantized, reports = quantize(tiny_whisper, config)
+    assert [r.name for r in reports] == ["model.encoder.embed_positions", "model.decoder.embed_positions"]
+    assert isinstance(quantized.model.decoder.embed_positions, QuantPositions)  # called with position ids
+    assert type(quantized.model.encoder.embed_positions) is QuantEmbedding
+    reference = copy.deepcopy(tiny_whisper)  # the float model holding the dequantized tables
+    with torch.no_grad():
+        for side in ("encoder", "decoder"):
+            table = getattr(reference.model, side).embed_positions.weight
+            table.copy_(fake_quantize(table, config))
+    assert torch.equal(logits(quantized, inputs), logits(reference, inputs))
+    assert not torch.equal(logits(quantized, inputs), logits(tiny_whisper, inputs))
