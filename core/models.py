@@ -32,6 +32,7 @@ WINDOW_SECONDS = 30.0
 META_FILE = "speech_lab.json"  # our decoding facts, beside config.json + model.safetensors
 TOKENS_PER_SECOND = 8  # generous speaking-rate cap, so a broken model cannot loop to 448 tokens
 TOKEN_MARGIN = 12
+LOOP_REPEATS, LOOP_MIN_TOKENS = 3, 12  # a decoding loop: an n-gram 3+ times in a row over 12+ tokens
 
 
 def cache_dir() -> Path:
@@ -123,9 +124,24 @@ def label_tokens(model: SpeechModel, text: str) -> list[int]:
     return model.tokenizer.encode(" " + text.strip(), add_special_tokens=False).ids
 
 
+def ends_in_loop(tokens: list[int], repeats: int = LOOP_REPEATS, min_tokens: int = LOOP_MIN_TOKENS) -> bool:
+    """True when `tokens` ends with one n-gram repeated back to back at least `repeats` times and over at
+    least `min_tokens` tokens: a decoding loop ("the the the ...") that would otherwise run to the cap."""
+    for n in range(1, len(tokens) // repeats + 1):
+        if tokens[-1] != tokens[-1 - n]:
+            continue  # the cheap test first: most n fail here
+        span = n * max(repeats, -(-min_tokens // n))
+        if span <= len(tokens) and tokens[-span:] == tokens[-n:] * (span // n):
+            return True
+    return False
+
+
 def greedy_decode(model: nn.Module, features: torch.Tensor, decoding: WhisperDecoding,
                   max_new_tokens: int) -> list[list[int]]:
-    """Greedy Whisper decoding with a key/value cache; returns the new tokens of each item (no eot)."""
+    """Greedy Whisper decoding with a key/value cache; returns the new tokens of each item (no eot).
+
+    An item stops at end-of-text, or once it ends in a loop (`ends_in_loop`): greedy decoding seldom
+    leaves one, and the tokens a broken model would add up to the cap only cost time (and inflate WER)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     encoder_out = model.model.encoder(features).last_hidden_state
@@ -148,6 +164,7 @@ def greedy_decode(model: nn.Module, features: torch.Tensor, decoding: WhisperDec
         for i, token in enumerate(next_tokens.tolist()):
             if not done[i] and token != decoding.eot:
                 out[i].append(token)
+                done[i] = ends_in_loop(out[i])
         done |= next_tokens == decoding.eot
         if done.all():
             break

@@ -44,6 +44,7 @@ BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 GRANULARITIES = ("tensor", "channel", "group")
 METHODS = ("minmax", "mse")
 BACKENDS = ("fake", "int8_dynamic")
+SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MSE_SHRINKS = tuple(1.0 - 0.05 * i for i in range(11))  # clip ranges tried by method="mse": 100%..50%
 
 
@@ -58,6 +59,7 @@ class QuantConfig:
     method: str = "minmax"  # "minmax": range = min/max; "mse": best of MSE_SHRINKS per channel/group
     groups: tuple[str, ...] = DEFAULT_GROUPS + ("embedding",)
     backend: str = "fake"  # "fake": fp32 dequantized forward; "int8_dynamic": int8 kernels for Linear
+    scale_dtype: str = "float32"  # how scales are stored: "float32" or "float16" (half the bytes per scale)
     gptq: bool = False  # round with GPTQ error compensation (core.gptq) instead of to nearest: needs calibration
     calibration: str = "train"  # dataset whose packed windows calibrate GPTQ (a bundled name or a path)
     calibration_windows: int = 16  # 30 s windows of it, spread over the set
@@ -79,6 +81,8 @@ class QuantConfig:
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups:
             raise ValueError(f"quantize.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"quantize.scale_dtype must be one of {list(SCALE_DTYPES)}, got {self.scale_dtype!r}")
         if not isinstance(self.gptq, bool):
             raise ValueError(f"quantize.gptq must be true or false, got {self.gptq!r}")
         if not isinstance(self.calibration, str) or not self.calibration:
@@ -88,10 +92,12 @@ class QuantConfig:
             raise ValueError(f"quantize.calibration_windows must be a positive integer, got {self.calibration_windows!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"quantize.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.backend == "int8_dynamic" and (self.bits != 8 or not self.symmetric or self.granularity == "group"):
-            raise ValueError("quantize.backend 'int8_dynamic' needs bits=8, symmetric=true and granularity "
-                             f"'channel' or 'tensor', got bits={self.bits}, symmetric={self.symmetric}, "
-                             f"granularity={self.granularity!r}")
+        if self.backend == "int8_dynamic" and (self.bits != 8 or not self.symmetric or self.granularity == "group"
+                                               or self.scale_dtype != "float32"):
+            raise ValueError("quantize.backend 'int8_dynamic' needs bits=8, symmetric=true, granularity "
+                             f"'channel' or 'tensor' and float32 scales, got bits={self.bits}, "
+                             f"symmetric={self.symmetric}, granularity={self.granularity!r}, "
+                             f"scale_dtype={self.scale_dtype!r}")
 
 
 # ----------------------------------------------------------------------------- bit packing
@@ -209,6 +215,9 @@ def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Te
     w = weight.detach().float().reshape(weight.shape[0], -1)
     x = _blocks(w, config.granularity, config.group_size)
     scale, zero = _search_qparams(x, config)
+    if config.scale_dtype == "float16":  # round first, so the codes fit the scales as stored
+        scale = scale.half().float()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a block too small for fp16 decodes to 0
     if hessian is None:
         codes = _unblock(_round(x, scale, zero, config.bits), *w.shape).to(torch.uint8)
     else:
@@ -225,7 +234,7 @@ def dequantize_tensor(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tens
     rows, cols = codes.shape
     x = _blocks(codes.float(), granularity, group_size)
     z = torch.full_like(scale, 2 ** (bits - 1)) if zero is None else zero.float()
-    return _unblock((x - z.unsqueeze(-1)) * scale.unsqueeze(-1), rows, cols).contiguous()
+    return _unblock((x - z.unsqueeze(-1)) * scale.float().unsqueeze(-1), rows, cols).contiguous()
 
 
 def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
@@ -292,26 +301,29 @@ class QuantWeight(nn.Module):
     float_class: type[nn.Module] = nn.Module  # the float module kind it replaces (for group lookup)
 
     def __init__(self, shape: tuple[int, ...], bits: int, symmetric: bool = True, granularity: str = "channel",
-                 group_size: int = 64, cache_weight: bool = True):
+                 group_size: int = 64, scale_dtype: str = "float32", cache_weight: bool = True):
         super().__init__()
-        QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size)  # validates
+        QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
+                    scale_dtype=scale_dtype)  # validates
         self.weight_shape = tuple(int(s) for s in shape)
         self.bits, self.symmetric, self.granularity, self.group_size = bits, symmetric, granularity, group_size
+        self.scale_dtype = scale_dtype
         rows, cols = self.weight_shape[0], math.prod(self.weight_shape[1:])
         if bits == 16:
             self.register_buffer("weight_fp16", torch.zeros(self.weight_shape, dtype=torch.float16))
         else:
             self.register_buffer("codes", torch.zeros(packed_nbytes(rows * cols, bits), dtype=torch.uint8))
             scale_shape = _scale_shape(rows, cols, granularity, group_size)
-            self.register_buffer("scale", torch.ones(scale_shape))
+            self.register_buffer("scale", torch.ones(scale_shape, dtype=SCALE_DTYPES[scale_dtype]))
             self.register_buffer("zero", None if symmetric else torch.zeros(scale_shape, dtype=torch.uint8))
         if cache_weight:
             self.register_buffer("weight", torch.zeros(self.weight_shape), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _quant_layout(self) -> dict:
-        return {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
-                "group_size": self.group_size}
+        layout = {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
+                  "group_size": self.group_size}
+        return layout if self.scale_dtype == "float32" else {**layout, "scale_dtype": self.scale_dtype}
 
     def _encode(self, weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None) -> None:
         """Fill the storage buffers from a float weight (GPTQ codes when given the layer's input Hessian)."""
@@ -547,16 +559,17 @@ QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantPositions, QuantConv1d, Int8D
 
 def _quant_args(source: QuantConfig | dict) -> dict:
     keys = ("bits", "symmetric", "granularity", "group_size")
-    if isinstance(source, dict):
-        return {k: source[k] for k in keys}
-    return {k: getattr(source, k) for k in keys}
+    if isinstance(source, dict):  # a layout.json entry; one without scale_dtype predates it: float32
+        return {**{k: source[k] for k in keys}, "scale_dtype": source.get("scale_dtype", "float32")}
+    return {k: getattr(source, k) for k in keys + ("scale_dtype",)}
 
 
 def _describe(module: QuantWeight) -> str:
     if module.bits == 16:
         return "fp16"
     group = f" g{module.group_size}" if module.granularity == "group" else ""
-    return f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}"
+    scales = " fp16 scales" if module.scale_dtype == "float16" else ""
+    return f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}{scales}"
 
 
 # ----------------------------------------------------------------------------- the verb
@@ -593,8 +606,8 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
     """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched.
 
     `config.gptq` needs `calibration` (core.gptq.calibration_for(model)): the Linear layers' inputs on it
-    weight the rounding. A tied embedding is calibrated by the output projection's inputs; conv layers
-    are rounded to nearest."""
+    weight the rounding. Embeddings and convolutions are rounded to nearest: GPTQ would tune a tied table
+    for the output projection and spoil it as a lookup (measured on tiny.en: 3-bit 52% WER -> 225%)."""
     hessians = {}
     if config.gptq and config.bits != 16:
         if calibration is None:
@@ -609,12 +622,14 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
         old = model.get_submodule(info.name)
         tied = [name for name, m in model.named_modules()
                 if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight]
-        hessian = hessians.get(tied[0] if tied else info.name) if info.kind != "conv" else None
+        hessian = hessians.get(info.name) if info.kind == "linear" else None
         new = _quantized(old, info.kind, config, hessian)
         _set_module(model, info.name, new)
         for name in tied:
             _tie_output(model, name, new, config)
-        note = _describe(new) + (f" {config.method}" if config.bits != 16 else "") + (" gptq" if hessian is not None else "")
+        note = _describe(new) + (f" {config.method}" if config.bits != 16 else "")
+        if config.gptq and config.bits != 16:
+            note += " gptq" if hessian is not None else ", rounded to nearest (gptq is for Linear layers)"
         if config.backend == "int8_dynamic":
             note += ", int8 kernel" if isinstance(new, Int8DynamicLinear) else ", dequantized fp32 forward"
         if tied:

@@ -79,6 +79,8 @@ def _describe_quantize(config) -> str:
             label += " asym"
         if getattr(config, "method", "minmax") not in ("minmax", None):
             label += f" {config.method}"
+        if getattr(config, "scale_dtype", "float32") == "float16":
+            label += " fp16 scales"
         if getattr(config, "gptq", False):
             label += " gptq"
     if getattr(config, "backend", "fake") not in ("fake", None):

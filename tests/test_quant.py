@@ -119,6 +119,20 @@ def test_symmetric_and_asymmetric():
         assert (fake_quantize(pruned, config)[pruned == 0] == 0).all()  # zero is exactly representable
 
 
+def test_fp16_scales_take_half_the_bytes_and_fit_the_codes():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 16)
+    full = QuantLinear.from_float(linear, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False))
+    half = QuantLinear.from_float(linear, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False,
+                                                      scale_dtype="float16"))
+    assert half.scale.dtype == torch.float16 and half.scale.nbytes * 2 == full.scale.nbytes
+    assert torch.equal(half.scale.float(), full.scale.half().float())  # the same scales, rounded
+    step = element_scale(half.scale.float(), "group", 32, (16, 128))
+    # codes rounded to the fp16 scales: half a step, plus what the range lost to rounding 15 steps down
+    assert ((half.weight - linear.weight).abs() <= step * (0.5 + 15 * 2**-11) + 1e-7).all()
+    assert "fp16 scales" in repr(half)
+
+
 def test_sixteen_bits_is_fp16_storage():
     torch.manual_seed(0)
     linear = nn.Linear(20, 6)
@@ -147,7 +161,7 @@ def test_quantize_row_is_a_staircase():
     ({"symmetric": "yes"}, "quantize.symmetric"),
     ({"granularity": "row"}, "quantize.granularity must be one of"),
     ({"group_size": 0}, "quantize.group_size must be a positive integer"),
-    ({"method": "gptq"}, "quantize.method must be one of"),
+    ({"method": "gptq"}, "quantize.method must be one of"),  # GPTQ is its own switch: gptq=true
     ({"groups": ("attention",)}, "quantize.groups"),
     ({"groups": ()}, "quantize.groups"),
     ({"groups": "embedding"}, "quantize.groups"),
@@ -155,6 +169,8 @@ def test_quantize_row_is_a_staircase():
     ({"backend": "int8_dynamic", "bits": 4}, "needs bits=8"),
     ({"backend": "int8_dynamic", "symmetric": False}, "needs bits=8"),
     ({"backend": "int8_dynamic", "granularity": "group"}, "needs bits=8"),
+    ({"backend": "int8_dynamic", "scale_dtype": "float16"}, "float32 scales"),
+    ({"scale_dtype": "bfloat16"}, "quantize.scale_dtype must be one of"),
 ])
 def test_invalid_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
