@@ -232,17 +232,35 @@ def reuse_encoder_outputs(model, cache: dict, encoder_id: str) -> Iterator[dict]
         del encoder.forward
 
 
+def apply_reusing(model, recipe, reuse: dict):
+    """apply_recipe(model, recipe), starting from `reuse`'s model when it holds what all steps but the last
+    give (a grid varies its last step fastest, so prune + SVD run once for every bit width). Afterwards
+    `reuse` holds that model and this result, keyed by their recipes' full configs."""
+    from core.recipe import Recipe, apply_recipe
+
+    if not recipe.steps:
+        return apply_recipe(model, recipe)[0]
+    head = Recipe(recipe.steps[:-1], recipe.keys[:-1])
+    head_key = canonical_json(recipe_identity(head))
+    start = model if head.is_empty else reuse.get(head_key) or apply_recipe(model, head)[0]
+    last = Recipe(recipe.steps[-1:], recipe.keys[-1:])
+    variant, _ = apply_recipe(start, last, name=f"{model.name} + {recipe.describe()}")
+    reuse.clear()
+    reuse.update({head_key: start, canonical_json(recipe_identity(recipe)): variant})
+    return variant
+
+
 def measure_point(model, recipe, dataset, waves: list, settings: SweepSettings = SweepSettings(),
-                  encoder_cache: dict | None = None) -> tuple[dict, dict]:
+                  encoder_cache: dict | None = None, reuse: dict | None = None) -> tuple[dict, dict]:
     """Apply `recipe` to a copy of `model`, evaluate it; returns (core.evaluate result dict, timings).
 
     With `encoder_cache` (and settings.reuse_encoder), a variant whose encoder is still the base model's
-    reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size."""
+    reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size.
+    `reuse` (a dict kept across calls) skips re-applying the steps a previous recipe shared (apply_reusing)."""
     from core.evaluate import evaluate, measure_latency
-    from core.recipe import apply_recipe
 
     start = time.perf_counter()
-    variant, _ = apply_recipe(model, recipe)
+    variant = apply_reusing(model, recipe, {} if reuse is None else reuse)
     applied = time.perf_counter()
     encoder_id = None
     if settings.reuse_encoder and encoder_cache is not None:
@@ -289,8 +307,9 @@ def run_sweep(model, dataset, recipes: list, store: Store, settings: SweepSettin
 
         waves = load_waves(dataset)
     encoder_cache = {} if encoder_cache is None else encoder_cache
+    reuse: dict = {}
     for key, recipe in missing:
-        result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache)
+        result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache, reuse)
         point = _point(key, model, model_id, recipe.to_json(), recipe.describe(), dataset, fingerprint,
                        key_settings, result, timings)
         store.put(point)

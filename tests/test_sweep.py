@@ -63,9 +63,9 @@ class Counter:
             self.transcribe += 1
             return transcribe(model, *args, **kwargs)
 
-        def counted_apply(recipe, module):
+        def counted_apply(recipe, module, *args):
             self.apply += 1
-            return apply(recipe, module)
+            return apply(recipe, module, *args)
 
         monkeypatch.setattr(SpeechModel, "transcribe", counted_transcribe)
         monkeypatch.setattr(Recipe, "apply", counted_apply)
@@ -347,3 +347,24 @@ def test_cli_sweep_rejects_a_bad_grid_before_loading_anything(tmp_path, capsys):
     assert main(["sweep", "--grid", str(tmp_path / "grid.json"), "--store", str(tmp_path / "r.sqlite")]) == 2
     assert "'quantize.colour'" in capsys.readouterr().err
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_grid_reuses_the_steps_its_recipes_share(setup, monkeypatch):
+    """prune 30% then 8/4-bit: pruning runs once, and each result equals a fresh apply of the whole recipe."""
+    from core.recipe import apply_recipe
+    from core.sweep import apply_reusing
+
+    model, _, _ = setup
+    calls = []
+    prune = __import__("core.prune", fromlist=["prune"]).prune
+    monkeypatch.setattr("core.prune.prune", lambda module, config: calls.append(config) or prune(module, config))
+    grid = [Recipe.from_json({"steps": [{"prune": {"sparsity": 0.3}}, {"quantize": {"bits": bits}}]}) for bits in (8, 4)]
+    reuse: dict = {}
+    reused = [apply_reusing(model, recipe, reuse) for recipe in grid]
+    assert len(calls) == 1 and len(reuse) == 2
+    for recipe, variant in zip(grid, reused):
+        fresh = apply_recipe(model, recipe)[0]
+        assert variant.name == fresh.name
+        assert all(torch.equal(a, b) for a, b in zip(variant.module.state_dict().values(),
+                                                     fresh.module.state_dict().values()))
+    assert len(calls) == 3
