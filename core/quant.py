@@ -115,6 +115,13 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1)
     if bits == 8:
         return flat.to(torch.uint8).clone()
+    if 8 % bits == 0:  # 1, 2 or 4 bits: whole codes per byte, the same stream built bytewise (fast)
+        per = 8 // bits
+        chunks = F.pad(flat.to(torch.uint8) & ((1 << bits) - 1), (0, (-flat.numel()) % per)).view(-1, per)
+        packed = chunks[:, 0].clone()
+        for i in range(1, per):
+            packed |= chunks[:, i] << (bits * i)
+        return packed
     pad = (-flat.numel()) % 8
     chunks = F.pad(flat.to(torch.int64), (0, pad)).view(-1, 8)
     word = torch.zeros(chunks.shape[0], dtype=torch.int64)
@@ -133,6 +140,10 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
                          f"uint8 bytes, got {packed.numel()} {packed.dtype}")
     if bits == 8:
         return packed.reshape(-1).clone()
+    if 8 % bits == 0:
+        mask = (1 << bits) - 1
+        codes = torch.stack([(packed >> (bits * i)) & mask for i in range(8 // bits)], dim=1)
+        return codes.reshape(-1)[:count]
     chunks = F.pad(packed.to(torch.int64), (0, (-packed.numel()) % bits)).view(-1, bits)
     word = torch.zeros(chunks.shape[0], dtype=torch.int64)
     for j in range(bits):
@@ -636,6 +647,6 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
             note += f"; {', '.join(tied)} shares this table"
         reports.append(LayerReport(
             name=info.name, group=info.group, technique="quantize", params_before=info.params,
-            params_after=info.params, bits=config.bits, rel_error=relative_error(old.weight, new.dequantize()),
+            params_after=info.params, bits=config.bits, rel_error=relative_error(old.weight, new.weight),
             note=note))
     return model, reports
