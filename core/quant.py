@@ -218,7 +218,8 @@ def _search_qparams(x: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor,
 
 def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Codes (uint8, weight viewed as rows x cols), scales (fp32) and zero points (uint8; None if symmetric).
+    """Codes (uint8, weight viewed as rows x cols), scales (fp32 tensor; values fp16-exact with scale_dtype
+    "float16") and zero points (uint8; None if symmetric).
 
     With `hessian` (the layer's input statistics, see core.gptq) the codes are GPTQ's; else round-to-nearest."""
     if config.bits == 16:
@@ -232,7 +233,7 @@ def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Te
     if hessian is None:
         codes = _unblock(_round(x, scale, zero, config.bits), *w.shape).to(torch.uint8)
     else:
-        from core.gptq import gptq_codes  # core.gptq builds on this module
+        from core.gptq import gptq_codes  # lazily: core.gptq loads core.models, which rounding alone does not need
 
         group_size = config.group_size if config.granularity == "group" else None
         codes = gptq_codes(w, hessian, scale, zero, config.bits, group_size)
@@ -413,12 +414,11 @@ class QuantEmbedding(QuantWeight):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, config: QuantConfig,
-                   hessian: torch.Tensor | None = None) -> "QuantEmbedding":
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantEmbedding":
         if embedding.max_norm is not None:
             raise ValueError("quantize: embeddings with max_norm are not supported")
         module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, **_quant_args(config))
-        module._encode(embedding.weight, config, hessian)
+        module._encode(embedding.weight, config)
         module.refresh()
         return module
 
@@ -594,7 +594,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def _quantized(module: nn.Module, kind: str, config: QuantConfig, hessian: torch.Tensor | None) -> QuantWeight:
     if kind == "embedding":
         positional = type(module).__name__ == "WhisperPositionalEmbedding"
-        return (QuantPositions if positional else QuantEmbedding).from_float(module, config, hessian)
+        return (QuantPositions if positional else QuantEmbedding).from_float(module, config)
     if kind == "conv":
         return QuantConv1d.from_float(module, config)
     if config.backend == "int8_dynamic":
