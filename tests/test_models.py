@@ -26,7 +26,7 @@ def test_bundled_model_shape(tiny_en):
     layers = tiny_en.layers()
     assert sum(layer.kind == "linear" for layer in layers) == 4 * 6 + 4 * 10
     assert {layer.group for layer in layers} == {"encoder.attention", "encoder.ffn", "decoder.attention",
-                                                 "decoder.ffn", "embedding", "conv"}
+                                                 "decoder.ffn", "embedding", "conv", "positions"}
     module = tiny_en.module
     assert module.proj_out.weight is module.model.decoder.embed_tokens.weight
 
