@@ -640,7 +640,8 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
             _tie_output(model, name, new, config)
         note = _describe(new) + (f" {config.method}" if config.bits != 16 else "")
         if config.gptq and config.bits != 16:
-            note += " gptq" if hessian is not None else ", rounded to nearest (gptq is for Linear layers)"
+            why = "gptq is for Linear layers" if info.kind != "linear" else "no calibration input reached it"
+            note += " gptq" if hessian is not None else f", rounded to nearest ({why})"
         if config.backend == "int8_dynamic":
             note += ", int8 kernel" if isinstance(new, Int8DynamicLinear) else ", dequantized fp32 forward"
         if tied:
