@@ -3,12 +3,16 @@
 A folder holds
   model.safetensors  the state_dict. Tied tensors are stored once. A float tensor with many exact
                      zeros is stored as "<name>@mask" (1 bit per element, packed) + "<name>@values"
-                     (the nonzeros in order) whenever that takes fewer bytes.
+                     (the nonzeros in order) whenever that takes fewer bytes. A uint8 buffer that its
+                     module lists in `coded_buffers` (codes of a quantize step with entropy_code) is
+                     stored as "<name>@deflate": Huffman-coded bytes (zlib, with a checksum), again
+                     only when smaller.
   layout.json        {"format": "speech-lab-layout", "version": 1,
                       "modules": {path: {"kind": kind, **layout}},  # modules the base model would not build
                       "attrs":   {path: {name: value}},             # plain attributes to restore
                       "ties":    {alias: source},                   # e.g. proj_out.weight -> ...embed_tokens.weight
-                      "sparse":  {name: shape}}
+                      "sparse":  {name: shape},
+                      "coded":   {name: shape}}                # optional: files written before it have none
 
 Loading starts from a skeleton: the base model built from its config (random or uninitialised
 weights). Modules are replaced per "modules" (parents before children), attributes set, ties
@@ -34,6 +38,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -261,6 +266,35 @@ def _sparse_decode(name: str, mask: torch.Tensor, values: torch.Tensor, shape: l
     return dense.reshape(shape)
 
 
+# ----------------------------------------------------------------------------- entropy-coded storage
+
+
+def _entropy_encode(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The uint8 tensor's bytes Huffman-coded (deflate without string matching) if that is smaller, else None."""
+    if tensor.dtype != torch.uint8 or tensor.numel() < 64:
+        return None
+    coder = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+    data = coder.compress(tensor.numpy().tobytes()) + coder.flush()
+    if len(data) + SPARSE_MARGIN >= tensor.numel():
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _entropy_decode(name: str, data: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ValueError(f"{LAYOUT_FILE}: coded tensor {name} has a bad shape {shape!r}")
+    numel = math.prod(shape)
+    decoder = zlib.decompressobj()
+    try:
+        raw = decoder.decompress(data.numpy().tobytes(), numel + 1)  # bounded: a bad file cannot balloon
+    except zlib.error as exc:
+        raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} is not valid deflate data: {exc}") from None
+    if len(raw) != numel or not decoder.eof:
+        raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} decodes to {len(raw)}"
+                         f"{'' if decoder.eof else '+'} bytes, expected {numel}")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape)
+
+
 # ----------------------------------------------------------------------------- save / load
 
 
@@ -288,23 +322,32 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
     ties = _find_ties(model)
     state = {k: v for k, v in model.state_dict().items() if k not in ties}
     attrs = {path: dict(m.layout_attrs) for path, m in model.named_modules() if hasattr(m, "layout_attrs")}
-    tensors, sparse, stored, seen = {}, {}, {}, set()
+    tensors, sparse, coded, stored, seen = {}, {}, {}, {}, set()
     for name, tensor in state.items():
         tensor = tensor.detach().contiguous()
         if tensor.numel() and tensor.untyped_storage().data_ptr() in seen:
             tensor = tensor.clone()  # views of one storage cannot both go into a safetensors file
         seen.add(tensor.untyped_storage().data_ptr())
-        encoded = _sparse_encode(tensor)
-        if encoded is None:
-            tensors[name] = tensor
-            stored[name] = tensor.numel() * tensor.element_size()
-        else:
+        path, _, attr = name.rpartition(".")
+        wants_coding = attr in getattr(model.get_submodule(path), "coded_buffers", ())
+        entropy_coded = _entropy_encode(tensor) if wants_coding else None
+        encoded = _sparse_encode(tensor) if entropy_coded is None else None
+        if entropy_coded is not None:
+            tensors[f"{name}@deflate"] = entropy_coded
+            coded[name] = list(tensor.shape)
+            stored[name] = entropy_coded.numel()
+        elif encoded is not None:
             tensors[f"{name}@mask"], tensors[f"{name}@values"] = encoded
             sparse[name] = list(tensor.shape)
             stored[name] = sum(t.numel() * t.element_size() for t in encoded)
+        else:
+            tensors[name] = tensor
+            stored[name] = tensor.numel() * tensor.element_size()
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     layout = {"format": FORMAT, "version": VERSION, "modules": entries, "attrs": attrs, "ties": ties,
               "sparse": sparse}
+    if coded:
+        layout["coded"] = coded
     (folder / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
 
     files = {f: (folder / f).stat().st_size for f in (WEIGHTS_FILE, LAYOUT_FILE)}
@@ -316,7 +359,8 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
         kinds[kind] = kinds.get(kind, 0) + size
     return {"total": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
             "files": files, "overhead": sum(files.values()) - sum(stored.values()),
-            "groups": groups, "kinds": kinds, "sparse_tensors": len(sparse)}
+            "groups": groups, "kinds": kinds, "sparse_tensors": len(sparse),
+            "coded_tensors": len(coded)}
 
 
 def _read_layout(folder: Path) -> dict:
@@ -334,6 +378,8 @@ def _read_layout(folder: Path) -> dict:
     for key in ("modules", "attrs", "ties", "sparse"):
         if not isinstance(layout.get(key), dict):
             raise ValueError(f"{path}: '{key}' must be an object")
+    if not isinstance(layout.setdefault("coded", {}), dict):
+        raise ValueError(f"{path}: 'coded' must be an object")
     if not all(isinstance(v, str) for v in layout["ties"].values()):
         raise ValueError(f"{path}: 'ties' must map tensor names to tensor names")
     if not all(isinstance(v, dict) for v in layout["attrs"].values()):
@@ -400,6 +446,11 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
         if mask is None or values is None:
             raise ValueError(f"{WEIGHTS_FILE}: sparse tensor {name} is missing its mask or values")
         state[name] = _sparse_decode(name, mask, values, shape)
+    for name, shape in layout["coded"].items():
+        data = state.pop(f"{name}@deflate", None)
+        if data is None or data.dtype != torch.uint8 or data.dim() != 1:
+            raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} is missing or not a uint8 byte string")
+        state[name] = _entropy_decode(name, data, shape)
     expected = model.state_dict()
     for alias, source in layout["ties"].items():
         if alias in expected and source in state:

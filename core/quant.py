@@ -63,6 +63,7 @@ class QuantConfig:
     gptq: bool = False  # round with GPTQ error compensation (core.gptq) instead of to nearest: needs calibration
     calibration: str = "train"  # dataset whose packed windows calibrate GPTQ (a bundled name or a path)
     calibration_windows: int = 16  # 30 s windows of it, spread over the set
+    entropy_code: bool = False  # store codes and zero points Huffman-coded: a smaller file, the same model
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or self.bits not in BITS:
@@ -85,6 +86,8 @@ class QuantConfig:
             raise ValueError(f"quantize.scale_dtype must be one of {list(SCALE_DTYPES)}, got {self.scale_dtype!r}")
         if not isinstance(self.gptq, bool):
             raise ValueError(f"quantize.gptq must be true or false, got {self.gptq!r}")
+        if not isinstance(self.entropy_code, bool):
+            raise ValueError(f"quantize.entropy_code must be true or false, got {self.entropy_code!r}")
         if not isinstance(self.calibration, str) or not self.calibration:
             raise ValueError(f"quantize.calibration must be a dataset name or path, got {self.calibration!r}")
         if isinstance(self.calibration_windows, bool) or not isinstance(self.calibration_windows, int) \
@@ -313,13 +316,14 @@ class QuantWeight(nn.Module):
     float_class: type[nn.Module] = nn.Module  # the float module kind it replaces (for group lookup)
 
     def __init__(self, shape: tuple[int, ...], bits: int, symmetric: bool = True, granularity: str = "channel",
-                 group_size: int = 64, scale_dtype: str = "float32", cache_weight: bool = True):
+                 group_size: int = 64, scale_dtype: str = "float32", entropy_code: bool = False,
+                 cache_weight: bool = True):
         super().__init__()
         QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
-                    scale_dtype=scale_dtype)  # validates
+                    scale_dtype=scale_dtype, entropy_code=entropy_code)  # validates
         self.weight_shape = tuple(int(s) for s in shape)
         self.bits, self.symmetric, self.granularity, self.group_size = bits, symmetric, granularity, group_size
-        self.scale_dtype = scale_dtype
+        self.scale_dtype, self.entropy_code = scale_dtype, entropy_code
         rows, cols = self.weight_shape[0], math.prod(self.weight_shape[1:])
         if bits == 16:
             self.register_buffer("weight_fp16", torch.zeros(self.weight_shape, dtype=torch.float16))
@@ -332,10 +336,20 @@ class QuantWeight(nn.Module):
             self.register_buffer("weight", torch.zeros(self.weight_shape), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
+    @property
+    def coded_buffers(self) -> tuple[str, ...]:
+        """The uint8 buffers core.artifact stores Huffman-coded (lossless; see QuantConfig.entropy_code)."""
+        return ("codes", "zero") if self.entropy_code and self.bits != 16 else ()
+
     def _quant_layout(self) -> dict:
+        """Constructor facts for layout.json; keys at their old defaults are left out, so old files read the same."""
         layout = {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
                   "group_size": self.group_size}
-        return layout if self.scale_dtype == "float32" else {**layout, "scale_dtype": self.scale_dtype}
+        if self.scale_dtype != "float32":
+            layout["scale_dtype"] = self.scale_dtype
+        if self.entropy_code:
+            layout["entropy_code"] = True
+        return layout
 
     def _encode(self, weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None) -> None:
         """Fill the storage buffers from a float weight (GPTQ codes when given the layer's input Hessian)."""
@@ -506,9 +520,10 @@ class Int8DynamicLinear(QuantWeight):
     layout_kind = "int8_dynamic_linear"
     float_class = nn.Linear
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, granularity: str = "channel"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, granularity: str = "channel",
+                 entropy_code: bool = False):
         super().__init__((out_features, in_features), bits=8, symmetric=True, granularity=granularity,
-                         cache_weight=False)
+                         entropy_code=entropy_code, cache_weight=False)
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed = None
@@ -518,7 +533,8 @@ class Int8DynamicLinear(QuantWeight):
                    hessian: torch.Tensor | None = None) -> "Int8DynamicLinear":
         if config.bits != 8 or not config.symmetric or config.granularity == "group":
             raise ValueError("Int8DynamicLinear needs bits=8, symmetric=true, granularity 'channel' or 'tensor'")
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config.granularity)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config.granularity,
+                     config.entropy_code)
         module._encode(linear.weight, config, hessian)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
@@ -540,12 +556,14 @@ class Int8DynamicLinear(QuantWeight):
         return module
 
     def layout(self) -> dict:
-        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
-                "granularity": self.granularity}
+        layout = {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
+                  "granularity": self.granularity}
+        return {**layout, "entropy_code": True} if self.entropy_code else layout
 
     @classmethod
     def from_layout(cls, layout: dict) -> "Int8DynamicLinear":
-        return cls(layout["in"], layout["out"], layout["bias"], layout["granularity"])
+        return cls(layout["in"], layout["out"], layout["bias"], layout["granularity"],
+                   layout.get("entropy_code", False))
 
     @property
     def weight(self) -> torch.Tensor:
@@ -570,9 +588,10 @@ QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantPositions, QuantConv1d, Int8D
 
 def _quant_args(source: QuantConfig | dict) -> dict:
     keys = ("bits", "symmetric", "granularity", "group_size")
-    if isinstance(source, dict):  # a layout.json entry; one without scale_dtype predates it: float32
-        return {**{k: source[k] for k in keys}, "scale_dtype": source.get("scale_dtype", "float32")}
-    return {k: getattr(source, k) for k in keys + ("scale_dtype",)}
+    if isinstance(source, dict):  # a layout.json entry: a key it lacks predates that key and had its default
+        return {**{k: source[k] for k in keys}, "scale_dtype": source.get("scale_dtype", "float32"),
+                "entropy_code": source.get("entropy_code", False)}
+    return {k: getattr(source, k) for k in keys + ("scale_dtype", "entropy_code")}
 
 
 def _describe(module: QuantWeight) -> str:
@@ -580,7 +599,8 @@ def _describe(module: QuantWeight) -> str:
         return "fp16"
     group = f" g{module.group_size}" if module.granularity == "group" else ""
     scales = " fp16 scales" if module.scale_dtype == "float16" else ""
-    return f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}{scales}"
+    coded = " entropy-coded" if module.entropy_code else ""
+    return f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}{scales}{coded}"
 
 
 # ----------------------------------------------------------------------------- the verb

@@ -1,5 +1,6 @@
 """Saving and loading compressed models: bitwise-identical round trips, compact sizes, clear errors."""
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -199,6 +200,8 @@ def test_low_rank_modules_round_trip(tiny_whisper, tmp_path, cls):
     QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False, scale_dtype="float16"),
     QuantConfig(bits=16),
     QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
+    QuantConfig(bits=4, symmetric=False, granularity="group", group_size=16, entropy_code=True),
+    QuantConfig(backend="int8_dynamic", entropy_code=True),
 ], ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}")
 def test_quantized_round_trip_is_bitwise(tiny_whisper, config, tmp_path):
     quantized, _ = quantize(tiny_whisper, config)
@@ -261,6 +264,37 @@ def test_four_bit_artifact_is_under_a_fifth_of_fp32(tmp_path):
                                                                "decoder.ffn", "embedding", "conv")))
     four = save_weights(quantized, tmp_path / "int4")
     assert four["total"] < 0.2 * fp32["total"], (four, fp32)
+
+
+def peaked_whisper() -> nn.Module:
+    """short_whisper with heavy-tailed weights (outliers set each row's range): most codes sit near zero."""
+    model = short_whisper(vocab_size=4096)  # a large token table, as in real models
+    laplace = torch.distributions.Laplace(0.0, 0.3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.copy_(laplace.sample(parameter.shape) ** 3)
+    return model
+
+
+def test_entropy_coded_codes_are_smaller_and_load_bitwise(tmp_path):
+    model = peaked_whisper()
+    config = QuantConfig(bits=4, symmetric=False)
+    packed, _ = quantize(model, config)
+    coded, _ = quantize(model, dataclasses.replace(config, entropy_code=True))
+    packed_sizes = save_weights(packed, tmp_path / "packed")
+    loaded, coded_sizes, layout = round_trip(coded, tmp_path / "coded")
+    assert coded_sizes["total"] < packed_sizes["total"]
+    assert coded_sizes["coded_tensors"] == len(layout["coded"]) > 0
+    stored, raw = load_file(tmp_path / "coded" / "model.safetensors"), packed.state_dict()
+    assert all(f"{name}@deflate" in stored and name not in stored for name in layout["coded"])
+    table = "model.decoder.embed_tokens.codes"  # the largest: a Huffman table's cost hardly shows
+    assert stored[f"{table}@deflate"].numel() < 0.9 * raw[table].numel()
+    state = loaded.state_dict()
+    assert all(bits_equal(state[k], v) for k, v in coded.state_dict().items())
+    assert all(bits_equal(a, b) for a, b in zip(packed.state_dict().values(), coded.state_dict().values()))
+    assert "entropy-coded" in repr(coded.model.encoder.layers[0].fc1)
+    assert "coded" not in json.loads((tmp_path / "packed" / "layout.json").read_text())  # old files stay as they were
 
 
 def test_save_leaves_the_model_untouched(tmp_path):
@@ -338,6 +372,24 @@ def test_corrupt_sparse_entry(tmp_path):
     save_weights(model, tmp_path)
     edit_layout(tmp_path, lambda d: d["sparse"].update({"model.encoder.layers.0.fc1.weight": [128, 16]}))
     with pytest.raises(ValueError, match="sparse tensor model.encoder.layers.0.fc1.weight"):
+        load_weights(short_whisper(), tmp_path)
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda data: data[: len(data) // 2], "decodes to .* bytes, expected"),
+    (lambda data: b"\x00" * 8 + data[8:], "not valid deflate data"),
+])
+def test_corrupt_entropy_coded_entry(tmp_path, break_it, message):
+    from safetensors.torch import save_file
+
+    quantized, _ = quantize(peaked_whisper(), QuantConfig(bits=4, entropy_code=True))
+    save_weights(quantized, tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    name = next(k for k in stored if k.endswith("@deflate"))
+    broken = break_it(stored[name].numpy().tobytes())
+    stored[name] = torch.frombuffer(bytearray(broken), dtype=torch.uint8)
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"coded tensor {name.removesuffix('@deflate')} .*{message}"):
         load_weights(short_whisper(), tmp_path)
 
 

@@ -171,6 +171,7 @@ def test_quantize_row_is_a_staircase():
     ({"backend": "int8_dynamic", "granularity": "group"}, "needs bits=8"),
     ({"backend": "int8_dynamic", "scale_dtype": "float16"}, "float32 scales"),
     ({"scale_dtype": "bfloat16"}, "quantize.scale_dtype must be one of"),
+    ({"entropy_code": "yes"}, "quantize.entropy_code must be true or false"),
 ])
 def test_invalid_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
