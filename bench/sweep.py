@@ -1,13 +1,14 @@
 """Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
 
-Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget] [--append bench/RESULTS.md]
+Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget [--measured]] [--append bench/RESULTS.md]
 
 Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
   naive  one clip per 30 s window, latency = 5 runs after a warm-up (what `evaluate` does)
   fast   clips packed into 30 s windows, latency = 2 runs (the evaluation is the warm-up),
          encoder outputs reused when a recipe leaves the encoder unchanged (exact)
 WER of both modes is printed so any accuracy difference is visible. `--budget` adds the budget-search
-check: per-group greedy recipe vs the best uniform recipe of no larger size, measured on quick and full.
+check: per-group greedy recipe vs the best uniform recipe of no larger size, measured on quick and full
+(`--measured`: the greedy measures each move on the sensitivity set instead of adding up the table).
 """
 from __future__ import annotations
 
@@ -147,9 +148,11 @@ def uniform_recipes() -> dict[str, Recipe]:
     return recipes
 
 
-def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: str = "quick") -> str:
+def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: str = "quick",
+                 measured: bool = False) -> str:
     """Sensitivity on quick, then for budgets at the sizes of uniform recipes: greedy per-group recipe vs
-    the best uniform recipe no larger than it, both measured on quick and full."""
+    the best uniform recipe no larger than it (the lowest WER on full), both measured on quick and full.
+    `measured`: the greedy checks each move on the sensitivity set (core.sensitivity.budget_search)."""
     quick, full = load_dataset("quick"), load_dataset("full")
     start = time.perf_counter()
     table = []
@@ -163,7 +166,7 @@ def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: s
                        for ds in (quick, full)} for name, recipe in uniform.items()}
     baseline = {ds.name: next(run_sweep(model, ds, [Recipe()], store, settings)) for ds in (quick, full)}
     lines = ["", "### Budget search vs uniform recipes "
-             f"(bench/sweep.py --budget --sensitivity-on {sensitivity_on})", "",
+             f"(bench/sweep.py --budget --sensitivity-on {sensitivity_on}{' --measured' if measured else ''})", "",
              f"Sensitivity table: {len(table) - 1} probes on {sensitivity_on} ({sensitivity_s:.0f} s, packed mode, "
              f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
              f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
@@ -173,8 +176,10 @@ def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: s
     for budget in budgets:
         fits = [(name, m) for name, m in measured.items() if m["quick"].size_bytes <= budget]
         best = min(fits, key=lambda item: item[1]["full"].wer)
+        search_set = quick if sensitivity_on == "quick" else full
+        measure = lambda recipe: next(run_sweep(model, search_set, [recipe], store, settings)).wer  # noqa: E731
         try:
-            plan = budget_search(table, max_bytes=budget)
+            plan = budget_search(table, max_bytes=budget, measure=measure if measured else None)
         except ValueError as exc:
             lines.append(f"| {budget / 1e6:.1f} | greedy: {exc} | | | |")
             continue
@@ -194,7 +199,8 @@ def main() -> None:
     parser.add_argument("--budget", action="store_true", help="run the budget-search check instead")
     parser.add_argument("--store", type=Path, help="results store for --budget (default: a temporary one)")
     parser.add_argument("--sensitivity-on", choices=("quick", "full"), default="quick",
-                        help="dataset the --budget sensitivity table is measured on")
+                        help="dataset the --budget sensitivity table (and --measured moves) are measured on")
+    parser.add_argument("--measured", action="store_true", help="--budget: measure each greedy move")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -202,7 +208,7 @@ def main() -> None:
     if args.budget:
         with tempfile.TemporaryDirectory() as folder:
             text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings(),
-                                args.sensitivity_on)
+                                args.sensitivity_on, args.measured)
         text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
         print(text)
         if args.append:

@@ -9,7 +9,9 @@ one group, so it is measured through `run_sweep` and cached in the store like an
 Budget search (AIMET-style greedy): starting from no compression, repeatedly move the one group whose
 next-stronger measured option costs the least extra ΔWER per byte (or ms) saved, until the estimate
 (baseline minus the sum of per-group savings) fits the budget. ΔWER and savings are assumed additive
-across groups; the resulting recipe should be measured (`budget --verify` does).
+across groups; the resulting recipe should be measured (`budget --verify` does). With
+`budget --measure` each move is measured on the dataset instead (a few points per move): slower,
+but it sees that errors compound when several groups are compressed together.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from core.store import Point, Store
 from core.sweep import STEPS, SweepSettings, run_sweep
@@ -26,7 +28,7 @@ from core.sweep import STEPS, SweepSettings, run_sweep
 LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild to strong)
     "prune": ("sparsity", (0.25, 0.5, 0.75)),
     "low_rank": ("rank_fraction", (0.75, 0.5, 0.25)),
-    "quantize": ("bits", (8, 6, 4, 3)),
+    "quantize": ("bits", (8, 6, 5, 4, 3)),
 }
 
 
@@ -115,20 +117,29 @@ class BudgetPlan:
     choices: dict[str, dict]  # group -> sensitivity row
     estimated_size_bytes: int
     estimated_latency_ms: float | None
-    estimated_wer: float
+    estimated_wer: float  # the measured WER of the recipe on the search set when `measured`
+    measured: bool = False
     trail: list[str] = field(default_factory=list)  # the greedy moves, in order
 
 
-def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None) -> BudgetPlan:
+def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None,
+                  measure: Callable[[object], float] | None = None, candidates: int = 3) -> BudgetPlan:
     """Pick per-group levels from a sensitivity table so the estimate fits the budget at least ΔWER.
 
     Greedy: each move upgrades one group to a stronger option (more saved), choosing the move with the
     smallest extra ΔWER per extra byte (or ms) saved, the larger saving on ties. A negative ΔWER counts
-    as 0: on a small set it is noise, not a gain to chase. ValueError if the budget cannot be reached."""
+    as 0: on a small set it is noise, not a gain to chase. ValueError if the budget cannot be reached.
+
+    With `measure` (recipe -> WER on a search set) moves are checked instead of assumed additive: the
+    `candidates` cheapest moves by the table are each measured together with the groups chosen so far,
+    and the least measured WER increase per unit saved wins. That catches groups that are harmless
+    alone and break the model together (seen on tiny.en: decoder FFN at 4 bits beside 6-bit layers)."""
     from core.recipe import Recipe
 
     if (max_bytes is None) == (max_ms is None):
         raise ValueError("give exactly one budget: max_bytes or max_ms")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
     baseline = next((r for r in table if r["technique"] == "none"), None)
     if baseline is None:
         raise ValueError("the sensitivity table has no baseline row (technique 'none')")
@@ -144,34 +155,43 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
         if row["technique"] != "none" and measured and saved(row) > 0:
             options.setdefault(row["group"], []).append(row)
     choices: dict[str, dict] = {}
-    estimate, trail = start, []
+    estimate, trail, wer = start, [], baseline["wer"]
     while estimate > budget:
-        best = None
+        moves = []  # (ΔWER per unit saved by the table, extra saving, group, row)
         for group, rows in options.items():
             current = choices.get(group)
             base_saved, base_delta = (saved(current), max(current["delta_wer"], 0.0)) if current else (0, 0.0)
             for row in rows:
                 gain = saved(row) - base_saved
-                if gain <= 0:
-                    continue
-                cost = (max(row["delta_wer"], 0.0) - base_delta) / gain
-                if best is None or (cost, -gain) < (best[0], -best[1]):
-                    best = (cost, gain, group, row)
-        if best is None:
+                if gain > 0:
+                    moves.append(((max(row["delta_wer"], 0.0) - base_delta) / gain, gain, group, row))
+        if not moves:
             unit = "bytes" if by_size else "ms"
             raise ValueError(f"budget {budget:,.0f} {unit} cannot be reached with the measured options: "
                              f"the strongest combination is estimated at {estimate:,.0f} {unit}")
-        _, gain, group, row = best
+        moves.sort(key=lambda move: (move[0], -move[1]))
+        if measure is None:
+            _, gain, group, row = moves[0]
+            note = f"ΔWER {row['delta_wer']:+.4f}"
+        else:
+            tried = []
+            for _, gain, group, row in moves[:candidates]:
+                measured_wer = measure(Recipe.from_json(plan_recipe(list({**choices, group: row}.values()))))
+                tried.append((max(measured_wer - wer, 0.0) / gain, -gain, measured_wer, group, row))
+            _, gain, wer, group, row = min(tried, key=lambda t: t[:2])
+            gain = -gain
+            note = f"measured WER {100 * wer:.2f}% (of {len(tried)} tried)"
         choices[group] = row
         estimate -= gain
-        trail.append(f"{group}: {row['label']} (ΔWER {row['delta_wer']:+.4f}, saves {saved(row):,.0f})")
+        trail.append(f"{group}: {row['label']} ({note}, saves {saved(row):,.0f})")
     chosen = list(choices.values())
     estimated_size = baseline["size_bytes"] - sum(r["bytes_saved"] for r in chosen)
     latency = None if baseline["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
         baseline["latency_ms"] + sum(r["delta_latency_ms"] for r in chosen)
+    estimated_wer = baseline["wer"] + sum(r["delta_wer"] for r in chosen) if measure is None or not chosen else wer
     return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
                       estimated_size_bytes=estimated_size, estimated_latency_ms=latency,
-                      estimated_wer=baseline["wer"] + sum(r["delta_wer"] for r in chosen), trail=trail)
+                      estimated_wer=estimated_wer, measured=measure is not None and bool(chosen), trail=trail)
 
 
 def plan_recipe(rows: list[dict]) -> dict:
@@ -214,14 +234,13 @@ def format_table(rows: list[dict], value: str = "delta_wer") -> str:
     return "\n".join(lines)
 
 
-def _sensitivity_rows(args: argparse.Namespace) -> list[dict]:
+def _sensitivity_rows(args: argparse.Namespace, model, dataset, store: Store) -> list[dict]:
     """Run (or read back) the sensitivity table named by the CLI arguments, with progress on stderr."""
     import time
 
-    from core.sweep import _context, _settings, progress
+    from core.sweep import _settings, progress
 
     plan = sensitivity_plan(args.groups)
-    model, dataset, store = _context(args)
     start, rows = time.perf_counter(), []
     for row in run_sensitivity(model, dataset, store, plan, _settings(args)):
         rows.append(row)
@@ -233,7 +252,9 @@ def _sensitivity_rows(args: argparse.Namespace) -> list[dict]:
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     """`sensitivity`: ΔWER (and MB saved) per layer group and compression level."""
-    rows = _sensitivity_rows(args)
+    from core.sweep import _context
+
+    rows = _sensitivity_rows(args, *_context(args))
     baseline = rows[0]
     print(f"baseline WER {100 * baseline['wer']:.2f}%, size {baseline['size_bytes'] / 1e6:.2f} MB")
     print("ΔWER, percentage points (compressing one group alone):")
@@ -247,21 +268,25 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
 
 def cmd_budget(args: argparse.Namespace) -> None:
     """`budget`: the greedy per-group recipe that fits a size or latency budget; --verify measures it."""
-    rows = _sensitivity_rows(args)
+    from core.sweep import _context, _settings
+
+    model, dataset, store = _context(args)
+    rows = _sensitivity_rows(args, model, dataset, store)
     max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
-    plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms)
+    measure = None
+    if args.measure:
+        measure = lambda recipe: next(run_sweep(model, dataset, [recipe], store, _settings(args))).wer  # noqa: E731
+    plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms, measure=measure, candidates=args.candidates)
     for move in plan.trail:
         print(f"  {move}")
     latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
-    print(f"estimate: WER {100 * plan.estimated_wer:.2f}%, size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
+    how = "measured" if plan.measured else "estimated"
+    print(f"estimate: WER {100 * plan.estimated_wer:.2f}% ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
     print(json.dumps(plan.recipe.to_json(), indent=1))
     if args.out:
         args.out.write_text(json.dumps(plan.recipe.to_json(), indent=1))
         print(f"wrote {args.out} (use it with --recipe)")
     if args.verify:
-        from core.sweep import _context, _settings
-
-        model, dataset, store = _context(args)
         point = next(run_sweep(model, dataset, [plan.recipe], store, _settings(args)))
         latency = f", latency {point.latency_ms:.0f} ms" if point.latency_ms is not None else ""
         print(f"measured: WER {100 * point.wer:.2f}%, size {point.size_bytes / 1e6:.2f} MB{latency}")
@@ -284,5 +309,8 @@ def add_commands(commands) -> None:
     p.add_argument("--groups", nargs="+", help="layer groups to compress (default: all)")
     p.add_argument("--out", type=Path, help="write the recipe JSON here")
     p.add_argument("--verify", action="store_true", help="measure the chosen recipe (stored like any point)")
+    p.add_argument("--measure", action="store_true",
+                   help="measure each greedy move on the dataset instead of adding up the table's ΔWER")
+    p.add_argument("--candidates", type=int, default=3, help="moves measured per step with --measure (default 3)")
     add_run_args(p)
     p.set_defaults(run=cmd_budget)

@@ -17,7 +17,7 @@ LEVELS = {"prune": ("sparsity", (0.5, 0.9)), "quantize": ("bits", (8, 4)), "low_
 
 def test_plan_covers_every_group_technique_and_level():
     plan = sensitivity_plan()
-    assert len(plan) == 6 * (3 + 4) + 4 * 3  # low_rank refuses the embedding and conv groups
+    assert len(plan) == 6 * (3 + 5) + 4 * 3  # low_rank refuses the embedding and conv groups
     assert not [p for p in plan if p.technique == "low_rank" and p.group in ("embedding", "conv")]
     assert {p.group for p in plan} == {"encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn",
                                        "embedding", "conv"}
@@ -97,6 +97,25 @@ def test_budget_search_treats_a_lower_wer_as_noise_not_a_gain():
     plan = budget_search(table, max_bytes=800)
     assert list(plan.choices) == ["embedding"]  # both cost nothing; the larger saving goes first
     assert budget_search(table, max_bytes=650).choices["embedding"]["level"] == 8
+
+
+def test_measured_budget_search_avoids_a_combination_that_breaks():
+    """By the table decoder q4 is cheap; measured beside encoder q8 it breaks the model, so the search
+    takes the next candidate instead (encoder q4), and reports the measured WER."""
+    calls = []
+
+    def measure(recipe):
+        calls.append(recipe.describe())
+        chosen = {(g, config.bits) for _, config in recipe.steps for g in config.groups}
+        return 0.9 if {("encoder.ffn", 8), ("decoder.ffn", 4)} <= chosen else 0.1 + 0.01 * len(chosen)
+
+    plan = budget_search(TABLE, max_bytes=400, measure=measure, candidates=2)
+    assert {g: r["level"] for g, r in plan.choices.items()} == {"encoder.ffn": 4, "decoder.ffn": 8}
+    assert plan.measured and plan.estimated_wer == pytest.approx(0.12)
+    assert len(calls) == 2 * len(plan.trail) and any("measured WER" in move for move in plan.trail)
+    assert budget_search(TABLE, max_bytes=400).choices["decoder.ffn"]["level"] == 4  # unmeasured: the table's pick
+    with pytest.raises(ValueError, match="candidates must be a positive integer"):
+        budget_search(TABLE, max_bytes=400, measure=measure, candidates=0)
 
 
 def test_budget_search_latency_and_errors():
