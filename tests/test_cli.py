@@ -84,3 +84,22 @@ def test_building_the_command_line_does_not_import_torch():
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_sensitivity_and_measured_budget_on_one_group(tmp_path, capsys):
+    """`sensitivity` then `budget --measure --verify` on the real model, limited to the conv group and two clips."""
+    manifest = tmp_path / "two.csv"
+    quick = load_dataset("quick").utterances[:2]
+    manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
+    common = ["--groups", "conv", "--dataset", str(manifest), "--store", str(tmp_path / "r.sqlite"),
+              "--latency-runs", "0"]
+    assert main(["sensitivity", *common]) == 0
+    table = capsys.readouterr().out
+    assert "conv" in table and "quant5" in table and "MB saved" in table
+    out = tmp_path / "plan.json"
+    assert main(["budget", "--max-mb", "150", "--measure", "--candidates", "2", "--verify", "--out", str(out),
+                 *common]) == 0
+    printed = capsys.readouterr().out
+    assert "measured WER" in printed and "(measured)" in printed and "measured: WER" in printed
+    plan = Recipe.load(out)
+    assert [config.groups for _, config in plan.steps] == [("conv",)]
