@@ -136,6 +136,7 @@ COMPRESS_DEFAULTS = {  # the Compress page's widgets, by key: 8-bit weights, not
     "lowrank_groups": LINEAR_GROUPS,
     "quant_on": True, "quant_bits": 8, "quant_granularity": "channel", "quant_group": 64, "quant_method": "minmax",
     "quant_symmetric": True, "quant_groups": GROUP_CHOICES, "quant_int8": False, "quant_gptq": False,
+    "quant_entropy": False,
 }
 
 
@@ -168,7 +169,8 @@ def compress_widget_state(recipe: dict) -> dict:
                          quant_group=config.get("group_size", 64), quant_method=config.get("method", "minmax"),
                          quant_symmetric=config.get("symmetric", True),
                          quant_groups=list(config.get("groups", GROUP_CHOICES)),
-                         quant_int8=config.get("backend") == "int8_dynamic", quant_gptq=config.get("gptq", False))
+                         quant_int8=config.get("backend") == "int8_dynamic", quant_gptq=config.get("gptq", False),
+                         quant_entropy=config.get("entropy_code", False))
             if config.get("calibration", "train") != "train" or config.get("calibration_windows", 16) != 16:
                 raise ValueError("its GPTQ calibration is not the sliders' (16 windows of train)")
     for key in ("prune_groups", "prune_groups_neurons", "prune_groups_heads", "lowrank_groups", "quant_groups"):

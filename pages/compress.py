@@ -83,6 +83,10 @@ def recipe_from_widgets() -> dict:
                                 "by their inputs on 16 windows of calibration speech: what keeps 4-bit per channel "
                                 "working. Takes ~20-40 s on tiny.en."):
                 config["gptq"] = True
+            if st.checkbox("Entropy-code the stored codes", key="quant_entropy",
+                           help="Store the integer codes Huffman-coded: the file gets smaller (most codes sit "
+                                "near zero), the model and its transcripts stay exactly the same."):
+                config["entropy_code"] = True
             config["groups"] = st.multiselect("Parts", GROUP_CHOICES, key="quant_groups",
                                               help="The token embedding is tied to the output projection: "
                                                    "quantizing it quantizes both, stored once.")

@@ -72,6 +72,17 @@ def test_compress_gptq_checkbox_measures_a_calibrated_recipe(compress):
     assert float(metrics(compress)["Size"][0].split()[0]) < 30  # 4-bit tiny.en: about 24 MB
 
 
+def test_compress_entropy_coding_shrinks_the_file_not_the_model(compress):
+    compress.checkbox(key="quant_gptq").uncheck().run(timeout=TIMEOUT)
+    before = metrics(compress)
+    compress.checkbox(key="quant_entropy").check().run(timeout=TIMEOUT)
+    after = metrics(compress)
+    assert not problems(compress), problems(compress)
+    assert any('"entropy_code": true' in c.value for c in compress.code)
+    assert float(after["Size"][0].split()[0]) < 0.9 * float(before["Size"][0].split()[0])
+    assert after["WER"] == before["WER"]  # lossless: the same transcripts
+
+
 def test_record_page_waits_for_audio_and_lists_variants():
     at = page("pages/record.py")
     assert not problems(at), problems(at)
