@@ -83,6 +83,8 @@ def _describe_quantize(config) -> str:
             label += " fp16 scales"
         if getattr(config, "gptq", False):
             label += " gptq"
+        if getattr(config, "outlier_columns", 0):
+            label += f" +{config.outlier_columns} fp16 cols"
         if getattr(config, "entropy_code", False):
             label += " entropy-coded"
     if getattr(config, "backend", "fake") not in ("fake", None):

@@ -202,6 +202,8 @@ def test_low_rank_modules_round_trip(tiny_whisper, tmp_path, cls):
     QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
     QuantConfig(bits=4, symmetric=False, granularity="group", group_size=16, entropy_code=True),
     QuantConfig(backend="int8_dynamic", entropy_code=True),
+    QuantConfig(bits=4, symmetric=False, outlier_columns=2, groups=("embedding", "encoder.ffn", "conv"),
+                entropy_code=True),
 ], ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}")
 def test_quantized_round_trip_is_bitwise(tiny_whisper, config, tmp_path):
     quantized, _ = quantize(tiny_whisper, config)

@@ -123,3 +123,18 @@ def test_recipe_gptq_calibrates_linear_layers_and_needs_data():
 def test_invalid_gptq_settings_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_json({"steps": [{"quantize": {"bits": 4, **options}}]})
+
+
+def test_gptq_with_outlier_columns_keeps_them_exact():
+    torch.manual_seed(2)
+    linear = nn.Linear(64, 24)
+    with torch.no_grad():
+        linear.weight[:, 5] *= 15
+    x = correlated_inputs(cols=64)
+    hessian = 2 * x.T @ x / x.shape[0]
+    config = QuantConfig(bits=3, granularity="channel", symmetric=False, gptq=True)
+    plain = QuantLinear.from_float(linear, config, hessian)
+    kept = QuantLinear.from_float(linear, QuantConfig(bits=3, granularity="channel", symmetric=False, gptq=True,
+                                                      outlier_columns=1), hessian)
+    assert torch.equal(kept.weight[:, 5], linear.weight[:, 5].half().float())
+    assert output_error(linear.weight, kept.weight, x) < 0.5 * output_error(linear.weight, plain.weight, x)

@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO
-from core.layers import DEFAULT_GROUPS
+from core.layers import DEFAULT_GROUPS, relative_error
 from core.quant import (
     Int8DynamicLinear, QuantConfig, QuantConv1d, QuantEmbedding, QuantLinear, QuantPositions, dequantize_tensor,
-    fake_quantize,
-    pack_bits, packed_nbytes, quantize, quantize_row, quantize_tensor, quiet_torch_quantization, unpack_bits,
+    fake_quantize, outlier_columns, pack_bits, packed_nbytes, quantize, quantize_row, quantize_tensor, quiet_torch_quantization, unpack_bits,
 )
 
 
@@ -153,6 +152,24 @@ def test_quantize_row_is_a_staircase():
     assert (quantize_row(row, QuantConfig(bits=8)) - row).abs().max() < 0.02
 
 
+def test_outlier_columns_are_kept_and_free_the_rows_ranges():
+    """One dimension far larger than the rest, as in tiny.en's token embedding: kept in fp16, the other
+    weights get a range of their own."""
+    torch.manual_seed(0)
+    table = nn.Embedding(200, 32)
+    with torch.no_grad():
+        table.weight[:, 7] *= 12
+        table.weight[:, 20] *= 4
+    assert outlier_columns(table.weight, 1).tolist() == [7]
+    assert outlier_columns(table.weight, 2).tolist() == [7, 20]  # the next pick ignores column 7
+    plain = QuantEmbedding.from_float(table, QuantConfig(bits=4))
+    kept = QuantEmbedding.from_float(table, QuantConfig(bits=4, outlier_columns=2))
+    assert torch.equal(kept.weight[:, [7, 20]], table.weight[:, [7, 20]].half().float())
+    assert relative_error(table.weight, kept.weight) < 0.5 * relative_error(table.weight, plain.weight)
+    assert torch.equal(kept.weight, fake_quantize(table.weight, QuantConfig(bits=4, outlier_columns=2)))
+    assert kept.outlier_values.nbytes == 200 * 2 * 2 and "+2 fp16 columns" in repr(kept)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"bits": 0}, "quantize.bits must be one of 2..8 or 16, got 0"),
     ({"bits": 1}, "quantize.bits"),
@@ -172,6 +189,10 @@ def test_quantize_row_is_a_staircase():
     ({"backend": "int8_dynamic", "scale_dtype": "float16"}, "float32 scales"),
     ({"scale_dtype": "bfloat16"}, "quantize.scale_dtype must be one of"),
     ({"entropy_code": "yes"}, "quantize.entropy_code must be true or false"),
+    ({"outlier_columns": -1}, "quantize.outlier_columns must be an integer from 0 to 64"),
+    ({"outlier_columns": 65}, "quantize.outlier_columns"),
+    ({"outlier_columns": True}, "quantize.outlier_columns"),
+    ({"backend": "int8_dynamic", "outlier_columns": 1}, "outlier_columns must be 0"),
 ])
 def test_invalid_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
