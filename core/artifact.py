@@ -250,10 +250,15 @@ def _sparse_encode(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | 
     return pack_bits(nonzero, 1), tensor.reshape(-1)[nonzero].clone()
 
 
-def _sparse_decode(name: str, mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
+def _numel(what: str, name: str, shape) -> int:
+    """Elements of a shape read from layout.json, after checking it is a list of sizes."""
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ValueError(f"{LAYOUT_FILE}: sparse tensor {name} has a bad shape {shape!r}")
-    numel = math.prod(shape)
+        raise ValueError(f"{LAYOUT_FILE}: {what} tensor {name} has a bad shape {shape!r}")
+    return math.prod(shape)
+
+
+def _sparse_decode(name: str, mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    numel = _numel("sparse", name, shape)
     try:
         nonzero = unpack_bits(mask, 1, numel).bool()
     except ValueError as exc:
@@ -281,9 +286,7 @@ def _entropy_encode(tensor: torch.Tensor) -> torch.Tensor | None:
 
 
 def _entropy_decode(name: str, data: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ValueError(f"{LAYOUT_FILE}: coded tensor {name} has a bad shape {shape!r}")
-    numel = math.prod(shape)
+    numel = _numel("coded", name, shape)
     decoder = zlib.decompressobj()
     try:
         raw = decoder.decompress(data.numpy().tobytes(), numel + 1)  # bounded: a bad file cannot balloon
