@@ -32,6 +32,13 @@ LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild
 }
 
 
+def probe_groups() -> tuple[str, ...]:
+    """The groups probed by default: all but "positions" (2% of Whisper's weights, not worth a probe's time)."""
+    from core.layers import GROUPS
+
+    return tuple(g for g in GROUPS if g != "positions")
+
+
 @dataclass(frozen=True)
 class Probe:
     """One sensitivity measurement: a technique at one level on one group, as a recipe JSON."""
@@ -45,14 +52,13 @@ class Probe:
 
 def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVELS,
                      options: dict[str, dict] | None = None) -> list[Probe]:
-    """Probes for every group (default: core.layers.GROUPS but "positions") x technique x level; `options` adds
+    """Probes for every group (default: probe_groups()) x technique x level; `options` adds
     fixed fields per technique (e.g. {"quantize": {"granularity": "group"}}). Pairs a technique refuses
     (low_rank on the embedding or conv) are left out."""
     from core.layers import GROUPS
     from core.recipe import Recipe
 
-    # by default not the position tables: 2% of Whisper's weights, not worth a probe's time
-    groups = tuple(g for g in GROUPS if g != "positions") if groups is None else tuple(groups)
+    groups = probe_groups() if groups is None else tuple(groups)
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown layer group(s) {sorted(unknown)}; allowed: {list(GROUPS)}")

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core.layers import GROUPS
 from core.pareto import pareto_front
-from core.sensitivity import budget_search, run_sensitivity, sensitivity_plan
+from core.sensitivity import budget_search, probe_groups, run_sensitivity, sensitivity_plan
 from core.store import model_identity
 from core.sweep import grid_recipes, run_sweep
 from pages.common import (LIVE, base_model, chosen_model_name, compress_widget_state, dataset_waves, encoder_cache,
@@ -120,10 +120,12 @@ st.divider()
 st.subheader("Which layers matter? (sensitivity)")
 st.caption("Each layer group is compressed alone at several levels; ΔWER against the uncompressed model "
            "shows where compression is cheap. A budget search then picks per-group levels.")
-if st.button("Measure sensitivity (about 60 points, a few minutes the first time)"):
+chosen_groups = st.multiselect("Layer groups to probe", probe_groups(), default=list(probe_groups()),
+                               key="sensitivity_groups")
+plan = sensitivity_plan(tuple(chosen_groups))
+if st.button(f"Measure sensitivity ({len(plan)} points, ~3 s each the first time)", disabled=not plan):
     st.session_state["show_sensitivity"] = True
-if st.session_state.get("show_sensitivity"):
-    plan = sensitivity_plan()
+if st.session_state.get("show_sensitivity") and plan:
     progress = st.progress(0.0)
     rows = []  # stored points come back at once, so showing it again later costs nothing
     for done, row in enumerate(run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache())):
@@ -139,7 +141,7 @@ if st.session_state.get("show_sensitivity"):
     fig.update_layout(font={"size": 14}, height=420)
     st.plotly_chart(fig, width="stretch", key="sensitivity")
 
-    budget_mb = st.number_input("Size budget (MB)", 5.0, 200.0, 30.0, 1.0)
+    budget_mb = st.number_input("Size budget (MB)", 5.0, 200.0, 30.0, 1.0, key="budget_mb")
     measured = st.checkbox("Measure each move (slower, but sees errors that add up across groups)",
                            key="budget_measured")
     measure = None
@@ -148,13 +150,13 @@ if st.session_state.get("show_sensitivity"):
             with st.spinner(f"Measuring {recipe.describe()}"):
                 return next(run_sweep(model, dataset, [recipe], store, LIVE, waves, encoder_cache())).wer
     try:
-        plan = budget_search(rows, max_bytes=budget_mb * 1e6, measure=measure)
+        budget_plan = budget_search(rows, max_bytes=budget_mb * 1e6, measure=measure)
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-    how = "measured" if plan.measured else "≈ (table ΔWER added up)"
-    st.write(f"Greedy plan: **{plan.recipe.describe()}** — estimated {plan.estimated_size_bytes / 1e6:.1f} MB, "
-             f"WER {how} {100 * plan.estimated_wer:.1f}%")
+    how = "measured" if budget_plan.measured else "≈ (table ΔWER added up)"
+    st.write(f"Greedy plan: **{budget_plan.recipe.describe()}** — estimated "
+             f"{budget_plan.estimated_size_bytes / 1e6:.1f} MB, WER {how} {100 * budget_plan.estimated_wer:.1f}%")
     if st.button("Measure this plan"):
-        point = next(run_sweep(model, dataset, [plan.recipe], store, LIVE, waves, encoder_cache()))
+        point = next(run_sweep(model, dataset, [budget_plan.recipe], store, LIVE, waves, encoder_cache()))
         st.success(f"Measured: WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB — it is now on the plots.")

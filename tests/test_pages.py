@@ -111,6 +111,24 @@ def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compr
     assert at.session_state["quant_bits"] == 8 and at.session_state["quant_on"]
 
 
+def test_pareto_sensitivity_of_one_group_and_a_measured_budget():
+    at = page("pages/pareto.py")
+    at.multiselect(key="sensitivity_groups").set_value(["conv"]).run(timeout=TIMEOUT)
+    button = next(b for b in at.button if b.label.startswith("Measure sensitivity"))
+    assert "(8 points" in button.label  # conv: prune at 3 levels, quantize at 5
+    charts = len(at.get("plotly_chart"))
+    button.click().run(timeout=TIMEOUT)
+    assert not problems(at), problems(at)
+    assert len(at.get("plotly_chart")) == charts + 1  # the heatmap
+    at.number_input(key="budget_mb").set_value(20.0).run(timeout=TIMEOUT)
+    assert any("cannot be reached" in e.value for e in at.error)  # conv alone cannot take 151 MB to 20
+    at.number_input(key="budget_mb").set_value(150.0).run(timeout=TIMEOUT)
+    at.checkbox(key="budget_measured").check().run(timeout=TIMEOUT)
+    assert not problems(at), problems(at)
+    plan = next(m.value for m in at.markdown if m.value.startswith("Greedy plan"))
+    assert "[conv]" in plan and "WER measured" in plan
+
+
 def test_distill_trains_a_student_that_lands_on_the_pareto_page():
     distill = page("pages/distill.py")
     assert not problems(distill), problems(distill)
