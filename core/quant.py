@@ -7,6 +7,10 @@ Zero is always exactly representable, so pruned weights stay zero. Those buffers
 state_dict, so saving it saves the compact form. For speed the forward pass uses an fp32 weight
 dequantized once (`weight`, a non-persistent buffer), except in Int8DynamicLinear.
 
+Two storage options: `outlier_columns` keeps the few weight columns that set most rows' ranges in
+fp16 (`outlier_index`, `outlier_values`) and quantizes the rest; `entropy_code` has core.artifact
+store the codes and zero points Huffman-coded (lossless, the file only).
+
 backend="int8_dynamic" runs Linear layers as Int8DynamicLinear: int8 weights x activations
 quantized per call, on the same torch.ao kernel (`quantized::linear_dynamic`) that
 `torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)` installs. We build
@@ -421,6 +425,8 @@ class QuantWeight(nn.Module):
         w = dequantize_tensor(self.unpacked_codes(), self.scale, self.zero, self.bits, self.granularity,
                               self.group_size)
         if self.outlier_columns:
+            if not bool(((self.outlier_index >= 0) & (self.outlier_index < w.shape[1])).all()):
+                raise ValueError(f"outlier_index holds columns outside 0..{w.shape[1] - 1}: not a valid saved weight")
             w[:, self.outlier_index] = self.outlier_values.float()
         return w.reshape(self.weight_shape)
 

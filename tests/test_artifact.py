@@ -395,6 +395,18 @@ def test_corrupt_entropy_coded_entry(tmp_path, break_it, message):
         load_weights(short_whisper(), tmp_path)
 
 
+def test_outlier_index_out_of_range_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    quantized, _ = quantize(short_whisper(), QuantConfig(bits=4, outlier_columns=1, groups=("encoder.ffn",)))
+    save_weights(quantized, tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    stored["model.encoder.layers.0.fc1.outlier_index"] = torch.tensor([999])
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="outlier_index holds columns outside"):
+        load_weights(short_whisper(), tmp_path)
+
+
 def test_unregistered_replacement_cannot_be_saved(tmp_path):
     class Mystery(nn.Module):
         def forward(self, x):
