@@ -1,6 +1,6 @@
 """Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
 
-Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget [--measured]] [--append bench/RESULTS.md]
+Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget [--search-on train] [--measured] [--quantize-only]] [--append bench/RESULTS.md]
 
 Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
   naive  one clip per 30 s window, latency = 5 runs after a warm-up (what `evaluate` does)
@@ -13,6 +13,7 @@ check: per-group greedy recipe vs the best uniform recipe of no larger size, mea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -148,43 +149,57 @@ def uniform_recipes() -> dict[str, Recipe]:
     return recipes
 
 
-def bench_budget(model, store: Store, settings: SweepSettings, sensitivity_on: str = "quick",
-                 measured: bool = False) -> str:
-    """Sensitivity on quick, then for budgets at the sizes of uniform recipes: greedy per-group recipe vs
-    the best uniform recipe no larger than it (the lowest WER on full), both measured on quick and full.
-    `measured`: the greedy checks each move on the sensitivity set (core.sensitivity.budget_search)."""
-    quick, full = load_dataset("quick"), load_dataset("full")
+TRAIN_SUBSET = 120  # utterances of the train split searched on with --search-on train (~1,250 words)
+
+
+def search_dataset(name: str):
+    """The set sensitivity and measured moves run on: quick, full, or the start of the train split
+    (sentences never in quick or full, so choices made on it are checked on data they never saw)."""
+    if name != "train":
+        return load_dataset(name)
+    train = load_dataset("train")
+    return dataclasses.replace(train, name=f"train[:{TRAIN_SUBSET}]", utterances=train.utterances[:TRAIN_SUBSET])
+
+
+def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = "quick",
+                 measured: bool = False, quantize_only: bool = False) -> str:
+    """Sensitivity on `search_on`, then for budgets at the sizes of uniform recipes: greedy per-group recipe
+    vs the best uniform recipe no larger than it (the lowest WER on full), both measured on quick and full.
+    `measured`: the greedy checks each move on the search set (core.sensitivity.budget_search);
+    `quantize_only`: probe bit widths only (the uniform recipes still include pruning and low rank)."""
+    quick, full, search_set = load_dataset("quick"), load_dataset("full"), search_dataset(search_on)
+    plan = sensitivity_plan(levels={"quantize": LEVELS["quantize"]} if quantize_only else LEVELS)
     start = time.perf_counter()
     table = []
-    for row in run_sensitivity(model, quick if sensitivity_on == "quick" else full, store, settings=settings):
+    for row in run_sensitivity(model, search_set, store, plan, settings=settings):
         table.append(row)
         print(f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
     sensitivity_s = time.perf_counter() - start
     uniform = uniform_recipes()
-    measured = {name: {ds.name: next(run_sweep(model, ds, [recipe], store, settings))
-                       for ds in (quick, full)} for name, recipe in uniform.items()}
+    uniform_points = {name: {ds.name: next(run_sweep(model, ds, [recipe], store, settings)) for ds in (quick, full)}
+                      for name, recipe in uniform.items()}
     baseline = {ds.name: next(run_sweep(model, ds, [Recipe()], store, settings)) for ds in (quick, full)}
-    lines = ["", "### Budget search vs uniform recipes "
-             f"(bench/sweep.py --budget --sensitivity-on {sensitivity_on}{' --measured' if measured else ''})", "",
-             f"Sensitivity table: {len(table) - 1} probes on {sensitivity_on} ({sensitivity_s:.0f} s, packed mode, "
+    flags = f"--search-on {search_on}{' --measured' if measured else ''}{' --quantize-only' if quantize_only else ''}"
+    lines = ["", f"### Budget search vs uniform recipes (bench/sweep.py --budget {flags})", "",
+             f"Sensitivity table: {len(table) - 1} probes on {search_set.name} ({sensitivity_s:.0f} s, packed mode, "
              f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
              f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
              "| budget (MB) | recipe | size MB | WER quick | WER full |", "| --- | --- | --- | --- | --- |"]
-    budgets = sorted({m["quick"].size_bytes for m in measured.values()
+    budgets = sorted({m["quick"].size_bytes for m in uniform_points.values()
                       if m["quick"].size_bytes < baseline["quick"].size_bytes}, reverse=True)
+    measure = lambda recipe: next(run_sweep(model, search_set, [recipe], store, settings)).wer  # noqa: E731
     for budget in budgets:
-        fits = [(name, m) for name, m in measured.items() if m["quick"].size_bytes <= budget]
+        fits = [(name, m) for name, m in uniform_points.items() if m["quick"].size_bytes <= budget]
         best = min(fits, key=lambda item: item[1]["full"].wer)
-        search_set = quick if sensitivity_on == "quick" else full
-        measure = lambda recipe: next(run_sweep(model, search_set, [recipe], store, settings)).wer  # noqa: E731
         try:
-            plan = budget_search(table, max_bytes=budget, measure=measure if measured else None)
+            greedy_plan = budget_search(table, max_bytes=budget, measure=measure if measured else None)
         except ValueError as exc:
             lines.append(f"| {budget / 1e6:.1f} | greedy: {exc} | | | |")
             continue
-        greedy = {ds.name: next(run_sweep(model, ds, [plan.recipe], store, settings)) for ds in (quick, full)}
-        for label, points in ((f"best uniform: {best[0]}", best[1]), (f"greedy: {plan.recipe.describe()}", greedy)):
+        greedy = {ds.name: next(run_sweep(model, ds, [greedy_plan.recipe], store, settings)) for ds in (quick, full)}
+        for label, points in ((f"best uniform: {best[0]}", best[1]),
+                              (f"greedy: {greedy_plan.recipe.describe()}", greedy)):
             lines.append(f"| {budget / 1e6:.1f} | {label} | {points['quick'].size_bytes / 1e6:.1f} | "
                          f"{100 * points['quick'].wer:.2f}% | {100 * points['full'].wer:.2f}% |")
     return "\n".join(lines) + "\n"
@@ -198,9 +213,11 @@ def main() -> None:
     parser.add_argument("--append", type=Path, help="append the markdown report to this file")
     parser.add_argument("--budget", action="store_true", help="run the budget-search check instead")
     parser.add_argument("--store", type=Path, help="results store for --budget (default: a temporary one)")
-    parser.add_argument("--sensitivity-on", choices=("quick", "full"), default="quick",
-                        help="dataset the --budget sensitivity table (and --measured moves) are measured on")
+    parser.add_argument("--search-on", choices=("quick", "full", "train"), default="quick",
+                        help=f"--budget: where sensitivity and --measured moves are measured (train: its first "
+                             f"{TRAIN_SUBSET} utterances, never in quick or full)")
     parser.add_argument("--measured", action="store_true", help="--budget: measure each greedy move")
+    parser.add_argument("--quantize-only", action="store_true", help="--budget: probe bit widths only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -208,7 +225,7 @@ def main() -> None:
     if args.budget:
         with tempfile.TemporaryDirectory() as folder:
             text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings(),
-                                args.sensitivity_on, args.measured)
+                                args.search_on, args.measured, args.quantize_only)
         text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
         print(text)
         if args.append:
