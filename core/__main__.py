@@ -51,6 +51,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
+    from core.artifact import LAYOUT_FILE, WEIGHTS_FILE
     from core.models import save_model
     from core.recipe import Recipe, apply_recipe
 
@@ -60,7 +61,9 @@ def cmd_compress(args: argparse.Namespace) -> None:
     size = save_model(model, args.out, {"recipe": recipe.to_json(), "base_model": base.name,
                                         "report": [asdict(r) for r in reports]})
     print(format_reports(reports))
-    print(f"wrote {args.out}: {size:,} bytes ({size / 1e6:.2f} MB); load it with --model {args.out}")
+    weights = sum((Path(args.out) / name).stat().st_size for name in (WEIGHTS_FILE, LAYOUT_FILE))
+    print(f"wrote {args.out}: {size:,} bytes ({size / 1e6:.2f} MB): weights {weights / 1e6:.2f} MB (the size "
+          f"every table compares), tokenizer + config {(size - weights) / 1e6:.2f} MB; load it with --model {args.out}")
 
 
 def format_reports(reports) -> str:
