@@ -183,9 +183,8 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
             tried = []
             for _, gain, group, row in moves[:candidates]:
                 measured_wer = measure(Recipe.from_json(plan_recipe(list({**choices, group: row}.values()))))
-                tried.append((max(measured_wer - wer, 0.0) / gain, -gain, measured_wer, group, row))
-            _, gain, wer, group, row = min(tried, key=lambda t: t[:2])
-            gain = -gain
+                tried.append((max(measured_wer - wer, 0.0) / gain, -gain, measured_wer, gain, group, row))
+            _, _, wer, gain, group, row = min(tried, key=lambda t: t[:2])
             note = f"measured WER {100 * wer:.2f}% (of {len(tried)} tried)"
         choices[group] = row
         estimate -= gain
