@@ -30,6 +30,14 @@ LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild
     "low_rank": ("rank_fraction", (0.75, 0.5, 0.25)),
     "quantize": ("bits", (8, 6, 5, 4, 3)),
 }
+QUANT_VARIANTS = (  # other quantizers a divergence plan probes at VARIANT_BITS: which one is best differs by group
+    {"method": "mse"},
+    {"granularity": "group", "scale_dtype": "float16"},
+    {"granularity": "group", "scale_dtype": "float16", "method": "mse", "symmetric": False},
+    {"outlier_columns": 4},
+)
+VARIANT_BITS = (5, 4, 3)
+SIGNALS = ("wer", "divergence")  # what a probe measures: WER on the set, or KL from the base model
 
 
 def probe_groups() -> tuple[str, ...]:
@@ -78,38 +86,69 @@ def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVEL
     return probes
 
 
-def _row(probe: Probe | None, point: Point, baseline: Point) -> dict:
-    """One tidy table row (the baseline row has technique "none")."""
-    latency = None if point.latency_ms is None or baseline.latency_ms is None else \
-        point.latency_ms - baseline.latency_ms
+def divergence_plan(groups: tuple[str, ...] | None = None) -> list[Probe]:
+    """Probes for a divergence budget search: every bit width of LEVELS per channel, and each of
+    QUANT_VARIANTS at VARIANT_BITS, so `allocate` can give each group the quantizer that suits it."""
+    plan = sensitivity_plan(groups, {"quantize": LEVELS["quantize"]})
+    for variant in QUANT_VARIANTS:
+        plan += sensitivity_plan(groups, {"quantize": ("bits", VARIANT_BITS)}, {"quantize": variant})
+    return plan
+
+
+def _row(probe: Probe | None, point: dict, baseline: dict) -> dict:
+    """One tidy table row (the baseline row has technique "none"); `point` as from _measured()."""
+    latency = None if point["latency_ms"] is None or baseline["latency_ms"] is None else \
+        point["latency_ms"] - baseline["latency_ms"]
     return {
         "group": probe.group if probe else "all", "technique": probe.technique if probe else "none",
         "knob": probe.knob if probe else None, "level": probe.level if probe else None,
-        "wer": point.wer, "delta_wer": point.wer - baseline.wer, "size_bytes": point.size_bytes,
-        "bytes_saved": baseline.size_bytes - point.size_bytes, "latency_ms": point.latency_ms,
-        "delta_latency_ms": latency, "label": point.label, "key": point.key, "cached": point.cached,
+        "wer": point["wer"], "delta_wer": None if point["wer"] is None else point["wer"] - baseline["wer"],
+        "divergence": point["divergence"], "size_bytes": point["size_bytes"],
+        "bytes_saved": baseline["size_bytes"] - point["size_bytes"], "latency_ms": point["latency_ms"],
+        "delta_latency_ms": latency, "label": point["label"], "key": point["key"], "cached": point["cached"],
         "step": probe.recipe["steps"][0] if probe else None,
+        "setting": point["label"].split(" [")[0] if probe else "none",  # the label without its groups
     }
+
+
+def _measured(point) -> dict:
+    """A WER point (core.store.Point) or a divergence measurement (core.divergence) as one dict shape."""
+    if isinstance(point, dict):
+        return {"wer": None, "latency_ms": None, **point}
+    return {"wer": point.wer, "divergence": None, "size_bytes": point.size_bytes, "latency_ms": point.latency_ms,
+            "label": point.label, "key": point.key, "cached": point.cached, "recipe": point.recipe}
 
 
 def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = None,
                     settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                    encoder_cache: dict | None = None) -> Iterator[dict]:
-    """Yield the baseline row, then one table row per probe as its point arrives (cached ones first)."""
+                    encoder_cache: dict | None = None, signal: str = "wer") -> Iterator[dict]:
+    """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
+
+    signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
+    teacher-forced KL from the base model and its size instead (core.divergence: continuous and cheaper)."""
+    from core.divergence import run_divergence
     from core.recipe import Recipe
 
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
     plan = sensitivity_plan() if plan is None else plan
     encoder_cache = {} if encoder_cache is None else encoder_cache
-    baseline = next(run_sweep(model, dataset, [Recipe.from_json({"steps": []})], store, settings, waves,
-                              encoder_cache))
+    reference: dict = {}
+
+    def measure(recipes: list) -> Iterator[dict]:
+        if signal == "divergence":
+            return map(_measured, run_divergence(model, dataset, recipes, store, waves, reference))
+        return map(_measured, run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache))
+
+    baseline = next(measure([Recipe()]))
     yield _row(None, baseline, baseline)
     recipes, probes = [], {}
     for probe in plan:
         recipe = Recipe.from_json(probe.recipe)
         recipes.append(recipe)
         probes.setdefault(json.dumps(recipe.to_json(), sort_keys=True), probe)
-    for point in run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache):
-        yield _row(probes[json.dumps(point.recipe, sort_keys=True)], point, baseline)
+    for point in measure(recipes):
+        yield _row(probes[json.dumps(point["recipe"], sort_keys=True)], point, baseline)
 
 
 # ----------------------------------------------------------------------------- budget search
@@ -117,15 +156,70 @@ def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = Non
 
 @dataclass
 class BudgetPlan:
-    """The greedy choice: per group the chosen table row, the recipe, and the additive estimates."""
+    """The chosen per-group options: per group the table row, the recipe, and the estimates."""
 
     recipe: object  # core.recipe.Recipe
     choices: dict[str, dict]  # group -> sensitivity row
     estimated_size_bytes: int
     estimated_latency_ms: float | None
-    estimated_wer: float  # the measured WER of the recipe on the search set when `measured`
+    estimated_wer: float | None  # the measured WER of the recipe on the search set when `measured`
     measured: bool = False
-    trail: list[str] = field(default_factory=list)  # the greedy moves, in order
+    trail: list[str] = field(default_factory=list)  # the greedy moves (or the candidates measured), in order
+    estimated_divergence: float | None = None  # for allocate(): summed (or measured) divergence
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What both searches need from a table and a budget: the options per group and how a saving counts."""
+
+    baseline: dict
+    by_size: bool
+    start: float
+    budget: float
+    options: dict[str, list[dict]]
+
+    def saved(self, row: dict) -> float:
+        return row["bytes_saved"] if self.by_size else -row["delta_latency_ms"]
+
+    def unreachable(self, estimate: float) -> ValueError:
+        unit = "bytes" if self.by_size else "ms"
+        return ValueError(f"budget {self.budget:,.0f} {unit} cannot be reached with the measured options: "
+                          f"the strongest combination is estimated at {estimate:,.0f} {unit}")
+
+    def plan(self, choices: dict[str, dict], **fields) -> BudgetPlan:
+        from core.recipe import Recipe
+
+        chosen = list(choices.values())
+        base = self.baseline
+        latency = None if base["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
+            base["latency_ms"] + sum(r["delta_latency_ms"] for r in chosen)
+        return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
+                          estimated_size_bytes=base["size_bytes"] - sum(r["bytes_saved"] for r in chosen),
+                          estimated_latency_ms=latency, **fields)
+
+
+def _budget(table: list[dict], max_bytes: float | None, max_ms: float | None, candidates: int,
+            cost: str) -> _Budget:
+    """Check the arguments and collect, per group, the options that save something and have a cost."""
+    if (max_bytes is None) == (max_ms is None):
+        raise ValueError("give exactly one budget: max_bytes or max_ms")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
+    baseline = next((r for r in table if r["technique"] == "none"), None)
+    if baseline is None:
+        raise ValueError("the sensitivity table has no baseline row (technique 'none')")
+    by_size = max_bytes is not None
+    if not by_size and baseline["latency_ms"] is None:
+        raise ValueError("a latency budget needs latency measurements (latency_runs > 0)")
+    setup = _Budget(baseline, by_size, baseline["size_bytes"] if by_size else baseline["latency_ms"],
+                    max_bytes if by_size else max_ms, {})
+    for row in table:
+        measured = (by_size or row["delta_latency_ms"] is not None) and row.get(cost) is not None
+        if row["technique"] != "none" and measured and setup.saved(row) > 0:
+            setup.options.setdefault(row["group"], []).append(row)
+    if not setup.options and any(r["technique"] != "none" for r in table):
+        raise ValueError(f"the sensitivity table has no {cost!r} measurements to search with")
+    return setup
 
 
 def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None,
@@ -142,29 +236,13 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
     alone and break the model together (seen on tiny.en: decoder FFN at 4 bits beside 6-bit layers)."""
     from core.recipe import Recipe
 
-    if (max_bytes is None) == (max_ms is None):
-        raise ValueError("give exactly one budget: max_bytes or max_ms")
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
-    baseline = next((r for r in table if r["technique"] == "none"), None)
-    if baseline is None:
-        raise ValueError("the sensitivity table has no baseline row (technique 'none')")
-    by_size = max_bytes is not None
-    if not by_size and baseline["latency_ms"] is None:
-        raise ValueError("a latency budget needs latency measurements (latency_runs > 0)")
-    saved = (lambda r: r["bytes_saved"]) if by_size else (lambda r: -r["delta_latency_ms"])
-    start = baseline["size_bytes"] if by_size else baseline["latency_ms"]
-    budget = max_bytes if by_size else max_ms
-    options: dict[str, list[dict]] = {}
-    for row in table:
-        measured = by_size or row["delta_latency_ms"] is not None
-        if row["technique"] != "none" and measured and saved(row) > 0:
-            options.setdefault(row["group"], []).append(row)
+    setup = _budget(table, max_bytes, max_ms, candidates, "delta_wer")
+    saved = setup.saved
     choices: dict[str, dict] = {}
-    estimate, trail, wer = start, [], baseline["wer"]
-    while estimate > budget:
+    estimate, trail, wer = setup.start, [], setup.baseline["wer"]
+    while estimate > setup.budget:
         moves = []  # (ΔWER per unit saved by the table, extra saving, group, row)
-        for group, rows in options.items():
+        for group, rows in setup.options.items():
             current = choices.get(group)
             base_saved, base_delta = (saved(current), max(current["delta_wer"], 0.0)) if current else (0, 0.0)
             for row in rows:
@@ -172,9 +250,7 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
                 if gain > 0:
                     moves.append(((max(row["delta_wer"], 0.0) - base_delta) / gain, gain, group, row))
         if not moves:
-            unit = "bytes" if by_size else "ms"
-            raise ValueError(f"budget {budget:,.0f} {unit} cannot be reached with the measured options: "
-                             f"the strongest combination is estimated at {estimate:,.0f} {unit}")
+            raise setup.unreachable(estimate)
         moves.sort(key=lambda move: (move[0], -move[1]))
         if measure is None:
             _, gain, group, row = moves[0]
@@ -189,14 +265,60 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
         choices[group] = row
         estimate -= gain
         trail.append(f"{group}: {row['label']} ({note}, saves {saved(row):,.0f})")
-    chosen = list(choices.values())
-    estimated_size = baseline["size_bytes"] - sum(r["bytes_saved"] for r in chosen)
-    latency = None if baseline["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
-        baseline["latency_ms"] + sum(r["delta_latency_ms"] for r in chosen)
-    estimated_wer = baseline["wer"] + sum(r["delta_wer"] for r in chosen) if measure is None or not chosen else wer
-    return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
-                      estimated_size_bytes=estimated_size, estimated_latency_ms=latency,
-                      estimated_wer=estimated_wer, measured=measure is not None and bool(chosen), trail=trail)
+    chosen = choices.values()
+    estimated_wer = setup.baseline["wer"] + sum(r["delta_wer"] for r in chosen) if measure is None or not chosen \
+        else wer
+    return setup.plan(choices, estimated_wer=estimated_wer, measured=measure is not None and bool(choices),
+                      trail=trail)
+
+
+def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, dict]]:
+    """Every non-dominated (saving, summed cost, choices) over at most one option per group: exact, since
+    adding the same option to a dominated combination leaves it dominated."""
+    states: list[tuple[float, float, dict]] = [(0.0, 0.0, {})]
+    for group, rows in setup.options.items():
+        merged = states + [(s + setup.saved(r), c + max(r[cost], 0.0), {**chosen, group: r})
+                           for s, c, chosen in states for r in rows]
+        merged.sort(key=lambda state: (-state[0], state[1]))
+        states, least = [], float("inf")
+        for state in merged:  # by saving, largest first: keep those cheaper than everything saving more
+            if state[1] < least:
+                states.append(state)
+                least = state[1]
+    return states
+
+
+def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None,
+             cost: str = "divergence", measure: Callable[[object], float] | None = None,
+             candidates: int = 3) -> BudgetPlan:
+    """The per-group options that fit the budget at the least summed `cost` ("divergence" or "delta_wer").
+
+    Exact (a multiple-choice knapsack over the Pareto front of combinations), so the table may hold
+    several quantizers per group (divergence_plan) and the search mixes them where each is best. With
+    `measure` (recipe -> divergence, or WER, measured on the search set) the `candidates` cheapest plans that fit are
+    measured together and the least measured wins, as costs do not add up exactly across groups."""
+    from core.recipe import Recipe
+
+    setup = _budget(table, max_bytes, max_ms, candidates, cost)
+    fits = [s for s in _pareto_combinations(setup, cost) if setup.start - s[0] <= setup.budget]
+    if not fits:
+        strongest = max(s[0] for s in _pareto_combinations(setup, cost))
+        raise setup.unreachable(setup.start - strongest)
+    fits.sort(key=lambda state: (state[1], -state[0]))
+    best, estimate, trail = fits[0], fits[0][1], []
+    if measure is not None and best[2]:
+        tried = []
+        for saving, summed, choices in fits[:candidates]:
+            recipe = Recipe.from_json(plan_recipe(list(choices.values())))
+            tried.append((measure(recipe), -saving, summed, choices))
+            trail.append(f"{recipe.describe()}: summed {summed:.4f}, measured {tried[-1][0]:.4f}")
+        estimate, _, _, choices = min(tried, key=lambda t: t[:2])
+        best = (None, None, choices)
+    measured = measure is not None and bool(best[2])
+    if cost == "divergence":
+        return setup.plan(best[2], estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail)
+    wer = estimate if measured else setup.baseline["wer"] + estimate  # `measure` gives WER itself
+    return setup.plan(best[2], estimated_wer=wer, measured=measured, trail=trail)
 
 
 def plan_recipe(rows: list[dict]) -> dict:
@@ -221,20 +343,20 @@ def plan_recipe(rows: list[dict]) -> dict:
 
 
 def format_table(rows: list[dict], value: str = "delta_wer") -> str:
-    """Rows = groups, columns = technique/level; cells ΔWER in percentage points (or MB saved)."""
+    """Rows = groups, columns = settings; cells ΔWER in percentage points, divergence in nats, or MB saved."""
     probes = [r for r in rows if r["technique"] != "none"]
-    columns = list(dict.fromkeys((r["technique"], r["level"]) for r in probes))
+    columns = list(dict.fromkeys(r["setting"] for r in probes))
     groups = list(dict.fromkeys(r["group"] for r in probes))
-    cells = {(r["group"], r["technique"], r["level"]): r for r in probes}
-    header = "".join(f"{t[:5]}{level:g}".rjust(9) for t, level in columns)
-    lines = [f"{'group':18s}{header}"]
+    cells = {(r["group"], r["setting"]): r for r in probes}
+    formats = {"delta_wer": lambda r: f"{100 * r['delta_wer']:+.1f}", "divergence": lambda r: f"{r['divergence']:.3f}",
+               "bytes_saved": lambda r: f"{r['bytes_saved'] / 1e6:.1f}"}
+    width = max([8] + [len(c) + 2 for c in columns])
+    lines = [f"{'group':18s}" + "".join(c.rjust(width) for c in columns)]
     for group in groups:
         line = f"{group:18s}"
-        for technique, level in columns:
-            row = cells.get((group, technique, level))
-            cell = "-" if row is None else f"{100 * row['delta_wer']:+.1f}" if value == "delta_wer" else \
-                f"{row['bytes_saved'] / 1e6:.1f}"
-            line += cell.rjust(9)
+        for column in columns:
+            row = cells.get((group, column))
+            line += ("-" if row is None else formats[value](row)).rjust(width)
         lines.append(line)
     return "\n".join(lines)
 
@@ -245,9 +367,9 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store: Store) ->
 
     from core.sweep import _settings, progress
 
-    plan = sensitivity_plan(args.groups)
+    plan = divergence_plan(args.groups) if args.signal == "divergence" else sensitivity_plan(args.groups)
     start, rows = time.perf_counter(), []
-    for row in run_sensitivity(model, dataset, store, plan, _settings(args)):
+    for row in run_sensitivity(model, dataset, store, plan, _settings(args), signal=args.signal):
         rows.append(row)
         print(progress(len(rows), len(plan) + 1, sum(r["cached"] for r in rows), time.perf_counter() - start,
                        row["label"]), end="", file=sys.stderr, flush=True)
@@ -256,14 +378,19 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store: Store) ->
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
-    """`sensitivity`: ΔWER (and MB saved) per layer group and compression level."""
+    """`sensitivity`: ΔWER or divergence (and MB saved) per layer group and compression level."""
     from core.sweep import _context
 
     rows = _sensitivity_rows(args, *_context(args))
     baseline = rows[0]
-    print(f"baseline WER {100 * baseline['wer']:.2f}%, size {baseline['size_bytes'] / 1e6:.2f} MB")
-    print("ΔWER, percentage points (compressing one group alone):")
-    print(format_table(rows))
+    print(f"baseline size {baseline['size_bytes'] / 1e6:.2f} MB" +
+          (f", WER {100 * baseline['wer']:.2f}%" if baseline["wer"] is not None else ""))
+    if args.signal == "divergence":
+        print("KL divergence from the uncompressed model, nats per token (compressing one group alone):")
+        print(format_table(rows, "divergence"))
+    else:
+        print("ΔWER, percentage points (compressing one group alone):")
+        print(format_table(rows))
     print("\nMB saved:")
     print(format_table(rows, "bytes_saved"))
     if args.json:
@@ -272,21 +399,33 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
 
 
 def cmd_budget(args: argparse.Namespace) -> None:
-    """`budget`: the greedy per-group recipe that fits a size or latency budget; --verify measures it."""
+    """`budget`: the per-group recipe that fits a size or latency budget; --verify measures it."""
+    from core.divergence import run_divergence
     from core.sweep import _context, _settings
 
+    args.signal = args.signal or ("wer" if args.max_ms is not None else "divergence")
+    if args.signal == "divergence" and args.max_ms is not None:
+        raise ValueError("a latency budget needs --signal wer (divergence probes measure size, not latency)")
     model, dataset, store = _context(args)
     rows = _sensitivity_rows(args, model, dataset, store)
     max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
     measure = None
-    if args.measure:
-        measure = lambda recipe: next(run_sweep(model, dataset, [recipe], store, _settings(args))).wer  # noqa: E731
-    plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms, measure=measure, candidates=args.candidates)
+    if args.signal == "divergence":
+        if args.measure:
+            measure = lambda recipe: next(run_divergence(model, dataset, [recipe], store))["divergence"]  # noqa: E731
+        plan = allocate(rows, max_bytes=max_bytes, measure=measure, candidates=args.candidates)
+    else:
+        if args.measure:
+            measure = lambda recipe: next(run_sweep(model, dataset, [recipe], store, _settings(args))).wer  # noqa: E731
+        plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms, measure=measure,
+                             candidates=args.candidates)
     for move in plan.trail:
         print(f"  {move}")
     latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
     how = "measured" if plan.measured else "estimated"
-    print(f"estimate: WER {100 * plan.estimated_wer:.2f}% ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
+    quality = f"divergence {plan.estimated_divergence:.4f} nats/token" if plan.estimated_wer is None else \
+        f"WER {100 * plan.estimated_wer:.2f}%"
+    print(f"estimate: {quality} ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
     print(json.dumps(plan.recipe.to_json(), indent=1))
     if args.out:
         args.out.write_text(json.dumps(plan.recipe.to_json(), indent=1))
@@ -304,6 +443,8 @@ def add_commands(commands) -> None:
     p = commands.add_parser("sensitivity", help="ΔWER per layer group and compression level (cached)")
     p.add_argument("--groups", nargs="+", help="layer groups to probe (default: all; see core.layers.GROUPS)")
     p.add_argument("--json", type=Path, help="also write the tidy table here")
+    p.add_argument("--signal", choices=SIGNALS, default="wer",
+                   help="measure each probe's WER (default) or its KL divergence from the uncompressed model")
     add_run_args(p)
     p.set_defaults(run=cmd_sensitivity)
 
@@ -315,7 +456,12 @@ def add_commands(commands) -> None:
     p.add_argument("--out", type=Path, help="write the recipe JSON here")
     p.add_argument("--verify", action="store_true", help="measure the chosen recipe (stored like any point)")
     p.add_argument("--measure", action="store_true",
-                   help="measure each greedy move on the dataset instead of adding up the table's ΔWER")
-    p.add_argument("--candidates", type=int, default=3, help="moves measured per step with --measure (default 3)")
+                   help="measure each greedy move (wer) or the best plans together (divergence) instead of "
+                        "adding up the table")
+    p.add_argument("--candidates", type=int, default=3,
+                   help="with --measure: moves measured per step (wer) or best plans measured (divergence); default 3")
+    p.add_argument("--signal", choices=SIGNALS,
+                   help="divergence (default for --max-mb): exact search over per-group quantizers by KL from the "
+                        "uncompressed model; wer (default for --max-ms): greedy over the ΔWER table")
     add_run_args(p)
     p.set_defaults(run=cmd_budget)

@@ -4,6 +4,7 @@ A point's key is a sha256 over the base model's content (weights, structure, dec
 canonical recipe JSON, the dataset fingerprint and the evaluation settings, so the same point is never
 computed twice, whichever process or session asks. Each point is written in one transaction (WAL
 journal): a process killed mid-sweep loses at most the point in flight.
+Measurements that are not WER points (a divergence from the base model) sit in a second table, keyed alike.
 
 Location: `$SPEECH_LAB_DATA/results.sqlite`, else `$XDG_DATA_HOME/speech-compression-lab/results.sqlite`
 (default `~/.local/share/speech-compression-lab/results.sqlite`); tests pass a path.
@@ -49,6 +50,11 @@ CREATE TABLE IF NOT EXISTS points (
     machine TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS points_by_context ON points (model_id, dataset_fingerprint, settings);
+CREATE TABLE IF NOT EXISTS measures (
+    key TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -214,6 +220,19 @@ class Store:
                 args.append(value)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return self._select(f"SELECT {', '.join(_COLUMNS)} FROM points{clause} ORDER BY created, rowid", args)
+
+    def put_measure(self, key: str, value: dict) -> None:
+        """Keep one measurement that is not a WER point (e.g. a divergence), in its own transaction."""
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._lock, self._conn:
+            self._conn.execute("INSERT OR REPLACE INTO measures (key, created, value) VALUES (?, ?, ?)",
+                               (key, created, canonical_json(value)))
+
+    def get_measure(self, key: str) -> dict | None:
+        """The measurement stored under `key`, or None."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM measures WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def delete(self, key: str) -> bool:
         """Forget one point (e.g. to force a re-measurement); True if it was there."""

@@ -95,10 +95,10 @@ def test_sensitivity_and_measured_budget_on_one_group(tmp_path, capsys):
               "--latency-runs", "0"]
     assert main(["sensitivity", *common]) == 0
     table = capsys.readouterr().out
-    assert "conv" in table and "quant5" in table and "MB saved" in table
+    assert "conv" in table and "5-bit channel" in table and "MB saved" in table
     out = tmp_path / "plan.json"
-    assert main(["budget", "--max-mb", "150", "--measure", "--candidates", "2", "--verify", "--out", str(out),
-                 *common]) == 0
+    assert main(["budget", "--max-mb", "150", "--signal", "wer", "--measure", "--candidates", "2", "--verify",
+                 "--out", str(out), *common]) == 0
     printed = capsys.readouterr().out
     assert "measured WER" in printed and "(measured)" in printed and "measured: WER" in printed
     plan = Recipe.load(out)
