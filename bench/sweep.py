@@ -1,6 +1,7 @@
 """Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
 
-Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive] [--budget [--search-on train] [--measured] [--quantize-only]] [--append bench/RESULTS.md]
+Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive]
+         [--budget [--search-on train] [--signal wer|divergence] [--measured] [--quantize-only]] [--append bench/RESULTS.md]
 
 Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
   naive  one clip per 30 s window, latency = 5 runs after a warm-up (what `evaluate` does)
@@ -9,6 +10,9 @@ Both modes run the same 27 recipes on the same model and clips, each into a fres
 WER of both modes is printed so any accuracy difference is visible. `--budget` adds the budget-search
 check: per-group greedy recipe vs the best uniform recipe of no larger size, measured on quick and full
 (`--measured`: the greedy measures each move on the sensitivity set instead of adding up the table).
+`--budget --signal divergence`: the table holds each group's KL divergence from the base model under
+several quantizers (core.sensitivity.divergence_plan), the plan is the exact allocation (allocate, its 3
+best candidates measured together), and the uniform recipes include every one of those quantizers.
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ from core.data import load_dataset  # noqa: E402
 from core.evaluate import machine_facts  # noqa: E402
 from core.models import load_model  # noqa: E402
 from core.recipe import Recipe  # noqa: E402
-from core.sensitivity import LEVELS, budget_search, run_sensitivity, sensitivity_plan  # noqa: E402
+from core.divergence import run_divergence  # noqa: E402
+from core.sensitivity import (LEVELS, QUANT_VARIANTS, VARIANT_BITS, allocate, budget_search,  # noqa: E402
+                              divergence_plan, run_sensitivity, sensitivity_plan)
 from core.store import Store  # noqa: E402
 from core.sweep import NAIVE, SweepSettings, grid_recipes, run_sweep  # noqa: E402
 
@@ -133,19 +139,23 @@ def report(results: list[dict], dataset, args, cli_s: float | None, load: tuple)
     return "\n".join(lines) + "\n"
 
 
-def uniform_recipes() -> dict[str, Recipe]:
+def uniform_recipes(quant_variants: bool = False) -> dict[str, Recipe]:
     """Every technique at every sensitivity level on all the groups it applies to (the same groups the
-    sensitivity probes cover), e.g. "quantize 4 everywhere"."""
+    sensitivity probes cover), e.g. "quantize 4 everywhere"; `quant_variants` adds each of QUANT_VARIANTS
+    at VARIANT_BITS everywhere (the quantizers a divergence allocation may mix)."""
     groups: dict[str, list[str]] = {}
     for probe in sensitivity_plan():
         groups.setdefault(probe.technique, [])
         if probe.group not in groups[probe.technique]:
             groups[probe.technique].append(probe.group)
+    settings = [(technique, {}, knob, level) for technique, (knob, levels) in LEVELS.items() for level in levels]
+    if quant_variants:
+        settings += [("quantize", variant, "bits", bits) for variant in QUANT_VARIANTS for bits in VARIANT_BITS]
     recipes = {}
-    for technique, (knob, levels) in LEVELS.items():
-        for level in levels:
-            recipe = Recipe.from_json({"steps": [{technique: {knob: level, "groups": groups[technique]}}]})
-            recipes[recipe.describe()] = recipe
+    for technique, options, knob, level in settings:
+        config = {**options, knob: level, "groups": groups[technique]}
+        recipe = Recipe.from_json({"steps": [{technique: config}]})
+        recipes[recipe.describe()] = recipe
     return recipes
 
 
@@ -162,46 +172,75 @@ def search_dataset(name: str):
 
 
 def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = "quick",
-                 measured: bool = False, quantize_only: bool = False) -> str:
-    """Sensitivity on `search_on`, then for budgets at the sizes of uniform recipes: greedy per-group recipe
+                 measured: bool = False, quantize_only: bool = False, signal: str = "wer") -> str:
+    """Sensitivity on `search_on`, then for budgets at the sizes of uniform recipes: per-group recipe
     vs the best uniform recipe no larger than it (the lowest WER on full), both measured on quick and full.
-    `measured`: the greedy checks each move on the search set (core.sensitivity.budget_search);
-    `quantize_only`: probe bit widths only (the uniform recipes still include pruning and low rank)."""
+    signal "wer": the greedy over ΔWER (`measured`: it checks each move on the search set;
+    `quantize_only`: probe bit widths only, the uniform recipes still include pruning and low rank).
+    signal "divergence": the exact allocation over divergence_plan's quantizers, its 3 best candidates
+    measured on the search set; the search set's divergence of every recipe is printed too."""
     quick, full, search_set = load_dataset("quick"), load_dataset("full"), search_dataset(search_on)
-    plan = sensitivity_plan(levels={"quantize": LEVELS["quantize"]} if quantize_only else LEVELS)
+    by_divergence = signal == "divergence"
+    if by_divergence:
+        plan = divergence_plan()
+    else:
+        plan = sensitivity_plan(levels={"quantize": LEVELS["quantize"]} if quantize_only else LEVELS)
     start = time.perf_counter()
     table = []
-    for row in run_sensitivity(model, search_set, store, plan, settings=settings):
+    for row in run_sensitivity(model, search_set, store, plan, settings=settings, signal=signal):
         table.append(row)
         print(f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
     print(file=sys.stderr)
     sensitivity_s = time.perf_counter() - start
-    uniform = uniform_recipes()
-    uniform_points = {name: {ds.name: next(run_sweep(model, ds, [recipe], store, settings)) for ds in (quick, full)}
-                      for name, recipe in uniform.items()}
-    baseline = {ds.name: next(run_sweep(model, ds, [Recipe()], store, settings)) for ds in (quick, full)}
-    flags = f"--search-on {search_on}{' --measured' if measured else ''}{' --quantize-only' if quantize_only else ''}"
+    reference: dict = {}
+    kl = lambda recipe: next(run_divergence(model, search_set, [recipe], store, reference=reference))  # noqa: E731
+    wer = lambda recipe: {ds.name: next(run_sweep(model, ds, [recipe], store, settings)) for ds in (quick, full)}  # noqa: E731
+    uniform, uniform_points = uniform_recipes(quant_variants=by_divergence), {}
+    for index, (name, recipe) in enumerate(uniform.items()):
+        print(f"\r[uniform] {index + 1}: {name}", end=" " * 20, file=sys.stderr, flush=True)
+        uniform_points[name] = wer(recipe)
+    print(file=sys.stderr)
+    baseline = wer(Recipe())
+    flags = f"--search-on {search_on} --signal {signal}{' --measured' if measured else ''}" \
+            f"{' --quantize-only' if quantize_only else ''}"
+    what = "KL divergence from the uncompressed model" if by_divergence else "ΔWER"
+    kl_header = f" KL {search_set.name} |" if by_divergence else ""
     lines = ["", f"### Budget search vs uniform recipes (bench/sweep.py --budget {flags})", "",
-             f"Sensitivity table: {len(table) - 1} probes on {search_set.name} ({sensitivity_s:.0f} s, packed mode, "
-             f"{settings.latency_runs} latency runs). Uncompressed: {baseline['quick'].size_bytes / 1e6:.1f} MB, "
-             f"WER quick {100 * baseline['quick'].wer:.2f}%, full {100 * baseline['full'].wer:.2f}%.", "",
-             "| budget (MB) | recipe | size MB | WER quick | WER full |", "| --- | --- | --- | --- | --- |"]
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {torch.get_num_threads()} torch threads. "
+             f"Sensitivity table ({what}): {len(table) - 1} probes on {search_set.name} ({sensitivity_s:.0f} s, "
+             f"packed mode, {settings.latency_runs} latency runs). Uncompressed: "
+             f"{baseline['quick'].size_bytes / 1e6:.1f} MB, WER quick {100 * baseline['quick'].wer:.2f}%, "
+             f"full {100 * baseline['full'].wer:.2f}%.", "",
+             f"| budget (MB) | recipe | size MB |{kl_header} WER quick | WER full |",
+             "| --- | --- | --- |" + (" --- |" if by_divergence else "") + " --- | --- |"]
     budgets = sorted({m["quick"].size_bytes for m in uniform_points.values()
                       if m["quick"].size_bytes < baseline["quick"].size_bytes}, reverse=True)
-    measure = lambda recipe: next(run_sweep(model, search_set, [recipe], store, settings)).wer  # noqa: E731
+    if by_divergence:
+        measure = lambda recipe: kl(recipe)["divergence"]  # noqa: E731
+    else:
+        measure = lambda recipe: next(run_sweep(model, search_set, [recipe], store, settings)).wer  # noqa: E731
+    wins = 0
     for budget in budgets:
         fits = [(name, m) for name, m in uniform_points.items() if m["quick"].size_bytes <= budget]
-        best = min(fits, key=lambda item: item[1]["full"].wer)
+        best_name, best = min(fits, key=lambda item: item[1]["full"].wer)
         try:
-            greedy_plan = budget_search(table, max_bytes=budget, measure=measure if measured else None)
+            if by_divergence:
+                chosen = allocate(table, max_bytes=budget, measure=measure)
+            else:
+                chosen = budget_search(table, max_bytes=budget, measure=measure if measured else None)
         except ValueError as exc:
-            lines.append(f"| {budget / 1e6:.1f} | greedy: {exc} | | | |")
+            lines.append(f"| {budget / 1e6:.2f} | per group: {exc} | | | |")
             continue
-        greedy = {ds.name: next(run_sweep(model, ds, [greedy_plan.recipe], store, settings)) for ds in (quick, full)}
-        for label, points in ((f"best uniform: {best[0]}", best[1]),
-                              (f"greedy: {greedy_plan.recipe.describe()}", greedy)):
-            lines.append(f"| {budget / 1e6:.1f} | {label} | {points['quick'].size_bytes / 1e6:.1f} | "
-                         f"{100 * points['quick'].wer:.2f}% | {100 * points['full'].wer:.2f}% |")
+        points = wer(chosen.recipe)
+        wins += points["full"].wer < best["full"].wer
+        rows = ((f"best uniform: {best_name}", uniform[best_name], best),
+                (f"per group: {chosen.recipe.describe()}", chosen.recipe, points))
+        for label, recipe, measured_points in rows:
+            kl_cell = f" {kl(recipe)['divergence']:.4f} |" if by_divergence else ""
+            lines.append(f"| {budget / 1e6:.2f} | {label} | {measured_points['quick'].size_bytes / 1e6:.2f} |"
+                         f"{kl_cell} {100 * measured_points['quick'].wer:.2f}% | "
+                         f"{100 * measured_points['full'].wer:.2f}% |")
+    lines += ["", f"Per-group recipe below the best uniform one on full: {wins} of {len(budgets)} budgets."]
     return "\n".join(lines) + "\n"
 
 
@@ -218,14 +257,17 @@ def main() -> None:
                              f"{TRAIN_SUBSET} utterances, never in quick or full)")
     parser.add_argument("--measured", action="store_true", help="--budget: measure each greedy move")
     parser.add_argument("--quantize-only", action="store_true", help="--budget: probe bit widths only")
+    parser.add_argument("--signal", choices=("wer", "divergence"), default="wer",
+                        help="--budget: search on a ΔWER table (greedy) or a divergence table (exact allocation)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     model, dataset = load_model(), load_dataset(args.dataset)
     if args.budget:
         with tempfile.TemporaryDirectory() as folder:
-            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"), SweepSettings(),
-                                args.search_on, args.measured, args.quantize_only)
+            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"),
+                                SweepSettings(latency_runs=0),
+                                args.search_on, args.measured, args.quantize_only, args.signal)
         text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
         print(text)
         if args.append:

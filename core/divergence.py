@@ -72,7 +72,7 @@ def reference_outputs(model: SpeechModel, windows: list[np.ndarray]) -> Referenc
         tokens = greedy_decode(module, feats, decoding, room)[0]
         ids = torch.tensor([list(decoding.prompt) + tokens[:room - 1]])
         log_probs = _decoder_log_probs(module, encoded, ids, first)
-        index = log_probs.topk(TOP_K, dim=-1).indices
+        index = log_probs.topk(min(TOP_K, log_probs.shape[-1]), dim=-1).indices
         features.append(feats)
         inputs.append(ids)
         indices.append(index)

@@ -103,3 +103,25 @@ def test_sensitivity_and_measured_budget_on_one_group(tmp_path, capsys):
     assert "measured WER" in printed and "(measured)" in printed and "measured: WER" in printed
     plan = Recipe.load(out)
     assert [config.groups for _, config in plan.steps] == [("conv",)]
+
+
+def test_divergence_budget_on_one_group(tmp_path, capsys):
+    """`budget` by size defaults to the divergence allocation: probes every quantizer on the group, measures
+    the best candidates together, and the table is cached for the next run."""
+    manifest = tmp_path / "two.csv"
+    quick = load_dataset("quick").utterances[:2]
+    manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
+    common = ["--groups", "conv", "--dataset", str(manifest), "--store", str(tmp_path / "r.sqlite"),
+              "--latency-runs", "0", "--max-mb", "150.5"]
+    out = tmp_path / "plan.json"
+    assert main(["budget", "--measure", "--candidates", "2", "--verify", "--out", str(out), *common]) == 0
+    captured = capsys.readouterr()
+    assert "divergence" in captured.out and "(measured)" in captured.out and "measured: WER" in captured.out
+    assert "17/18" in captured.err and "(0 cached)" in captured.err  # 1 baseline + 5 bit widths + 4 quantizers x 3
+    plan = Recipe.load(out)
+    assert [config.groups for _, config in plan.steps] == [("conv",)]
+    assert main(["budget", *common]) == 0
+    captured = capsys.readouterr()
+    assert "18/18 (18 cached)" in captured.err and "(estimated)" in captured.out
+    assert main(["budget", "--signal", "divergence", "--max-ms", "100", *common[:-2]]) == 2
+    assert "needs --signal wer" in capsys.readouterr().err

@@ -1,9 +1,13 @@
-"""Per-group sensitivity (shape, monotonic sizes, caching) and the greedy budget search."""
+"""Per-group sensitivity (shape, monotonic sizes, caching), the greedy budget search and the exact allocation."""
+import json
+
 import pytest
 
-from core.sensitivity import budget_search, plan_recipe, run_sensitivity, sensitivity_plan
+from core.sensitivity import (allocate, budget_search, divergence_plan, format_table, plan_recipe, run_sensitivity,
+                              sensitivity_plan)
 from core.store import Store
 from core.sweep import SweepSettings
+from test_divergence import sharpened
 from test_sweep import tiny_dataset, tiny_speech_model
 
 FAST = SweepSettings(latency_runs=0)
@@ -57,16 +61,18 @@ def test_table_shape_monotonic_sizes_and_cache(tiny_whisper, tmp_path, monkeypat
         [(r["group"], r["technique"], r["level"], r["wer"]) for r in rows]
 
 
-def _row(group, technique, level, delta_wer, saved, latency=None):
+def _row(group, technique, level, delta_wer, saved, latency=None, divergence=None, **options):
     knob = {"prune": "sparsity", "quantize": "bits", "low_rank": "rank_fraction"}[technique]
-    return {"group": group, "technique": technique, "knob": knob, "level": level, "wer": 0.1 + delta_wer,
-            "delta_wer": delta_wer, "size_bytes": 1000 - saved, "bytes_saved": saved, "latency_ms": None,
-            "delta_latency_ms": latency, "label": f"{technique} {level} {group}",
-            "step": {technique: {knob: level, "groups": [group]}}}
+    setting = f"{technique} {level}" + "".join(f" {k}={v}" for k, v in options.items())
+    return {"group": group, "technique": technique, "knob": knob, "level": level,
+            "wer": None if delta_wer is None else 0.1 + delta_wer, "delta_wer": delta_wer, "divergence": divergence,
+            "size_bytes": 1000 - saved, "bytes_saved": saved, "latency_ms": None, "delta_latency_ms": latency,
+            "label": f"{setting} [{group}]", "setting": setting,
+            "step": {technique: {**options, knob: level, "groups": [group]}}}
 
 
 BASELINE = {"group": "all", "technique": "none", "knob": None, "level": None, "wer": 0.1, "delta_wer": 0.0,
-            "size_bytes": 1000, "bytes_saved": 0, "latency_ms": 50.0, "delta_latency_ms": 0.0, "label": "none",
+            "divergence": 0.0, "setting": "none", "size_bytes": 1000, "bytes_saved": 0, "latency_ms": 50.0, "delta_latency_ms": 0.0, "label": "none",
             "step": None}
 TABLE = [BASELINE,
          _row("encoder.ffn", "quantize", 8, 0.00, 300),   # free
@@ -129,6 +135,106 @@ def test_budget_search_latency_and_errors():
         budget_search(TABLE, max_bytes=1, max_ms=1)
     with pytest.raises(ValueError, match="baseline"):
         budget_search(TABLE[1:], max_bytes=500)
+
+
+def test_divergence_plan_probes_every_quantizer_on_every_group():
+    plan = divergence_plan()
+    assert len(plan) == 6 * (5 + 4 * 3) and {p.technique for p in plan} == {"quantize"}
+    steps = {json.dumps(p.recipe, sort_keys=True) for p in plan}
+    assert len(steps) == len(plan)  # no probe twice
+    conv = [p.recipe["steps"][0]["quantize"] for p in plan if p.group == "conv"]
+    assert {"bits": 4, "method": "mse", "groups": ["conv"]} in conv
+    assert {"bits": 3, "outlier_columns": 4, "groups": ["conv"]} in conv
+
+
+# A divergence table: encoder.ffn has two quantizers at 4 bits (mse is the better one there); the
+# greedy rate (divergence per byte) would take decoder q4 first, the exact optimum does not.
+DIVERGENCE_TABLE = [BASELINE,
+                    _row("encoder.ffn", "quantize", 8, None, 300, divergence=0.001),
+                    _row("encoder.ffn", "quantize", 4, None, 400, divergence=0.30),
+                    _row("encoder.ffn", "quantize", 4, None, 400, divergence=0.05, method="mse"),
+                    _row("decoder.ffn", "quantize", 8, None, 200, divergence=0.002),
+                    _row("decoder.ffn", "quantize", 4, None, 350, divergence=0.04),
+                    _row("conv", "quantize", 4, None, 50, divergence=0.50)]
+
+
+def test_allocate_finds_the_least_summed_divergence_and_mixes_quantizers():
+    plan = allocate(DIVERGENCE_TABLE, max_bytes=300)  # save 700: needs both encoder and decoder at 4 bits
+    assert {g: r["setting"] for g, r in plan.choices.items()} == \
+        {"encoder.ffn": "quantize 4 method=mse", "decoder.ffn": "quantize 4"}
+    assert plan.estimated_divergence == pytest.approx(0.09) and plan.estimated_wer is None
+    assert plan.estimated_size_bytes == 250 and not plan.measured
+    assert sorted((c.bits, c.method, c.groups) for _, c in plan.recipe.steps) == \
+        [(4, "minmax", ("decoder.ffn",)), (4, "mse", ("encoder.ffn",))]
+    # save 600: encoder q8 + decoder q4 (0.041) beats encoder mse q4 + decoder q8 (0.052) and encoder q4 alone
+    cheaper = allocate(DIVERGENCE_TABLE, max_bytes=400)
+    assert {g: r["setting"] for g, r in cheaper.choices.items()} == \
+        {"encoder.ffn": "quantize 8", "decoder.ffn": "quantize 4"}
+    assert allocate(DIVERGENCE_TABLE, max_bytes=1000).choices == {}
+
+
+def test_allocate_is_exact_where_the_greedy_is_not():
+    """Saving 500: the greedy takes the best rate first (encoder, 450) and then still needs a step, taking
+    the next best rate (decoder attention, 500) although that one alone would have done."""
+    table = [BASELINE, _row("encoder.ffn", "quantize", 8, 0.0045, 450), _row("decoder.ffn", "quantize", 8, 0.002, 100),
+             _row("decoder.attention", "quantize", 8, 0.0055, 500)]
+    assert set(budget_search(table, max_bytes=500).choices) == {"encoder.ffn", "decoder.attention"}
+    plan = allocate(table, max_bytes=500, cost="delta_wer")
+    assert list(plan.choices) == ["decoder.attention"]
+    assert plan.estimated_wer == pytest.approx(0.1055) and plan.estimated_divergence is None
+
+
+def test_measured_allocation_takes_the_best_measured_candidate():
+    """The cheapest plan by the table breaks when measured; the second one wins, with its measured value."""
+    measured = []
+
+    def measure(recipe):
+        measured.append(recipe.describe())
+        chosen = {(g, config.bits, config.method) for _, config in recipe.steps for g in config.groups}
+        return 0.8 if ("encoder.ffn", 4, "mse") in chosen else 0.07
+
+    plan = allocate(DIVERGENCE_TABLE, max_bytes=400, measure=measure, candidates=3)
+    assert len(measured) == len(plan.trail) == 3 and plan.measured
+    assert plan.estimated_divergence == pytest.approx(0.07)
+    assert {g: r["setting"] for g, r in plan.choices.items()} == \
+        {"encoder.ffn": "quantize 8", "decoder.ffn": "quantize 4"}
+    broken = lambda recipe: 0.8 if any(config.bits == 8 for _, config in recipe.steps) else 0.2  # noqa: E731
+    plan = allocate(DIVERGENCE_TABLE, max_bytes=400, measure=broken, candidates=2)
+    assert plan.estimated_divergence == pytest.approx(0.2) and plan.choices["encoder.ffn"]["level"] == 4
+
+
+def test_allocate_errors():
+    with pytest.raises(ValueError, match="cannot be reached"):
+        allocate(DIVERGENCE_TABLE, max_bytes=100)
+    with pytest.raises(ValueError, match="no 'divergence' measurements"):
+        allocate(TABLE, max_bytes=500)  # a ΔWER table
+    with pytest.raises(ValueError, match="exactly one"):
+        allocate(DIVERGENCE_TABLE)
+    with pytest.raises(ValueError, match="candidates must be a positive integer"):
+        allocate(DIVERGENCE_TABLE, max_bytes=400, measure=lambda r: 0.0, candidates=True)
+
+
+def test_divergence_table_on_a_tiny_model(tiny_whisper, tmp_path, monkeypatch):
+    from core.recipe import Recipe
+
+    model, dataset = tiny_speech_model(sharpened(tiny_whisper)), tiny_dataset(tmp_path / "data")
+    store = Store(tmp_path / "results.sqlite")
+    plan = sensitivity_plan(("encoder.ffn", "decoder.ffn"), {"quantize": ("bits", (8, 4, 2))})
+    rows = list(run_sensitivity(model, dataset, store, plan, FAST, signal="divergence"))
+    assert len(rows) == 7 and rows[0]["divergence"] == pytest.approx(0.0, abs=1e-6)
+    assert all(r["wer"] is None and r["delta_wer"] is None for r in rows)
+    for group in ("encoder.ffn", "decoder.ffn"):
+        values = [r["divergence"] for r in rows if r["group"] == group]
+        assert 0 <= values[0] <= values[1] < values[2], values  # 8 bits may round to no change at all
+    assert rows[1]["setting"] == "8-bit channel" and "0.0" in format_table(rows, "divergence")
+    calls = []
+    apply = Recipe.apply
+    monkeypatch.setattr(Recipe, "apply", lambda self, module, *a: calls.append(1) or apply(self, module, *a))
+    again = list(run_sensitivity(model, dataset, store, plan, FAST, signal="divergence"))
+    assert calls == [] and [r["divergence"] for r in again] == [r["divergence"] for r in rows]
+    assert allocate(rows, max_bytes=rows[0]["size_bytes"] - 1).choices  # something saves a byte
+    with pytest.raises(ValueError, match="unknown signal"):
+        next(run_sensitivity(model, dataset, store, plan, FAST, signal="loss"))
 
 
 def test_plan_recipe_merges_groups_and_orders_steps():

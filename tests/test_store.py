@@ -65,6 +65,16 @@ def test_put_replaces_a_point_with_the_same_key(tmp_path):
         assert len(store) == 1 and store.get("k1").wer == 0.125
 
 
+def test_measures_round_trip_apart_from_points(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        assert store.get_measure("m1") is None
+        store.put_measure("m1", {"divergence": 0.25, "size_bytes": 10})
+        store.put_measure("m1", {"divergence": 0.125, "size_bytes": 10})  # replaced, not added
+        assert len(store) == 0  # not a WER point
+    with Store(tmp_path / "r.sqlite") as store:  # another session
+        assert store.get_measure("m1") == {"divergence": 0.125, "size_bytes": 10}
+
+
 def test_store_uses_wal_journal(tmp_path):
     Store(tmp_path / "r.sqlite").close()
     with sqlite3.connect(tmp_path / "r.sqlite") as conn:
