@@ -1,6 +1,7 @@
 """Pareto: every measured point, the best trade-offs as a front, sweeps, sensitivity and budget search."""
 import json
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -8,7 +9,8 @@ import streamlit as st
 
 from core.layers import GROUPS
 from core.pareto import pareto_front
-from core.sensitivity import budget_search, probe_groups, run_sensitivity, sensitivity_plan
+from core.divergence import run_divergence
+from core.sensitivity import allocate, budget_search, divergence_plan, probe_groups, run_sensitivity, sensitivity_plan
 from core.store import model_identity
 from core.sweep import grid_recipes, run_sweep
 from pages.common import (LIVE, base_model, chosen_model_name, compress_widget_state, dataset_waves, encoder_cache,
@@ -118,45 +120,64 @@ if st.button(f"Run the sweep ({len(recipes)} recipes)", type="primary", disabled
 
 st.divider()
 st.subheader("Which layers matter? (sensitivity)")
-st.caption("Each layer group is compressed alone at several levels; ΔWER against the uncompressed model "
-           "shows where compression is cheap. A budget search then picks per-group levels.")
+st.caption("Each layer group is compressed alone at several levels, and a budget search then picks per-group "
+           "levels. ΔWER shows where compression is cheap in words; divergence (how far the next-token "
+           "probabilities move from the uncompressed model's, KL in nats per token) sees changes too small to "
+           "cost a word on a short set, so it ranks layer groups and quantizers better.")
 chosen_groups = st.multiselect("Layer groups to probe", probe_groups(), default=list(probe_groups()),
                                key="sensitivity_groups")
-plan = sensitivity_plan(tuple(chosen_groups))
+signal = st.radio("Measure each probe by", ["wer", "divergence"], horizontal=True, key="sensitivity_signal",
+                  format_func={"wer": "ΔWER (pruning, low rank, bit widths; greedy budget)",
+                               "divergence": "divergence (bit widths × 5 quantizers; exact budget)"}.get)
+by_divergence = signal == "divergence"
+plan = (divergence_plan if by_divergence else sensitivity_plan)(tuple(chosen_groups))
 if st.button(f"Measure sensitivity ({len(plan)} points, ~3 s each the first time)", disabled=not plan):
     st.session_state["show_sensitivity"] = True
 if st.session_state.get("show_sensitivity") and plan:
     progress = st.progress(0.0)
     rows = []  # stored points come back at once, so showing it again later costs nothing
-    for done, row in enumerate(run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache())):
+    for done, row in enumerate(run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache(), signal)):
         rows.append(row)
         progress.progress(min(done / len(plan), 1.0), text=f"{done}/{len(plan)} · {row['label']}")
     progress.empty()
     table = pd.DataFrame([r for r in rows if r["technique"] != "none"])
-    table["setting"] = table["technique"] + " " + table["knob"] + "=" + table["level"].astype(str)
-    heat = table.pivot_table(index="group", columns="setting", values="delta_wer") * 100
+    heat = table.pivot_table(index="group", columns="setting", values="divergence" if by_divergence else "delta_wer",
+                             sort=False)
     heat = heat.reindex([g for g in GROUPS if g in heat.index])
-    fig = px.imshow(heat, color_continuous_scale="Viridis", aspect="auto", text_auto=".1f",
-                    labels={"color": "ΔWER (pts)", "x": "", "y": ""})
+    if by_divergence:  # spans four decades: colour by log10, label with the value
+        fig = px.imshow(np.log10(heat.clip(lower=1e-5)), aspect="auto",
+                        color_continuous_scale="Viridis", labels={"color": "log₁₀ KL", "x": "", "y": ""})
+        fig.update_traces(text=heat.map(lambda v: f"{v:.3g}").values, texttemplate="%{text}")
+    else:
+        fig = px.imshow(heat * 100, color_continuous_scale="Viridis", aspect="auto", text_auto=".1f",
+                        labels={"color": "ΔWER (pts)", "x": "", "y": ""})
     fig.update_layout(font={"size": 14}, height=420)
     st.plotly_chart(fig, width="stretch", key="sensitivity")
 
     budget_mb = st.number_input("Size budget (MB)", 5.0, 200.0, 30.0, 1.0, key="budget_mb")
-    measured = st.checkbox("Measure each move (slower, but sees errors that add up across groups)",
+    measured = st.checkbox("Measure the 3 best plans together (they do not add up exactly)" if by_divergence else
+                           "Measure each move (slower, but sees errors that add up across groups)",
                            key="budget_measured")
     measure = None
     if measured:
         def measure(recipe):
             with st.spinner(f"Measuring {recipe.describe()}"):
+                if by_divergence:
+                    return next(run_divergence(model, dataset, [recipe], store, waves))["divergence"]
                 return next(run_sweep(model, dataset, [recipe], store, LIVE, waves, encoder_cache())).wer
     try:
-        budget_plan = budget_search(rows, max_bytes=budget_mb * 1e6, measure=measure)
+        if by_divergence:
+            budget_plan = allocate(rows, max_bytes=budget_mb * 1e6, measure=measure)
+        else:
+            budget_plan = budget_search(rows, max_bytes=budget_mb * 1e6, measure=measure)
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-    how = "measured" if budget_plan.measured else "≈ (table ΔWER added up)"
-    st.write(f"Greedy plan: **{budget_plan.recipe.describe()}** — estimated "
-             f"{budget_plan.estimated_size_bytes / 1e6:.1f} MB, WER {how} {100 * budget_plan.estimated_wer:.1f}%")
+    how = "measured" if budget_plan.measured else "≈ (table added up)"
+    quality = f"divergence {how} {budget_plan.estimated_divergence:.3g} nats/token" if by_divergence else \
+        f"WER {how} {100 * budget_plan.estimated_wer:.1f}%"
+    st.write(f"{'Plan' if by_divergence else 'Greedy plan'}: **{budget_plan.recipe.describe()}** — estimated "
+             f"{budget_plan.estimated_size_bytes / 1e6:.1f} MB, {quality}")
     if st.button("Measure this plan"):
         point = next(run_sweep(model, dataset, [budget_plan.recipe], store, LIVE, waves, encoder_cache()))
         st.success(f"Measured: WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB — it is now on the plots.")

@@ -128,6 +128,24 @@ def test_pareto_sensitivity_of_one_group_and_a_measured_budget():
     assert "[conv]" in plan and "WER measured" in plan
 
 
+def test_pareto_divergence_heatmap_and_exact_budget():
+    at = page("pages/pareto.py")
+    at.multiselect(key="sensitivity_groups").set_value(["conv"]).run(timeout=TIMEOUT)
+    at.radio(key="sensitivity_signal").set_value("divergence").run(timeout=TIMEOUT)
+    button = next(b for b in at.button if b.label.startswith("Measure sensitivity"))
+    assert "(17 points" in button.label  # conv: 5 bit widths per channel + 4 quantizers x 3 bit widths
+    button.click().run(timeout=TIMEOUT)
+    heatmap = at.get("plotly_chart")[-1].proto.spec
+    assert "log₁₀ KL" in heatmap and "5-bit channel mse" in heatmap
+    at.number_input(key="budget_mb").set_value(150.0).run(timeout=TIMEOUT)
+    assert not problems(at), problems(at)
+    plan = next(m.value for m in at.markdown if m.value.startswith("Plan:"))
+    assert "[conv]" in plan and "divergence ≈" in plan and "nats/token" in plan
+    at.checkbox(key="budget_measured").check().run(timeout=TIMEOUT)
+    plan = next(m.value for m in at.markdown if m.value.startswith("Plan:"))
+    assert not problems(at) and "divergence measured" in plan
+
+
 def test_distill_trains_a_student_that_lands_on_the_pareto_page():
     distill = page("pages/distill.py")
     assert not problems(distill), problems(distill)
