@@ -171,6 +171,8 @@ def compress_widget_state(recipe: dict) -> dict:
                          quant_groups=list(config.get("groups", GROUP_CHOICES)),
                          quant_int8=config.get("backend") == "int8_dynamic", quant_gptq=config.get("gptq", False),
                          quant_entropy=config.get("entropy_code", False))
+            if config.get("scale_dtype", "float32") != "float32" or config.get("outlier_columns", 0):
+                raise ValueError("its fp16 scales or fp16 outlier columns are not on the sliders")
             if config.get("calibration", "train") != "train" or config.get("calibration_windows", 16) != 16:
                 raise ValueError("its GPTQ calibration is not the sliders' (16 windows of train)")
     for key in ("prune_groups", "prune_groups_neurons", "prune_groups_heads", "lowrank_groups", "quant_groups"):

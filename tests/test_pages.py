@@ -176,3 +176,20 @@ def test_distill_recovery_takes_a_recipe_and_explains_a_bad_one():
     distill.text_area(key="distill_recipe").set_value('{"steps": [{"prune": {"sparsity": 1.5}}]}').run(timeout=TIMEOUT)
     assert any("sparsity" in e.value for e in distill.error), [e.value for e in distill.error]
     assert not distill.button  # nothing to start with an invalid recipe
+
+
+def test_compress_sliders_reproduce_a_recipe_or_say_why_not():
+    from pages.common import compress_widget_state
+
+    state = compress_widget_state({"steps": [{"quantize": {"bits": 4, "granularity": "group", "method": "mse"}}]})
+    assert state["quant_on"] and state["quant_bits"] == 4 and state["quant_granularity"] == "group"
+    assert state["quant_method"] == "mse" and not state["prune_on"]
+    for recipe, reason in [
+        ({"quantize": {"bits": 4, "scale_dtype": "float16"}}, "fp16 scales"),
+        ({"quantize": {"bits": 4, "outlier_columns": 4}}, "outlier columns"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            compress_widget_state({"steps": [recipe]})
+    with pytest.raises(ValueError, match="two quantize steps"):  # a per-group plan from the budget search
+        compress_widget_state({"steps": [{"quantize": {"bits": 4, "groups": ["conv"]}},
+                                         {"quantize": {"bits": 8, "groups": ["embedding"]}}]})
