@@ -12,6 +12,10 @@ next-stronger measured option costs the least extra ΔWER per byte (or ms) saved
 across groups; the resulting recipe should be measured (`budget --verify` does). With
 `budget --measure` each move is measured on the dataset instead (a few points per move): slower,
 but it sees that errors compound when several groups are compressed together.
+
+With signal "divergence" each probe records its KL divergence from the base model instead of WER
+(core.divergence), `divergence_plan` probes several quantizers per group, and `allocate` picks the
+per-group options exactly: the least summed divergence that fits the budget.
 """
 from __future__ import annotations
 
