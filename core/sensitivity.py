@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from core.store import Point, Store
+from core.store import Store
 from core.sweep import STEPS, SweepSettings, run_sweep
 
 LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild to strong)
@@ -304,25 +304,24 @@ def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | 
     from core.recipe import Recipe
 
     setup = _budget(table, max_bytes, max_ms, candidates, cost)
-    fits = [s for s in _pareto_combinations(setup, cost) if setup.start - s[0] <= setup.budget]
+    combinations = _pareto_combinations(setup, cost)
+    fits = sorted((c for c in combinations if setup.start - c[0] <= setup.budget), key=lambda c: (c[1], -c[0]))
     if not fits:
-        strongest = max(s[0] for s in _pareto_combinations(setup, cost))
-        raise setup.unreachable(setup.start - strongest)
-    fits.sort(key=lambda state: (state[1], -state[0]))
-    best, estimate, trail = fits[0], fits[0][1], []
-    if measure is not None and best[2]:
+        raise setup.unreachable(setup.start - max(saving for saving, _, _ in combinations))
+    _, estimate, choices = fits[0]
+    trail = []
+    if measure is not None and choices:
         tried = []
-        for saving, summed, choices in fits[:candidates]:
-            recipe = Recipe.from_json(plan_recipe(list(choices.values())))
-            tried.append((measure(recipe), -saving, summed, choices))
-            trail.append(f"{recipe.describe()}: summed {summed:.4f}, measured {tried[-1][0]:.4f}")
-        estimate, _, _, choices = min(tried, key=lambda t: t[:2])
-        best = (None, None, choices)
-    measured = measure is not None and bool(best[2])
+        for saving, summed, option in fits[:candidates]:
+            recipe = Recipe.from_json(plan_recipe(list(option.values())))
+            tried.append((measure(recipe), -saving, option))
+            trail.append(f"{recipe.describe()}: summed {summed:.4g}, measured {tried[-1][0]:.4g}")
+        estimate, _, choices = min(tried, key=lambda t: t[:2])
+    measured = measure is not None and bool(choices)
     if cost == "divergence":
-        return setup.plan(best[2], estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail)
+        return setup.plan(choices, estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail)
     wer = estimate if measured else setup.baseline["wer"] + estimate  # `measure` gives WER itself
-    return setup.plan(best[2], estimated_wer=wer, measured=measured, trail=trail)
+    return setup.plan(choices, estimated_wer=wer, measured=measured, trail=trail)
 
 
 def plan_recipe(rows: list[dict]) -> dict:
@@ -427,7 +426,7 @@ def cmd_budget(args: argparse.Namespace) -> None:
         print(f"  {move}")
     latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
     how = "measured" if plan.measured else "estimated"
-    quality = f"divergence {plan.estimated_divergence:.4f} nats/token" if plan.estimated_wer is None else \
+    quality = f"divergence {plan.estimated_divergence:.4g} nats/token" if plan.estimated_wer is None else \
         f"WER {100 * plan.estimated_wer:.2f}%"
     print(f"estimate: {quality} ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
     print(json.dumps(plan.recipe.to_json(), indent=1))
