@@ -353,13 +353,13 @@ def format_table(rows: list[dict], value: str = "delta_wer") -> str:
     cells = {(r["group"], r["setting"]): r for r in probes}
     formats = {"delta_wer": lambda r: f"{100 * r['delta_wer']:+.1f}", "divergence": lambda r: f"{r['divergence']:.3f}",
                "bytes_saved": lambda r: f"{r['bytes_saved'] / 1e6:.1f}"}
-    width = max([8] + [len(c) + 2 for c in columns])
-    lines = [f"{'group':18s}" + "".join(c.rjust(width) for c in columns)]
+    widths = {column: max(8, len(column) + 2) for column in columns}
+    lines = [f"{'group':18s}" + "".join(c.rjust(widths[c]) for c in columns)]
     for group in groups:
         line = f"{group:18s}"
         for column in columns:
             row = cells.get((group, column))
-            line += ("-" if row is None else formats[value](row)).rjust(width)
+            line += ("-" if row is None else formats[value](row)).rjust(widths[column])
         lines.append(line)
     return "\n".join(lines)
 
