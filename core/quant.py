@@ -511,9 +511,10 @@ class QuantPositions(QuantEmbedding):
     layout_kind = "quant_positions"
 
     def forward(self, input_ids: torch.Tensor, past_key_values_length: int = 0,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cache_length: int | None = None) -> torch.Tensor:
+        start = past_key_values_length if cache_length is None else cache_length  # transformers 5.24 renamed it
         if position_ids is None:
-            return self.weight[past_key_values_length: past_key_values_length + input_ids.shape[1]]
+            return self.weight[start: start + input_ids.shape[1]]
         return self.weight[position_ids]
 
 
