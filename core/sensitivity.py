@@ -415,7 +415,9 @@ def cmd_budget(args: argparse.Namespace) -> None:
     measure = None
     if args.signal == "divergence":
         if args.measure:
-            measure = lambda recipe: next(run_divergence(model, dataset, [recipe], store))["divergence"]  # noqa: E731
+            reference: dict = {}  # the base model's outputs, computed once for all the candidates
+            measure = lambda recipe: next(run_divergence(model, dataset, [recipe], store,  # noqa: E731
+                                                         reference=reference))["divergence"]
         plan = allocate(rows, max_bytes=max_bytes, measure=measure, candidates=args.candidates)
     else:
         if args.measure:

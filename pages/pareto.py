@@ -158,12 +158,12 @@ if st.session_state.get("show_sensitivity") and plan:
     measured = st.checkbox("Measure the 3 best plans together (they do not add up exactly)" if by_divergence else
                            "Measure each move (slower, but sees errors that add up across groups)",
                            key="budget_measured")
-    measure = None
+    measure, reference = None, {}  # reference: the base model's outputs, computed once for all the candidates
     if measured:
         def measure(recipe):
             with st.spinner(f"Measuring {recipe.describe()}"):
                 if by_divergence:
-                    return next(run_divergence(model, dataset, [recipe], store, waves))["divergence"]
+                    return next(run_divergence(model, dataset, [recipe], store, waves, reference))["divergence"]
                 return next(run_sweep(model, dataset, [recipe], store, LIVE, waves, encoder_cache())).wer
     try:
         if by_divergence:
