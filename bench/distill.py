@@ -25,10 +25,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
-from core.distill import DistillConfig, StudentSpec, distill, format_progress  # noqa: E402
-from core.evaluate import evaluate, load_waves, machine_facts, measure_latency  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.recipe import Recipe, apply_recipe  # noqa: E402
+from core.train.distill import distill, DistillConfig, format_progress, StudentSpec  # noqa: E402
+from core.measure.evaluate import evaluate, machine_facts, measure_latency  # noqa: E402
+from core.data import load_waves  # noqa: E402
+from core.io.folders import load_model  # noqa: E402
+from core.compress.recipe import apply_recipe, Recipe  # noqa: E402
 
 
 def wers(model, full, waves) -> tuple[float, float]:

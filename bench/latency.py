@@ -23,11 +23,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
-from core.evaluate import load_waves, model_size_bytes  # noqa: E402
-from core.layers import linear_macs  # noqa: E402
+from core.data import load_waves  # noqa: E402
+from core.measure.evaluate import model_size_bytes  # noqa: E402
+from core.compress.cost import linear_macs  # noqa: E402
 from core.metrics import score  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.recipe import Recipe, apply_recipe  # noqa: E402
+from core.io.folders import load_model  # noqa: E402
+from core.compress.recipe import apply_recipe, Recipe  # noqa: E402
 
 RECIPES = {
     "fp32 (baseline)": {"steps": []},

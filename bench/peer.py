@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
-from core.evaluate import load_waves  # noqa: E402
+from core.data import load_waves  # noqa: E402
 from core.metrics import score  # noqa: E402
 
 
@@ -36,11 +36,11 @@ def time_each(transcribe, waves) -> tuple[list[str], list[float]]:
 
 
 def ours(recipe_path: str | None):
-    from core.models import load_model
+    from core.io.folders import load_model
 
     model = load_model()
     if recipe_path:
-        from core.recipe import Recipe, apply_recipe
+        from core.compress.recipe import apply_recipe, Recipe
 
         recipe = Recipe.load(recipe_path)
         model = apply_recipe(model, recipe, name=recipe.describe())[0]

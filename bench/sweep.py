@@ -34,14 +34,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from core.data import load_dataset  # noqa: E402
-from core.evaluate import machine_facts  # noqa: E402
-from core.models import load_model  # noqa: E402
-from core.recipe import Recipe  # noqa: E402
-from core.divergence import run_divergence  # noqa: E402
-from core.sensitivity import (LEVELS, QUANT_VARIANTS, VARIANT_BITS, allocate, budget_search,  # noqa: E402
-                              divergence_plan, run_sensitivity, sensitivity_plan)
-from core.store import Store  # noqa: E402
-from core.sweep import NAIVE, SweepSettings, grid_recipes, run_sweep  # noqa: E402
+from core.measure.evaluate import machine_facts  # noqa: E402
+from core.io.folders import load_model  # noqa: E402
+from core.compress.recipe import Recipe  # noqa: E402
+from core.measure.divergence import run_divergence  # noqa: E402
+from core.measure.sensitivity import allocate, budget_search, divergence_plan, LEVELS, QUANT_VARIANTS, run_sensitivity, sensitivity_plan, VARIANT_BITS
+from core.measure.store import Store  # noqa: E402
+from core.measure.sweep import grid_recipes, NAIVE, run_sweep, SweepSettings  # noqa: E402
 
 GRID = {"prune.sparsity": [0, 0.25, 0.5], "low_rank.rank_fraction": [1.0, 0.75, 0.5], "quantize.bits": [16, 8, 4]}
 MODES = {"fast": SweepSettings(), "naive": NAIVE}

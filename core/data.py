@@ -12,7 +12,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .audio import EXTENSIONS
+import numpy as np
+
+from core.audio import EXTENSIONS, SAMPLE_RATE, load_audio
+from core.paths import cache_dir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("quick", "full", "train")
@@ -88,8 +91,6 @@ def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
     import os
     import shutil
     import sys
-
-    from core.models import cache_dir
 
     folder = cache_dir() / f"train-{count}"
     if (folder / "manifest.csv").is_file():
@@ -194,3 +195,34 @@ def _finish(name: str, utterances: list[Utterance], source: Path) -> Dataset:
             raise ValueError(f"{source}: utterance id {utt.id!r} appears more than once")
         seen.add(utt.id)
     return Dataset(name, tuple(utterances))
+
+
+# ----------------------------------------------------------------------------- audio of a dataset
+
+PACK_WINDOW_SECONDS = 30.0  # Whisper's window
+PACK_GAP_SECONDS = 0.3  # silence between packed utterances: a sentence pause
+
+
+def load_waves(dataset: Dataset) -> list[np.ndarray]:
+    """Decode every utterance of a dataset to 16 kHz mono float32."""
+    return [load_audio(u.path) for u in dataset.utterances]
+
+
+def pack_utterances(waves: list[np.ndarray], texts: list[str], ids: list[str],
+                    window_seconds: float = PACK_WINDOW_SECONDS,
+                    gap_seconds: float = PACK_GAP_SECONDS) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Join consecutive utterances, in order, with `gap_seconds` of silence into windows of at most
+    `window_seconds`; returns (windows, joined references, ids joined by "+"). Longer clips stay alone."""
+    limit, gap = int(window_seconds * SAMPLE_RATE), np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
+    packs: list[list[int]] = []
+    length = 0
+    for index, wave in enumerate(waves):
+        if packs and length + len(gap) + len(wave) <= limit:
+            packs[-1].append(index)
+            length += len(gap) + len(wave)
+        else:
+            packs.append([index])
+            length = len(wave)
+    windows = [np.concatenate([x for i in pack for x in (gap, waves[i])][1:]) for pack in packs]
+    return (windows, [" ".join(texts[i] for i in pack) for pack in packs],
+            ["+".join(ids[i] for i in pack) for pack in packs])

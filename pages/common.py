@@ -15,12 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from core.data import load_dataset  # noqa: E402
-from core.evaluate import evaluate, load_waves  # noqa: E402
+from core.measure.evaluate import evaluate  # noqa: E402
+from core.data import load_waves  # noqa: E402
 from core.metrics import word_diff  # noqa: E402
-from core.models import DEFAULT_MODEL, SpeechModel, load_model, save_model  # noqa: E402
-from core.recipe import Recipe, apply_recipe  # noqa: E402
-from core.store import Point, Store  # noqa: E402
-from core.sweep import SweepSettings, run_sweep  # noqa: E402
+from core.models import DEFAULT_MODEL, EncoderCache, SpeechModel  # noqa: E402
+from core.io.folders import load_model, save_model  # noqa: E402
+from core.compress.recipe import apply_recipe, Recipe  # noqa: E402
+from core.measure.store import Point, Store  # noqa: E402
+from core.measure.sweep import run_sweep, SweepSettings  # noqa: E402
 
 if PagesManager.uses_pages_directory:
     # A deep link (e.g. /compress) was the first request of this server process: Streamlit then runs the
@@ -51,9 +53,9 @@ def results_store() -> Store:
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)
-def encoder_cache() -> dict:
+def encoder_cache() -> EncoderCache:
     """Encoder outputs reused across points whose encoder weights are unchanged (exact reuse)."""
-    return {}
+    return EncoderCache()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

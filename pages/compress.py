@@ -4,8 +4,8 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.layers import linear_macs
-from core.recipe import Recipe
+from core.compress.cost import linear_macs
+from core.compress.recipe import Recipe
 from pages.common import (BITS, COMPRESS_DEFAULTS, DIFF_LEGEND, GROUP_CHOICES, GROUP_SIZES, LINEAR_GROUPS, artifact_zip,
                           base_model, chosen_model_name, compressed_model, diff_html, measure)
 

@@ -7,11 +7,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.data import Dataset
-from core.distill import CHECKPOINT, DistillConfig, StudentSpec, distill, finish_student, pareto_entry, run_folder
+from core.train.distill import CHECKPOINT, distill, DistillConfig, finish_student, pareto_entry, run_folder, StudentSpec
 from core.models import BASE_MODEL, DEFAULT_MODEL
-from core.recipe import Recipe
-from core.store import default_store_path
-from core.sweep import record_model_point
+from core.compress.recipe import Recipe
+from core.measure.store import default_store_path
+from core.measure.sweep import record_model_point
 from pages.common import LIVE, base_model, dataset_waves, encoder_cache, results_store
 from pages.flow import distillation_flow
 

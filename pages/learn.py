@@ -9,10 +9,10 @@ import streamlit as st
 import torch
 from plotly.subplots import make_subplots
 
-from core.layers import DEFAULT_GROUPS, compressible_layers
-from core.lowrank import energy_rank, singular_values
-from core.prune import threshold_for_sparsity, threshold_sparsity_curve
-from core.quant import QuantConfig, fake_quantize, quantize_row, quantize_tensor
+from core.models import compressible_layers, DEFAULT_GROUPS
+from core.compress.lowrank import energy_rank, singular_values
+from core.compress.prune import threshold_for_sparsity, threshold_sparsity_curve
+from core.compress.quant import fake_quantize, QuantConfig, quantize_row, quantize_tensor
 from pages.common import base_model, chosen_model_name
 from pages.flow import BLUE, FONT, GREEN, GREY, ORANGE, VERMILLION, distillation_flow
 

@@ -7,12 +7,12 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.layers import GROUPS
+from core.models import GROUPS
 from core.pareto import pareto_front
-from core.divergence import run_divergence
-from core.sensitivity import allocate, budget_search, divergence_plan, probe_groups, run_sensitivity, sensitivity_plan
-from core.store import model_identity
-from core.sweep import grid_recipes, run_sweep
+from core.measure.divergence import run_divergence
+from core.measure.sensitivity import allocate, budget_search, divergence_plan, probe_groups, run_sensitivity, sensitivity_plan
+from core.measure.store import model_identity
+from core.measure.sweep import grid_recipes, run_sweep
 from pages.common import (LIVE, base_model, chosen_model_name, compress_widget_state, dataset_waves, encoder_cache,
                           results_store)
 

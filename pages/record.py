@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.audio import AudioError, decode_audio, is_probably_speech
 from core.metrics import score
-from core.recipe import Recipe
+from core.compress.recipe import Recipe
 from pages.common import DIFF_LEGEND, base_model, chosen_model_name, compressed_model, diff_html, results_store
 
 st.title("Record & compare")

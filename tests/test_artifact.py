@@ -9,11 +9,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from conftest import tiny_whisper_config
-from core.artifact import load_weights, register_layout, save_weights
-from core.quant import Int8DynamicLinear, QuantConfig, quantize
+from core.compress.lowrank import LowRankLinear
+from core.compress.quant import Int8DynamicLinear, QuantConfig, quantize
+from core.compress.registry import register, registered
+from core.compress.technique import Technique
+from core.io.artifact import load_weights, save_weights
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "pair_technique_registered")
 
 
 class PairLinear(nn.Module):
@@ -38,15 +40,25 @@ class PairLinear(nn.Module):
         return cls(layout["in"], layout["out"], layout["rank"], layout["bias"])
 
 
-register_layout(PairLinear)
+@dataclasses.dataclass(frozen=True)
+class PairConfig:
+    rank: int = 2
+
+
+def pair_record(modules=(PairLinear,)) -> Technique:
+    """A technique record that writes PairLinear layers: what makes the artifact able to load them."""
+    return Technique(name="test_pair", config=PairConfig, apply=lambda module, config: (module, []),
+                     describe=lambda config: f"pair rank {config.rank}", knobs=("rank",), modules=modules)
+
+
+@pytest.fixture(scope="module")
+def pair_technique_registered():
+    with registered(pair_record()):
+        yield
 
 
 def low_rank_classes():
-    """The stand-in, plus core.lowrank.LowRankLinear once that module exists."""
-    try:
-        from core.lowrank import LowRankLinear
-    except ImportError:
-        return [PairLinear]
+    """The stand-in and core.compress.lowrank.LowRankLinear."""
     return [PairLinear, LowRankLinear]
 
 
@@ -423,12 +435,13 @@ def test_register_layout_checks_the_contract():
         layout_kind = "test_no_layout"
 
     with pytest.raises(ValueError, match="needs a str layout_kind"):
-        register_layout(NoLayout)
+        pair_record((NoLayout,))
 
     class Clash(PairLinear):
         layout_kind = "quant_linear"
 
     with pytest.raises(ValueError, match="already taken"):
-        register_layout(Clash)
+        register(dataclasses.replace(pair_record(), name="test_clash", modules=(Clash,)))
     with pytest.raises(ValueError, match="already taken"):
-        register_layout(type("Linearish", (PairLinear,), {"layout_kind": "linear"}))
+        register(dataclasses.replace(pair_record(), name="test_clash",
+                                     modules=(type("Linearish", (PairLinear,), {"layout_kind": "linear"}),)))

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from core.__main__ import main
+from core.cli import main
 from core.audio import load_audio
 from core.data import load_dataset
-from core.models import load_model
-from core.recipe import Recipe
+from core.io.folders import load_model
+from core.compress.recipe import Recipe
 
 RECIPE = {"steps": [
     {"prune": {"sparsity": 0.2, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
@@ -80,7 +80,7 @@ def test_building_the_command_line_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys; from core.__main__ import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from core.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr

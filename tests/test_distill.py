@@ -11,9 +11,9 @@ import torch
 
 from conftest import tiny_whisper_config
 from core.data import load_dataset
-from core.distill import (IGNORE, CHECKPOINT, DistillConfig, StudentSpec, batch_order, distill, distill_loss,
-                          make_student, recovery_student, spaced_layers)
-from core.models import WhisperDecoding, _whisper_model, load_model, save_model
+from core.train.distill import batch_order, CHECKPOINT, distill, distill_loss, DistillConfig, IGNORE, make_student, recovery_student, spaced_layers, StudentSpec
+from core.models.whisper import speech_model, WhisperDecoding
+from core.io.folders import load_model, save_model
 
 VOCAB = 51864  # the bundled English tokenizer's vocabulary, so real transcripts tokenize
 
@@ -22,7 +22,7 @@ VOCAB = 51864  # the bundled English tokenizer's vocabulary, so real transcripts
 def tokenizer():
     from tokenizers import Tokenizer
 
-    from core.models import bundled_whisper_folder
+    from core.models.ct2 import bundled_whisper_folder
 
     return Tokenizer.from_file(str(bundled_whisper_folder() / "tokenizer.json"))
 
@@ -39,7 +39,7 @@ def tiny_teacher(tokenizer, layers: int = 4):
     module.proj_out.weight = module.model.decoder.embed_tokens.weight
     decoding = WhisperDecoding(prompt=(50257, 50362), eot=50256, suppress=tuple(range(50257, VOCAB)),
                                suppress_at_begin=(220, 50256), max_length=64)
-    return _whisper_model("tiny-teacher", module, tokenizer, decoding, {})
+    return speech_model("tiny-teacher", module, tokenizer, decoding, {})
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +180,8 @@ def test_resume_from_checkpoint_gives_the_same_next_steps(tokenizer, speech_fold
 
 
 def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(tokenizer, speech_folder, tmp_path, capsys):
-    from core.__main__ import main
-    from core.store import Store, model_identity
+    from core.cli import main
+    from core.measure.store import model_identity, Store
 
     teacher_dir, out, store = tmp_path / "teacher", tmp_path / "student", tmp_path / "points.sqlite"
     save_model(tiny_teacher(tokenizer), teacher_dir)

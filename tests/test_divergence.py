@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.divergence import TOP_K, dataset_windows, divergence, reference_outputs, run_divergence
-from core.recipe import Recipe, apply_recipe
-from core.store import Store
+from core.measure.divergence import dataset_windows, divergence, reference_outputs, run_divergence, TOP_K
+from core.compress.recipe import apply_recipe, Recipe
+from core.measure.store import Store
 from test_sweep import Counter, tiny_dataset, tiny_speech_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,13 +50,13 @@ def test_decoder_only_variant_reuses_the_base_encoder_and_matches_a_fresh_pass(s
 def test_coarsened_kl_is_a_close_lower_bound_of_the_full_kl(tiny_whisper, tmp_path, monkeypatch):
     """With fewer kept tokens than the vocabulary, the top-k + rest KL is at most the full KL (merging
     outcomes never increases KL) and, for peaked distributions like a trained model's, misses little of it."""
-    import core.divergence
+    import core.measure.divergence
 
     model, dataset = tiny_speech_model(sharpened(tiny_whisper)), tiny_dataset(tmp_path / "data")
     windows = dataset_windows(dataset)
     full_reference = reference_outputs(model, windows)  # TOP_K (128) >= vocabulary (120): nothing merged
     assert TOP_K >= full_reference.top_index[0].shape[-1]
-    monkeypatch.setattr(core.divergence, "TOP_K", 40)
+    monkeypatch.setattr(core.measure.divergence, "TOP_K", 40)
     coarse_reference = reference_outputs(model, windows)
     assert coarse_reference.top_index[0].shape[-1] == 40
     variant = quantized(model, 3)
@@ -82,7 +82,7 @@ def _full_kl(model, variant, reference) -> float:
 
 
 def test_measurements_are_stored_and_not_recomputed(setup, tmp_path, monkeypatch):
-    import core.divergence
+    import core.measure.divergence
 
     model, dataset, _ = setup
     store = Store(tmp_path / "results.sqlite")
@@ -93,7 +93,7 @@ def test_measurements_are_stored_and_not_recomputed(setup, tmp_path, monkeypatch
     assert first[0]["divergence"] == pytest.approx(0.0, abs=1e-6) and first[1]["divergence"] > 0
     assert first[1]["size_bytes"] < first[0]["size_bytes"] and first[1]["label"] == "4-bit channel"
     counter, references = Counter(monkeypatch), []
-    monkeypatch.setattr(core.divergence, "reference_outputs", lambda *a: references.append(1))
+    monkeypatch.setattr(core.measure.divergence, "reference_outputs", lambda *a: references.append(1))
     again = list(run_divergence(model, dataset, recipes, Store(tmp_path / "results.sqlite")))  # a new process
     assert counter.apply == 0 and references == [] and all(p["cached"] for p in again)
     assert [p["divergence"] for p in again] == [p["divergence"] for p in first]
@@ -104,6 +104,8 @@ def test_only_whisper_models_can_be_measured(setup):
     import dataclasses
 
     model, dataset, _ = setup
-    ctc = dataclasses.replace(model, kind="ctc")
-    with pytest.raises(ValueError, match="needs a Whisper model"):
+    from core.models import ctc as ctc_family
+
+    ctc = dataclasses.replace(model, family=ctc_family)
+    with pytest.raises(ValueError, match="needs a model with a decoder"):
         reference_outputs(ctc, dataset_windows(dataset))

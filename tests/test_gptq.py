@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.gptq import gptq_codes, input_hessians
-from core.quant import QuantConfig, QuantLinear, dequantize_tensor, quantize, quantize_tensor
-from core.recipe import Recipe
+from core.compress.gptq import gptq_codes, input_hessians
+from core.compress.quant import dequantize_tensor, QuantConfig, quantize, quantize_tensor, QuantLinear
+from core.compress.recipe import Recipe
 
 
 def correlated_inputs(rows: int = 512, cols: int = 64, seed: int = 0) -> torch.Tensor:

@@ -3,9 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.lowrank import (
-    LowRankConfig, LowRankLinear, choose_rank, energy_rank, low_rank, saves_parameters, singular_values,
-)
+from core.compress.lowrank import choose_rank, energy_rank, low_rank, LowRankConfig, LowRankLinear, saves_parameters, singular_values
+from core.io import artifact
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,7 +145,6 @@ def test_tiny_whisper_untouched_runs_and_skips_factored_layers(tiny_whisper):
 
 
 def test_low_rank_model_saves_and_loads(tiny_whisper, tmp_path):
-    artifact = pytest.importorskip("core.artifact")
     factored, _ = low_rank(tiny_whisper, LowRankConfig(energy=0.5))
     artifact.save_weights(factored, tmp_path)
     torch.manual_seed(5)

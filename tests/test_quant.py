@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import REPO
-from core.layers import DEFAULT_GROUPS, relative_error
-from core.quant import (
-    Int8DynamicLinear, QuantConfig, QuantConv1d, QuantEmbedding, QuantLinear, QuantPositions, dequantize_tensor,
-    fake_quantize, outlier_columns, pack_bits, packed_nbytes, quantize, quantize_row, quantize_tensor, quiet_torch_quantization, unpack_bits,
-)
+from core.models import DEFAULT_GROUPS
+from core.compress.report import relative_error
+from core.compress.quant import dequantize_tensor, fake_quantize, Int8DynamicLinear, outlier_columns, QuantConfig, QuantConv1d, QuantEmbedding, quantize, quantize_row, quantize_tensor, QuantLinear, QuantPositions, quiet_torch_quantization
+from core.compress.packing import pack_bits, packed_nbytes, unpack_bits
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -288,7 +287,7 @@ def test_int8_dynamic_is_close_to_fp32(tiny_whisper, inputs):
 
 def test_int8_path_raises_no_deprecation_warnings():
     """torch warns once per process, so check in a fresh one with every warning made an error."""
-    code = ("import torch; from torch import nn; from core.quant import Int8DynamicLinear, QuantConfig; "
+    code = ("import torch; from torch import nn; from core.compress.quant import Int8DynamicLinear, QuantConfig; "
             "m = Int8DynamicLinear.from_float(nn.Linear(8, 4), QuantConfig(backend='int8_dynamic')); "
             "m(torch.randn(2, 8))")
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO, capture_output=True, text=True)

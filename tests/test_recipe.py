@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from core.layers import LayerReport
-from core.lowrank import LowRankConfig, LowRankLinear
-from core.prune import PruneConfig
-from core.recipe import STEP_TYPES, Recipe, register_step
+from core.compress.report import LayerReport
+from core.compress.lowrank import LowRankConfig, LowRankLinear
+from core.compress.prune import PruneConfig
+from core.compress.recipe import Recipe
+from core.compress.registry import registered
+from core.compress.technique import Technique
 
 FULL = {"steps": [{"prune": {"sparsity": 0.3, "scope": "global"}}, {"low_rank": {"energy": 0.95}},
                   {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}}]}
@@ -164,8 +166,9 @@ def scale(model: nn.Module, config: ScaleConfig):
 
 
 def test_registered_steps_work_like_built_ins():
-    register_step("scale", ScaleConfig, scale, lambda c: f"x{c.factor:g}")
-    try:
+    record = Technique(name="scale", config=ScaleConfig, apply=scale, describe=lambda c: f"x{c.factor:g}",
+                       knobs=("factor",))
+    with registered(record):
         base = nn.Module()
         base.fc1 = nn.Linear(2, 2)
         recipe = Recipe.from_json([{"scale": {"factor": 3}}, {"scale": {"groups": ["decoder.ffn"]}}])
@@ -175,5 +178,5 @@ def test_registered_steps_work_like_built_ins():
         assert torch.allclose(model.fc1.weight, base.fc1.weight * 6) and len(reports) == 2
         with pytest.raises(ValueError, match="step 1: scale.factor must be a positive number"):
             Recipe.from_json([{"scale": {"factor": -1}}])
-    finally:
-        STEP_TYPES.pop("scale")
+    with pytest.raises(ValueError, match="unknown step 'scale'"):
+        Recipe.from_json([{"scale": {"factor": 3}}])

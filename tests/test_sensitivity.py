@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from core.sensitivity import (allocate, budget_search, divergence_plan, format_table, plan_recipe, run_sensitivity,
-                              sensitivity_plan)
-from core.store import Store
-from core.sweep import SweepSettings
+from core.measure.sensitivity import allocate, budget_search, divergence_plan, plan_recipe, run_sensitivity, sensitivity_plan
+
+from core.cli.sensitivity import format_table
+from core.measure.store import Store
+from core.measure.sweep import SweepSettings
 from test_divergence import sharpened
 from test_sweep import tiny_dataset, tiny_speech_model
 
@@ -35,7 +36,7 @@ def test_plan_covers_every_group_technique_and_level():
 
 
 def test_table_shape_monotonic_sizes_and_cache(tiny_whisper, tmp_path, monkeypatch):
-    from core.recipe import Recipe
+    from core.compress.recipe import Recipe
 
     model, dataset = tiny_speech_model(tiny_whisper), tiny_dataset(tmp_path / "data")
     store = Store(tmp_path / "results.sqlite")
@@ -84,7 +85,7 @@ TABLE = [BASELINE,
 
 
 def test_budget_search_takes_the_cheapest_wer_per_byte_first():
-    from core.recipe import Recipe
+    from core.compress.recipe import Recipe
 
     plan = budget_search(TABLE, max_bytes=400)  # must save 600 bytes
     assert {g: (r["technique"], r["level"]) for g, r in plan.choices.items()} == \
@@ -215,7 +216,7 @@ def test_allocate_errors():
 
 
 def test_divergence_table_on_a_tiny_model(tiny_whisper, tmp_path, monkeypatch):
-    from core.recipe import Recipe
+    from core.compress.recipe import Recipe
 
     model, dataset = tiny_speech_model(sharpened(tiny_whisper)), tiny_dataset(tmp_path / "data")
     store = Store(tmp_path / "results.sqlite")

@@ -8,9 +8,8 @@ import sqlite3
 import pytest
 import torch
 
-from core import store as store_module
-from core.store import (Point, Store, canonical_json, default_store_path, export_points, model_identity,
-                        point_key, weights_hash)
+from core.measure import store as store_module
+from core.measure.store import canonical_json, default_store_path, export_points, model_identity, Point, point_key, Store, weights_hash
 
 
 def make_point(key: str = "k1", wer: float = 0.25, size: int = 1000, latency: float | None = 12.5,
@@ -134,10 +133,10 @@ def test_weights_hash_follows_weight_changes(tiny_whisper):
 
 
 def test_model_identity_ignores_the_display_name(tiny_whisper):
-    from core.models import WhisperDecoding, _whisper_model
+    from core.models.whisper import speech_model, WhisperDecoding
 
     decoding = WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=(), max_length=64)
-    model = _whisper_model("a", tiny_whisper, None, decoding, {})
+    model = speech_model("a", tiny_whisper, None, decoding, {})
     assert model_identity(model) == model_identity(model.with_module(tiny_whisper, name="b"))
-    other = _whisper_model("a", tiny_whisper, None, WhisperDecoding((117,), 116, (5,), ()), {})
+    other = speech_model("a", tiny_whisper, None, WhisperDecoding((117,), 116, (5,), ()), {})
     assert model_identity(other) != model_identity(model)

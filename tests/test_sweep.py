@@ -1,4 +1,5 @@
 """Sweeps: grid parsing and errors, caching (no model runs for stored points), resume after a kill."""
+import dataclasses
 import json
 import os
 import signal
@@ -11,10 +12,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from core.models import SpeechModel, WhisperDecoding, _whisper_model
-from core.recipe import Recipe
-from core.store import Store
-from core.sweep import SweepSettings, expand_grid, run_sweep
+from core.compress.registry import TECHNIQUES
+from core.models import EncoderCache, SpeechModel
+
+from core.models.whisper import speech_model, WhisperDecoding
+from core.compress.recipe import Recipe
+from core.measure.store import Store
+from core.measure.sweep import expand_grid, run_sweep, SweepSettings
 
 TESTS = Path(__file__).resolve().parent
 FAST = SweepSettings(latency_runs=0)
@@ -29,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_speech_model(module) -> SpeechModel:
     """A SpeechModel around the random tiny Whisper: tokens decode to words "w<id>"."""
     decoding = WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=(), max_length=64)
-    model = _whisper_model("tiny-random", module, None, decoding, {})
+    model = speech_model("tiny-random", module, None, decoding, {})
     model.decode = lambda ids: " ".join(f"w{i}" for i in ids if i < 116)
     return model
 
@@ -126,7 +130,7 @@ def test_invalid_grid_structure_names_the_key(grid, key):
 
 
 def test_grid_recipes_are_real_recipes():
-    from core.sweep import grid_recipes
+    from core.measure.sweep import grid_recipes
 
     grid = {"prune.sparsity": [0, 0.2, 0.4], "quantize.bits": [16, 8, 4], "low_rank.energy": [1.0, 0.95],
             "quantize.granularity": "group"}
@@ -144,21 +148,21 @@ def test_grid_recipes_are_real_recipes():
     ({"prune.sparsity": [0.5], "prune.scope": ["layer", "everywhere"]}, "prune.scope"),
 ])
 def test_invalid_grid_values_name_the_key(grid, key):
-    from core.sweep import grid_recipes
+    from core.measure.sweep import grid_recipes
 
     with pytest.raises(ValueError, match=f"grid key '{key}'"):
         grid_recipes(grid)
 
 
 def test_invalid_combination_names_the_point():
-    from core.sweep import grid_recipes
+    from core.measure.sweep import grid_recipes
 
     with pytest.raises(ValueError, match="grid point .*int8_dynamic"):
         grid_recipes({"quantize.bits": [8, 4], "quantize.backend": "int8_dynamic"})
 
 
 def test_load_grid_errors(tmp_path):
-    from core.sweep import load_grid
+    from core.measure.sweep import load_grid
 
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
@@ -174,7 +178,7 @@ def test_load_grid_errors(tmp_path):
 
 
 def test_pack_utterances_fills_30_second_windows_in_order():
-    from core.evaluate import pack_utterances
+    from core.data import pack_utterances
 
     seconds = [10, 10, 12, 35, 1, 2]
     waves = [np.full(16000 * s, i + 1, dtype=np.float32) for i, s in enumerate(seconds)]
@@ -189,8 +193,8 @@ def test_pack_utterances_fills_30_second_windows_in_order():
 def test_packed_evaluation_of_the_bundled_model_on_three_clips():
     """The one test on the real tiny.en: packed windows transcribe all three sentences."""
     from core.data import Dataset, load_dataset
-    from core.evaluate import evaluate
-    from core.models import load_model
+    from core.measure.evaluate import evaluate
+    from core.io.folders import load_model
 
     quick = load_dataset("quick")
     three = Dataset("quick3", quick.utterances[:3])
@@ -252,14 +256,14 @@ def test_settings_and_data_are_part_of_the_key(setup, tmp_path, monkeypatch):
     assert not with_latency.cached and with_latency.latency_ms > 0
     assert with_latency.settings["threads"] == torch.get_num_threads()
     assert with_latency.result["latency"]["runs"] == 1 and counter.apply == 3
-    monkeypatch.setattr("core.sweep.code_version", lambda: "edited")  # the measuring code changed
+    monkeypatch.setattr("core.measure.sweep.code_version", lambda: "edited")  # the measuring code changed
     assert not next(run_sweep(model, dataset, recipes_for(0.3), store, FAST)).cached
 
 
 def test_encoder_reuse_is_exact(setup, tmp_path):
     model, dataset, store = setup
     decoder_only = Recipe.from_json({"steps": [{"quantize": {"bits": 3, "groups": ["decoder.ffn"]}}]})
-    cache: dict = {}
+    cache = EncoderCache()
     list(run_sweep(model, dataset, recipes_for(0), store, FAST, encoder_cache=cache))  # fills the cache
     reused = next(run_sweep(model, dataset, [decoder_only], store, FAST, encoder_cache=cache))
     assert reused.timings["encoder_reused"] == 1
@@ -270,7 +274,7 @@ def test_encoder_reuse_is_exact(setup, tmp_path):
     encoder_too = Recipe.from_json({"steps": [{"quantize": {"bits": 3, "groups": ["encoder.ffn"]}}]})
     assert next(run_sweep(model, dataset, [encoder_too], store, FAST, encoder_cache=cache)).timings[
         "encoder_reused"] == 0
-    assert len(cache) == 1  # only the base encoder's outputs are kept
+    assert len(cache.outputs) == 1  # only the base encoder's outputs are kept
 
 
 KILL_SCRIPT = """
@@ -279,8 +283,8 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_whisper_config
 from transformers import WhisperForConditionalGeneration
 from core.data import load_dataset
-from core.store import Store
-from core.sweep import SweepSettings, run_sweep
+from core.measure.store import Store
+from core.measure.sweep import run_sweep, SweepSettings
 from test_sweep import recipes_for, tiny_speech_model
 torch.set_num_threads(1)
 torch.manual_seed(0)
@@ -316,7 +320,7 @@ def test_resume_after_the_process_is_killed(setup, tmp_path, monkeypatch):
 
 
 def test_cli_pareto_and_export(tmp_path, capsys):
-    from core.__main__ import main
+    from core.cli import main
     from test_store import make_point
 
     db = tmp_path / "r.sqlite"
@@ -341,7 +345,7 @@ def test_cli_pareto_and_export(tmp_path, capsys):
 
 
 def test_cli_sweep_rejects_a_bad_grid_before_loading_anything(tmp_path, capsys):
-    from core.__main__ import main
+    from core.cli import main
 
     (tmp_path / "grid.json").write_text(json.dumps({"quantize.bits": [8, 4], "quantize.colour": "red"}))
     assert main(["sweep", "--grid", str(tmp_path / "grid.json"), "--store", str(tmp_path / "r.sqlite")]) == 2
@@ -351,13 +355,14 @@ def test_cli_sweep_rejects_a_bad_grid_before_loading_anything(tmp_path, capsys):
 
 def test_a_grid_reuses_the_steps_its_recipes_share(setup, monkeypatch):
     """prune 30% then 8/4-bit: pruning runs once, and each result equals a fresh apply of the whole recipe."""
-    from core.recipe import apply_recipe
-    from core.sweep import apply_reusing
+    from core.compress.recipe import apply_recipe
+    from core.measure.sweep import apply_reusing
 
     model, _, _ = setup
     calls = []
-    prune = __import__("core.prune", fromlist=["prune"]).prune
-    monkeypatch.setattr("core.prune.prune", lambda module, config: calls.append(config) or prune(module, config))
+    prune = TECHNIQUES["prune"]
+    counting = dataclasses.replace(prune, apply=lambda module, config: calls.append(config) or prune.apply(module, config))
+    monkeypatch.setitem(TECHNIQUES, "prune", counting)
     grid = [Recipe.from_json({"steps": [{"prune": {"sparsity": 0.3}}, {"quantize": {"bits": bits}}]}) for bits in (8, 4)]
     reuse: dict = {}
     reused = [apply_reusing(model, recipe, reuse) for recipe in grid]

@@ -4,22 +4,19 @@ Unstructured pruning zeroes weights in place of a copy and keeps every tensor de
 comes later, when core.artifact stores mostly-zero tensors sparsely. Zeros are written as +0.0 (bit
 pattern zero), which is what the sparse storage looks for.
 
-Structured pruning physically removes units, so the model really gets smaller and faster:
-  * "neurons": feed-forward neurons j of fc1 -> act -> fc2 (row j of fc1.weight and fc1.bias, column j
-    of fc2.weight). fc1/fc2 become smaller nn.Linear layers; nothing else in the block changes.
-  * "heads": attention heads h (rows h*head_dim:(h+1)*head_dim of q/k/v_proj and those columns of
-    out_proj). q/k/v_proj/out_proj become smaller nn.Linear layers and the attention module's
-    `num_heads` is set to the number kept (Hugging Face's WhisperAttention reshapes keys/values with
-    `num_heads` and queries/output with `-1`; `head_dim` and `scaling` are unchanged; `embed_dim`
-    stays the model width d_model, the in/out size of the block). The module also gets
-    `layout_attrs = {"num_heads": kept}` so core.artifact can rebuild it.
-Importance of a unit (lowest removed first): the L2 norm of all its weights together, biases excluded
-(a neuron: its fc1 row and fc2 column; a head: its q, k, v rows and out_proj columns). Per layer,
-round(sparsity x units) are removed, and at least one unit always stays.
+Structured pruning physically removes units, so the model really gets smaller and faster. The model
+family (core.models) says where its blocks are:
+  * "neurons": feed-forward neurons j of up -> act -> down (row j of the up projection's weight and
+    bias, column j of the down projection's weight); both become smaller nn.Linear layers.
+  * "heads": attention heads h (rows h*head_dim:(h+1)*head_dim of the query/key/value projections and
+    those columns of the output projection), which become smaller nn.Linear layers; the family records
+    the new head count on the attention module (and in `layout_attrs`, so core.io.artifact rebuilds it).
+Importance of a unit (lowest removed first): the L2 norm of all its weights together, biases excluded.
+Per layer, round(sparsity x units) are removed, and at least one unit always stays.
 
-The tied embedding: Whisper's `proj_out.weight` IS `embed_tokens.weight` (one Parameter). Pruning the
-"embedding" group zeroes that Parameter in place, so the output projection is pruned too and the tie
-survives (copy.deepcopy keeps shared parameters shared).
+A weight shared by two layers (a token embedding tied to the output projection) is one Parameter:
+pruning it zeroes it in place, so both layers are pruned and the tie survives (copy.deepcopy keeps
+shared parameters shared).
 """
 from __future__ import annotations
 
@@ -30,13 +27,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.layers import DEFAULT_GROUPS, GROUPS, LayerReport, compressible_layers, layer_group
+from core.compress.report import LayerReport
+from core.compress.technique import Technique, groups_suffix, percent
+from core.models import DEFAULT_GROUPS, GROUPS, attention_blocks, compressible_layers, ffn_blocks
 
 SCOPES = ("layer", "global")
 STRUCTURES = ("unstructured", "heads", "neurons")
 STRUCTURED_GROUPS = {"heads": ("encoder.attention", "decoder.attention"),
                      "neurons": ("encoder.ffn", "decoder.ffn")}
-_LINEAR = nn.Linear(1, 1)  # stands in for a sub-layer when asking layer_group which group a name is in
 
 
 def _is_number(value) -> bool:
@@ -255,57 +253,57 @@ def _structured_report(name: str, group: str, before: nn.Linear, after: nn.Linea
 
 def _prune_neurons(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
     reports = []
-    blocks = [(name, m) for name, m in model.named_modules() if hasattr(m, "fc1") and hasattr(m, "fc2")]
-    for name, block in blocks:
-        group = layer_group(f"{name}.fc1", _LINEAR)
-        if group not in config.groups:
+    blocks = ffn_blocks(model)
+    for block in blocks:
+        if block.group not in config.groups:
             continue
-        fc1 = _plain_linear(block.fc1, f"{name}.fc1")
-        fc2 = _plain_linear(block.fc2, f"{name}.fc2")
-        w1, w2 = fc1.weight.detach().double(), fc2.weight.detach().double()
+        owner = model.get_submodule(block.name)
+        up = _plain_linear(getattr(owner, block.up), f"{block.name}.{block.up}")
+        down = _plain_linear(getattr(owner, block.down), f"{block.name}.{block.down}")
+        w1, w2 = up.weight.detach().double(), down.weight.detach().double()
         scores = (w1.square().sum(1) + w2.square().sum(0)).sqrt()
         kept = _units_to_keep(scores, config.sparsity)
-        new1, new2 = _sliced_linear(fc1, rows=kept), _sliced_linear(fc2, cols=kept)
+        new_up, new_down = _sliced_linear(up, rows=kept), _sliced_linear(down, cols=kept)
         note = f"kept {kept.numel()} of {scores.numel()} neurons"
-        for suffix, old, new, dim in (("fc1", fc1, new1, 0), ("fc2", fc2, new2, 1)):
+        for suffix, old, new, dim in ((block.up, up, new_up, 0), (block.down, down, new_down, 1)):
             error = _removed_fraction(old.weight, kept, dim)
-            reports.append(_structured_report(f"{name}.{suffix}", group, old, new, error, note))
+            reports.append(_structured_report(f"{block.name}.{suffix}", block.group, old, new, error, note))
         if kept.numel() < scores.numel():
-            block.fc1, block.fc2 = new1, new2
+            setattr(owner, block.up, new_up)
+            setattr(owner, block.down, new_down)
     if not blocks:
-        raise ValueError("prune.structure 'neurons' found no feed-forward blocks with fc1/fc2 in this model")
+        raise ValueError("prune.structure 'neurons' found no feed-forward blocks in this model")
     return reports
 
 
 def _prune_heads(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
     reports = []
-    parts = ("q_proj", "k_proj", "v_proj", "out_proj")
-    blocks = [(name, m) for name, m in model.named_modules()
-              if all(hasattr(m, p) for p in parts) and hasattr(m, "num_heads") and hasattr(m, "head_dim")]
-    for name, attn in blocks:
-        group = layer_group(f"{name}.q_proj", _LINEAR)
-        if group not in config.groups:
+    blocks = attention_blocks(model)
+    for block in blocks:
+        if block.group not in config.groups:
             continue
-        linears = {p: _plain_linear(getattr(attn, p), f"{name}.{p}") for p in parts}
-        heads, head_dim = attn.num_heads, attn.head_dim
+        attn = model.get_submodule(block.name)
+        inputs = (block.query, block.key, block.value)
+        parts = (*inputs, block.out)
+        linears = {p: _plain_linear(getattr(attn, p), f"{block.name}.{p}") for p in parts}
+        heads, head_dim = block.heads, block.head_dim
         squares = sum(linears[p].weight.detach().double().square().sum(1).view(heads, head_dim).sum(1)
-                      for p in ("q_proj", "k_proj", "v_proj"))
-        squares = squares + linears["out_proj"].weight.detach().double().square().sum(0).view(heads, head_dim).sum(1)
+                      for p in inputs)
+        squares = squares + linears[block.out].weight.detach().double().square().sum(0).view(heads, head_dim).sum(1)
         kept_heads = _units_to_keep(squares.sqrt(), config.sparsity)
         kept = (kept_heads[:, None] * head_dim + torch.arange(head_dim, device=kept_heads.device)).flatten()
-        new = {p: _sliced_linear(linears[p], rows=kept) for p in ("q_proj", "k_proj", "v_proj")}
-        new["out_proj"] = _sliced_linear(linears["out_proj"], cols=kept)
+        new = {p: _sliced_linear(linears[p], rows=kept) for p in inputs}
+        new[block.out] = _sliced_linear(linears[block.out], cols=kept)
         note = f"kept {kept_heads.numel()} of {heads} heads (head_dim {head_dim}): {kept_heads.tolist()}"
         for p in parts:
-            error = _removed_fraction(linears[p].weight, kept, 1 if p == "out_proj" else 0)
-            reports.append(_structured_report(f"{name}.{p}", group, linears[p], new[p], error, note))
+            error = _removed_fraction(linears[p].weight, kept, 1 if p == block.out else 0)
+            reports.append(_structured_report(f"{block.name}.{p}", block.group, linears[p], new[p], error, note))
         if kept_heads.numel() < heads:
             for p in parts:
                 setattr(attn, p, new[p])
-            attn.num_heads = int(kept_heads.numel())
-            attn.layout_attrs = {**getattr(attn, "layout_attrs", {}), "num_heads": attn.num_heads}
+            block.set_heads(attn, int(kept_heads.numel()))
     if not blocks:
-        raise ValueError("prune.structure 'heads' found no attention modules (q/k/v/out_proj, num_heads, head_dim)")
+        raise ValueError("prune.structure 'heads' found no attention modules in this model")
     return reports
 
 
@@ -320,3 +318,25 @@ def prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, list[LayerR
     if config.structure == "heads":
         return model, _prune_heads(model, config)
     return model, _prune_unstructured(model, config)
+
+
+def describe(config: PruneConfig) -> str:
+    if config.threshold is not None:
+        label = f"prune |w|<{config.threshold:g}"
+    elif config.structure != "unstructured":
+        label = f"prune {percent(config.sparsity)} {config.structure}"
+    else:
+        label = f"prune {percent(config.sparsity)}" + (" global" if config.scope == "global" else "")
+    return label + groups_suffix(config)
+
+
+def _check_order(config: PruneConfig, earlier: tuple[str, ...]) -> str | None:
+    if config.structure != "unstructured" and "low_rank" in earlier:
+        return f"prune with structure {config.structure!r} needs plain Linear layers; put it before low_rank"
+    return None
+
+
+TECHNIQUE = Technique(
+    name="prune", config=PruneConfig, apply=prune, describe=describe, knobs=("sparsity", "threshold"),
+    off={"sparsity": (0,), "threshold": (0,)}, levels=("sparsity", (0.25, 0.5, 0.75)), position=10,
+    check_order=_check_order)

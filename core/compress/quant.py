@@ -8,7 +8,7 @@ state_dict, so saving it saves the compact form. For speed the forward pass uses
 dequantized once (`weight`, a non-persistent buffer), except in Int8DynamicLinear.
 
 Two storage options: `outlier_columns` keeps the few weight columns that set most rows' ranges in
-fp16 (`outlier_index`, `outlier_values`) and quantizes the rest; `entropy_code` has core.artifact
+fp16 (`outlier_index`, `outlier_values`) and quantizes the rest; `entropy_code` has core.io.artifact
 store the codes and zero points Huffman-coded (lossless, the file only).
 
 backend="int8_dynamic" runs Linear layers as Int8DynamicLinear: int8 weights x activations
@@ -24,7 +24,7 @@ Quantizing the embedding (group "embedding") keeps the tie and stores the table 
     aliasing the QuantEmbedding's dequantized `weight` (the very same tensor object);
   * int8_dynamic: `proj_out` (51864 x 384 in tiny.en) becomes an Int8DynamicLinear whose
     `codes`/`scale` buffers are non-persistent aliases of the QuantEmbedding's, prepacked once.
-core.artifact records such aliases as "ties" in layout.json and restores them on load.
+core.io.artifact records such aliases as "ties" in layout.json and restores them on load.
 """
 from __future__ import annotations
 
@@ -33,16 +33,17 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.layers import DEFAULT_GROUPS, GROUPS, LayerReport, compressible_layers, relative_error
-
-if TYPE_CHECKING:
-    from core.gptq import Calibration
+from core.compress.gptq import Calibration, gptq_codes, input_hessians
+from core.compress.packing import pack_bits, packed_nbytes, unpack_bits
+from core.compress.report import LayerReport, relative_error, set_module, swap_layers
+from core.compress.technique import Technique, groups_suffix
+from core.models import DEFAULT_GROUPS, GROUPS
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
 GRANULARITIES = ("tensor", "channel", "group")
@@ -64,7 +65,7 @@ class QuantConfig:
     groups: tuple[str, ...] = DEFAULT_GROUPS + ("embedding",)
     backend: str = "fake"  # "fake": fp32 dequantized forward; "int8_dynamic": int8 kernels for Linear
     scale_dtype: str = "float32"  # how scales are stored: "float32" or "float16" (half the bytes per scale)
-    gptq: bool = False  # round with GPTQ error compensation (core.gptq) instead of to nearest: needs calibration
+    gptq: bool = False  # round with GPTQ error compensation (core.compress.gptq) instead of to nearest: needs calibration
     calibration: str = "train"  # dataset whose packed windows calibrate GPTQ (a bundled name or a path)
     calibration_windows: int = 16  # 30 s windows of it, spread over the set
     entropy_code: bool = False  # store codes and zero points Huffman-coded: a smaller file, the same model
@@ -111,58 +112,6 @@ class QuantConfig:
                              f"'channel' or 'tensor' and float32 scales, got bits={self.bits}, "
                              f"symmetric={self.symmetric}, granularity={self.granularity!r}, "
                              f"scale_dtype={self.scale_dtype!r}")
-
-
-# ----------------------------------------------------------------------------- bit packing
-
-
-def packed_nbytes(count: int, bits: int) -> int:
-    """Bytes that `count` codes of `bits` bits take once packed: ceil(count * bits / 8)."""
-    return -(-count * bits // 8)
-
-
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned codes (< 2**bits, any shape) into a flat uint8 tensor, little-endian: a bit stream."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"pack_bits: bits must be 1..8, got {bits}")
-    flat = codes.reshape(-1)
-    if bits == 8:
-        return flat.to(torch.uint8).clone()
-    if 8 % bits == 0:  # 1, 2 or 4 bits: whole codes per byte, the same stream built bytewise (fast)
-        per = 8 // bits
-        chunks = F.pad(flat.to(torch.uint8) & ((1 << bits) - 1), (0, (-flat.numel()) % per)).view(-1, per)
-        packed = chunks[:, 0].clone()
-        for i in range(1, per):
-            packed |= chunks[:, i] << (bits * i)
-        return packed
-    pad = (-flat.numel()) % 8
-    chunks = F.pad(flat.to(torch.int64), (0, pad)).view(-1, 8)
-    word = torch.zeros(chunks.shape[0], dtype=torch.int64)
-    for i in range(8):
-        word |= (chunks[:, i] & ((1 << bits) - 1)) << (bits * i)
-    packed = torch.stack([(word >> (8 * j)) & 0xFF for j in range(bits)], dim=1).to(torch.uint8).reshape(-1)
-    return packed[: packed_nbytes(flat.numel(), bits)].clone()  # the cut bytes hold only padding
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of pack_bits: the first `count` codes as a flat uint8 tensor."""
-    if not 1 <= bits <= 8:
-        raise ValueError(f"unpack_bits: bits must be 1..8, got {bits}")
-    if packed.dtype != torch.uint8 or packed.numel() != packed_nbytes(count, bits):
-        raise ValueError(f"unpack_bits: {count} codes of {bits} bits need {packed_nbytes(count, bits)} "
-                         f"uint8 bytes, got {packed.numel()} {packed.dtype}")
-    if bits == 8:
-        return packed.reshape(-1).clone()
-    if 8 % bits == 0:
-        mask = (1 << bits) - 1
-        codes = torch.stack([(packed >> (bits * i)) & mask for i in range(8 // bits)], dim=1)
-        return codes.reshape(-1)[:count]
-    chunks = F.pad(packed.to(torch.int64), (0, (-packed.numel()) % bits)).view(-1, bits)
-    word = torch.zeros(chunks.shape[0], dtype=torch.int64)
-    for j in range(bits):
-        word |= chunks[:, j] << (8 * j)
-    codes = torch.stack([(word >> (bits * i)) & ((1 << bits) - 1) for i in range(8)], dim=1)
-    return codes.reshape(-1)[:count].to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- codes and scales
@@ -234,7 +183,7 @@ def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Te
     """Codes (uint8, weight viewed as rows x cols), scales (fp32 tensor; values fp16-exact with scale_dtype
     "float16") and zero points (uint8; None if symmetric).
 
-    With `hessian` (the layer's input statistics, see core.gptq) the codes are GPTQ's; else round-to-nearest."""
+    With `hessian` (the layer's input statistics, see core.compress.gptq) the codes are GPTQ's; else round-to-nearest."""
     if config.bits == 16:
         raise ValueError("quantize_tensor: 16 bits is stored as fp16, it has no integer codes")
     w = weight.detach().float().reshape(weight.shape[0], -1)
@@ -246,8 +195,6 @@ def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Te
     if hessian is None:
         codes = _unblock(_round(x, scale, zero, config.bits), *w.shape).to(torch.uint8)
     else:
-        from core.gptq import gptq_codes  # lazily: core.gptq loads core.models, which rounding alone does not need
-
         group_size = config.group_size if config.granularity == "group" else None
         codes = gptq_codes(w, hessian, scale, zero, config.bits, group_size)
     return codes, scale.squeeze(-1).contiguous(), None if config.symmetric else zero.squeeze(-1).to(torch.uint8)
@@ -318,7 +265,7 @@ def quiet_torch_quantization() -> Iterator[None]:
 class FbgemmInt8:
     """int8 weight x dynamically quantized activation Linear on torch's quantized ops (what quantize_dynamic runs).
 
-    Swap `INT8_KERNEL` for another object with the same two methods to change the int8 backend.
+    Give Int8DynamicLinear another `kernel` (a class attribute) with the same two methods to change the backend.
     """
 
     @staticmethod
@@ -337,8 +284,6 @@ class FbgemmInt8:
         # reduce_range=True, as torch.ao.nn.quantized.dynamic.Linear does on x86 (avoids int16 overflow)
         return torch.ops.quantized.linear_dynamic(x.float(), packed, True).to(x.dtype)
 
-
-INT8_KERNEL = FbgemmInt8
 
 
 # ----------------------------------------------------------------------------- modules
@@ -381,7 +326,7 @@ class QuantWeight(nn.Module):
 
     @property
     def coded_buffers(self) -> tuple[str, ...]:
-        """The uint8 buffers core.artifact stores Huffman-coded (lossless; see QuantConfig.entropy_code)."""
+        """The uint8 buffers core.io.artifact stores Huffman-coded (lossless; see QuantConfig.entropy_code)."""
         return ("codes", "zero") if self.entropy_code and self.bits != 16 else ()
 
     def _quant_layout(self) -> dict:
@@ -506,16 +451,30 @@ class QuantEmbedding(QuantWeight):
 
 
 class QuantPositions(QuantEmbedding):
-    """Whisper's decoder position table (WhisperPositionalEmbedding), quantized: called the way it is."""
+    """A quantized embedding whose float class has a forward of its own (e.g. a position table called with
+    a cache length): it is called, and computes, the way that class does, over the dequantized table.
+
+    The class is remembered from the float module when quantizing, and from the model's own module at the
+    same path when core.io.artifact loads it (`adopt`), so nothing of a model family is written here."""
 
     layout_kind = "quant_positions"
+    forward_like: type[nn.Embedding] | None = None
 
-    def forward(self, input_ids: torch.Tensor, past_key_values_length: int = 0,
-                position_ids: torch.Tensor | None = None, cache_length: int | None = None) -> torch.Tensor:
-        start = past_key_values_length if cache_length is None else cache_length  # transformers 5.24 renamed it
-        if position_ids is None:
-            return self.weight[start: start + input_ids.shape[1]]
-        return self.weight[position_ids]
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantPositions":
+        module = super().from_float(embedding, config)
+        module.adopt(embedding)
+        return module
+
+    def adopt(self, original: nn.Module) -> None:
+        """Compute like `original`'s class (the module this one replaces)."""
+        if isinstance(original, nn.Embedding) and type(original).forward is not nn.Embedding.forward:
+            self.forward_like = type(original)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        if self.forward_like is None:
+            return super().forward(*args, **kwargs)
+        return self.forward_like.forward(self, *args, **kwargs)
 
 
 class QuantConv1d(QuantWeight):
@@ -574,6 +533,7 @@ class Int8DynamicLinear(QuantWeight):
 
     layout_kind = "int8_dynamic_linear"
     float_class = nn.Linear
+    kernel = FbgemmInt8
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, granularity: str = "channel",
                  entropy_code: bool = False):
@@ -629,10 +589,10 @@ class Int8DynamicLinear(QuantWeight):
         return (self.unpacked_codes().to(torch.int16) - 128).to(torch.int8)
 
     def refresh(self) -> None:
-        self._packed = INT8_KERNEL.pack(self.int8_codes(), self.scale, self.bias)
+        self._packed = self.kernel.pack(self.int8_codes(), self.scale, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return INT8_KERNEL.linear(x, self._packed)
+        return self.kernel.linear(x, self._packed)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int8 {self.granularity}"
@@ -664,15 +624,10 @@ def _describe(module: QuantWeight) -> str:
 # ----------------------------------------------------------------------------- the verb
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def _quantized(module: nn.Module, kind: str, config: QuantConfig, hessian: torch.Tensor | None) -> QuantWeight:
     if kind == "embedding":
-        positional = type(module).__name__ == "WhisperPositionalEmbedding"
-        return (QuantPositions if positional else QuantEmbedding).from_float(module, config)
+        own_forward = type(module).forward is not nn.Embedding.forward  # e.g. a position table
+        return (QuantPositions if own_forward else QuantEmbedding).from_float(module, config)
     if kind == "conv":
         return QuantConv1d.from_float(module, config)
     if config.backend == "int8_dynamic":
@@ -684,7 +639,7 @@ def _tie_output(model: nn.Module, name: str, embedding: QuantEmbedding, config: 
     """Keep a Linear that shared the embedding's table reading the quantized table (stored once)."""
     linear = model.get_submodule(name)
     if config.backend == "int8_dynamic":
-        _set_module(model, name, Int8DynamicLinear.tied_to(embedding, linear.bias))
+        set_module(model, name, Int8DynamicLinear.tied_to(embedding, linear.bias))
     else:
         del linear.weight
         linear.register_buffer("weight", embedding.weight, persistent=False)
@@ -694,26 +649,22 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
              calibration: "Calibration | None" = None) -> tuple[nn.Module, list[LayerReport]]:
     """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched.
 
-    `config.gptq` needs `calibration` (core.gptq.calibration_for(model)): the Linear layers' inputs on it
+    `config.gptq` needs `calibration` (core.compress.gptq.calibration_for(model)): the Linear layers' inputs on it
     weight the rounding. Embeddings and convolutions are rounded to nearest: GPTQ would tune a tied table
     for the output projection and spoil it as a lookup (measured on tiny.en: 3-bit 52% WER -> 225%)."""
     hessians = {}
     if config.gptq and config.bits != 16:
         if calibration is None:
             raise ValueError("quantize.gptq needs calibration data: apply the recipe with "
-                             "calibration=core.gptq.calibration_for(model)")
-        from core.gptq import input_hessians
-
+                             "calibration=core.compress.gptq.calibration_for(model)")
         hessians = input_hessians(model, calibration(config.calibration, config.calibration_windows))
     model = copy.deepcopy(model)
-    reports = []
-    for info in compressible_layers(model, config.groups):
-        old = model.get_submodule(info.name)
+
+    def replace(info, old: nn.Module) -> tuple[nn.Module, LayerReport]:
         tied = [name for name, m in model.named_modules()
                 if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight]
         hessian = hessians.get(info.name) if info.kind == "linear" else None
         new = _quantized(old, info.kind, config, hessian)
-        _set_module(model, info.name, new)
         for name in tied:
             _tie_output(model, name, new, config)
         note = _describe(new) + (f" {config.method}" if config.bits != 16 else "")
@@ -724,8 +675,39 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
             note += ", int8 kernel" if isinstance(new, Int8DynamicLinear) else ", dequantized fp32 forward"
         if tied:
             note += f"; {', '.join(tied)} shares this table"
-        reports.append(LayerReport(
+        return new, LayerReport(
             name=info.name, group=info.group, technique="quantize", params_before=info.params,
             params_after=info.params, bits=config.bits, rel_error=relative_error(old.weight, new.weight),
-            note=note))
-    return model, reports
+            note=note)
+
+    return model, swap_layers(model, config.groups, replace)
+
+
+def describe(config: QuantConfig) -> str:
+    if config.bits == 16:
+        label = "fp16"
+    else:
+        label = f"{config.bits}-bit {config.granularity}"
+        if config.granularity == "group":
+            label += f" {config.group_size}"
+        if not config.symmetric:
+            label += " asym"
+        if config.method != "minmax":
+            label += f" {config.method}"
+        if config.scale_dtype == "float16":
+            label += " fp16 scales"
+        if config.gptq:
+            label += " gptq"
+        if config.outlier_columns:
+            label += f" +{config.outlier_columns} fp16 cols"
+        if config.entropy_code:
+            label += " entropy-coded"
+    if config.backend != "fake":
+        label += f" {config.backend.replace('_', ' ')}"
+    return label + groups_suffix(config)
+
+
+TECHNIQUE = Technique(
+    name="quantize", config=QuantConfig, apply=quantize, describe=describe, knobs=("bits",),
+    off={"bits": (16, 32)}, aliases={("bits", "fp16"): 16}, levels=("bits", (8, 6, 5, 4, 3)), position=30,
+    keeps_float=False, calibrated=True, modules=QUANT_MODULES)

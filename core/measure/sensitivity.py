@@ -19,21 +19,22 @@ per-group options exactly: the least summed divergence that fits the budget.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
-from core.store import Store
-from core.sweep import STEPS, SweepSettings, run_sweep
+from core.compress.recipe import Recipe
+from core.compress.registry import TECHNIQUES, in_order
+from core.measure.divergence import run_divergence
+from core.measure.store import Store
+from core.measure.sweep import SweepSettings, run_sweep
+from core.models import GROUPS, EncoderCache
 
-LEVELS: dict[str, tuple[str, tuple]] = {  # technique -> (knob, levels from mild to strong)
-    "prune": ("sparsity", (0.25, 0.5, 0.75)),
-    "low_rank": ("rank_fraction", (0.75, 0.5, 0.25)),
-    "quantize": ("bits", (8, 6, 5, 4, 3)),
-}
+
+def technique_levels() -> dict[str, tuple[str, tuple]]:
+    """technique -> (knob, levels from mild to strong), from every registered technique that has levels."""
+    return {t.name: t.levels for t in in_order() if t.levels}
+
 QUANT_VARIANTS = (  # other quantizers a divergence plan probes at VARIANT_BITS: which one is best differs by group
     {"method": "mse"},
     {"granularity": "group", "scale_dtype": "float16"},
@@ -46,8 +47,6 @@ SIGNALS = ("wer", "divergence")  # what a probe measures: WER on the set, or KL 
 
 def probe_groups() -> tuple[str, ...]:
     """The groups probed by default: all but "positions" (2% of Whisper's weights, not worth a probe's time)."""
-    from core.layers import GROUPS
-
     return tuple(g for g in GROUPS if g != "positions")
 
 
@@ -62,21 +61,19 @@ class Probe:
     recipe: dict
 
 
-def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVELS,
+def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict | None = None,
                      options: dict[str, dict] | None = None) -> list[Probe]:
     """Probes for every group (default: probe_groups()) x technique x level; `options` adds
     fixed fields per technique (e.g. {"quantize": {"granularity": "group"}}). Pairs a technique refuses
-    (low_rank on the embedding or conv) are left out."""
-    from core.layers import GROUPS
-    from core.recipe import Recipe
-
+    (low_rank on the embedding or conv) are left out. `levels` defaults to every technique's own levels."""
+    levels = technique_levels() if levels is None else levels
     groups = probe_groups() if groups is None else tuple(groups)
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise ValueError(f"unknown layer group(s) {sorted(unknown)}; allowed: {list(GROUPS)}")
-    unknown = (set(levels) | set(options or {})) - set(STEPS)
+    unknown = (set(levels) | set(options or {})) - set(TECHNIQUES)
     if unknown:
-        raise ValueError(f"unknown technique(s) {sorted(unknown)}; allowed: {list(STEPS)}")
+        raise ValueError(f"unknown technique(s) {sorted(unknown)}; allowed: {list(TECHNIQUES)}")
     probes = []
     for group in groups:
         for technique, (knob, values) in levels.items():
@@ -91,9 +88,9 @@ def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict = LEVEL
 
 
 def divergence_plan(groups: tuple[str, ...] | None = None) -> list[Probe]:
-    """Probes for a divergence budget search: every bit width of LEVELS per channel, and each of
+    """Probes for a divergence budget search: every bit width of quantize's levels per channel, and each of
     QUANT_VARIANTS at VARIANT_BITS, so `allocate` can give each group the quantizer that suits it."""
-    plan = sensitivity_plan(groups, {"quantize": LEVELS["quantize"]})
+    plan = sensitivity_plan(groups, {"quantize": TECHNIQUES["quantize"].levels})
     for variant in QUANT_VARIANTS:
         plan += sensitivity_plan(groups, {"quantize": ("bits", VARIANT_BITS)}, {"quantize": variant})
     return plan
@@ -125,18 +122,15 @@ def _measured(point) -> dict:
 
 def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = None,
                     settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                    encoder_cache: dict | None = None, signal: str = "wer") -> Iterator[dict]:
+                    encoder_cache: EncoderCache | None = None, signal: str = "wer") -> Iterator[dict]:
     """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
 
     signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
     teacher-forced KL from the base model and its size instead (core.divergence: continuous and cheaper)."""
-    from core.divergence import run_divergence
-    from core.recipe import Recipe
-
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
     plan = sensitivity_plan() if plan is None else plan
-    encoder_cache = {} if encoder_cache is None else encoder_cache
+    encoder_cache = EncoderCache() if encoder_cache is None else encoder_cache
     reference: dict = {}
 
     def measure(recipes: list) -> Iterator[dict]:
@@ -162,7 +156,7 @@ def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = Non
 class BudgetPlan:
     """The chosen per-group options: per group the table row, the recipe, and the estimates."""
 
-    recipe: object  # core.recipe.Recipe
+    recipe: Recipe
     choices: dict[str, dict]  # group -> sensitivity row
     estimated_size_bytes: int
     estimated_latency_ms: float | None
@@ -191,8 +185,6 @@ class _Budget:
                           f"the strongest combination is estimated at {estimate:,.0f} {unit}")
 
     def plan(self, choices: dict[str, dict], **fields) -> BudgetPlan:
-        from core.recipe import Recipe
-
         chosen = list(choices.values())
         base = self.baseline
         latency = None if base["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
@@ -238,8 +230,6 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
     `candidates` cheapest moves by the table are each measured together with the groups chosen so far,
     and the least measured WER increase per unit saved wins. That catches groups that are harmless
     alone and break the model together (seen on tiny.en: decoder FFN at 4 bits beside 6-bit layers)."""
-    from core.recipe import Recipe
-
     setup = _budget(table, max_bytes, max_ms, candidates, "delta_wer")
     saved = setup.saved
     choices: dict[str, dict] = {}
@@ -301,8 +291,6 @@ def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | 
     several quantizers per group (divergence_plan) and the search mixes them where each is best. With
     `measure` (recipe -> divergence, or WER, measured on the search set) the `candidates` cheapest plans that fit are
     measured together and the least measured wins, as costs do not add up exactly across groups."""
-    from core.recipe import Recipe
-
     setup = _budget(table, max_bytes, max_ms, candidates, cost)
     combinations = _pareto_combinations(setup, cost)
     fits = sorted((c for c in combinations if setup.start - c[0] <= setup.budget), key=lambda c: (c[1], -c[0]))
@@ -326,13 +314,11 @@ def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | 
 
 def plan_recipe(rows: list[dict]) -> dict:
     """A recipe JSON applying each row's step to its group; groups sharing a step share one step entry."""
-    from core.layers import GROUPS
-
     merged: dict[str, dict] = {}
     for row in rows:
         (technique, config), = row["step"].items()
         rest = {k: v for k, v in config.items() if k != "groups"}
-        key = json.dumps([STEPS.index(technique), technique, rest], sort_keys=True)
+        key = json.dumps([TECHNIQUES[technique].position, technique, rest], sort_keys=True)
         entry = merged.setdefault(key, {technique: {**rest, "groups": []}})
         entry[technique]["groups"] += [g for g in config["groups"] if g not in entry[technique]["groups"]]
     steps = [merged[key] for key in sorted(merged, key=lambda k: json.loads(k)[:2])]
@@ -340,133 +326,3 @@ def plan_recipe(rows: list[dict]) -> dict:
         (config,) = step.values()
         config["groups"] = sorted(config["groups"], key=GROUPS.index)
     return {"steps": steps}
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def format_table(rows: list[dict], value: str = "delta_wer") -> str:
-    """Rows = groups, columns = settings; cells ΔWER in percentage points, divergence in nats, or MB saved."""
-    probes = [r for r in rows if r["technique"] != "none"]
-    columns = list(dict.fromkeys(r["setting"] for r in probes))
-    groups = list(dict.fromkeys(r["group"] for r in probes))
-    cells = {(r["group"], r["setting"]): r for r in probes}
-    formats = {"delta_wer": lambda r: f"{100 * r['delta_wer']:+.1f}", "divergence": lambda r: f"{r['divergence']:.3f}",
-               "bytes_saved": lambda r: f"{r['bytes_saved'] / 1e6:.1f}"}
-    widths = {column: max(8, len(column) + 2) for column in columns}
-    lines = [f"{'group':18s}" + "".join(c.rjust(widths[c]) for c in columns)]
-    for group in groups:
-        line = f"{group:18s}"
-        for column in columns:
-            row = cells.get((group, column))
-            line += ("-" if row is None else formats[value](row)).rjust(widths[column])
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _sensitivity_rows(args: argparse.Namespace, model, dataset, store: Store) -> list[dict]:
-    """Run (or read back) the sensitivity table named by the CLI arguments, with progress on stderr."""
-    import time
-
-    from core.sweep import _settings, progress
-
-    plan = divergence_plan(args.groups) if args.signal == "divergence" else sensitivity_plan(args.groups)
-    start, rows = time.perf_counter(), []
-    for row in run_sensitivity(model, dataset, store, plan, _settings(args), signal=args.signal):
-        rows.append(row)
-        print(progress(len(rows), len(plan) + 1, sum(r["cached"] for r in rows), time.perf_counter() - start,
-                       row["label"]), end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    return rows
-
-
-def cmd_sensitivity(args: argparse.Namespace) -> None:
-    """`sensitivity`: ΔWER or divergence (and MB saved) per layer group and compression level."""
-    from core.sweep import _context
-
-    rows = _sensitivity_rows(args, *_context(args))
-    baseline = rows[0]
-    print(f"baseline size {baseline['size_bytes'] / 1e6:.2f} MB" +
-          (f", WER {100 * baseline['wer']:.2f}%" if baseline["wer"] is not None else ""))
-    if args.signal == "divergence":
-        print("KL divergence from the uncompressed model, nats per token (compressing one group alone):")
-        print(format_table(rows, "divergence"))
-    else:
-        print("ΔWER, percentage points (compressing one group alone):")
-        print(format_table(rows))
-    print("\nMB saved:")
-    print(format_table(rows, "bytes_saved"))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
-        print(f"wrote {args.json}")
-
-
-def cmd_budget(args: argparse.Namespace) -> None:
-    """`budget`: the per-group recipe that fits a size or latency budget; --verify measures it."""
-    from core.divergence import run_divergence
-    from core.sweep import _context, _settings
-
-    args.signal = args.signal or ("wer" if args.max_ms is not None else "divergence")
-    if args.signal == "divergence" and args.max_ms is not None:
-        raise ValueError("a latency budget needs --signal wer (divergence probes measure size, not latency)")
-    model, dataset, store = _context(args)
-    rows = _sensitivity_rows(args, model, dataset, store)
-    max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
-    measure = None
-    if args.signal == "divergence":
-        if args.measure:
-            reference: dict = {}  # the base model's outputs, computed once for all the candidates
-            measure = lambda recipe: next(run_divergence(model, dataset, [recipe], store,  # noqa: E731
-                                                         reference=reference))["divergence"]
-        plan = allocate(rows, max_bytes=max_bytes, measure=measure, candidates=args.candidates)
-    else:
-        if args.measure:
-            measure = lambda recipe: next(run_sweep(model, dataset, [recipe], store, _settings(args))).wer  # noqa: E731
-        plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms, measure=measure,
-                             candidates=args.candidates)
-    for move in plan.trail:
-        print(f"  {move}")
-    latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
-    how = "measured" if plan.measured else "estimated"
-    quality = f"divergence {plan.estimated_divergence:.4g} nats/token" if plan.estimated_wer is None else \
-        f"WER {100 * plan.estimated_wer:.2f}%"
-    print(f"estimate: {quality} ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
-    print(json.dumps(plan.recipe.to_json(), indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(plan.recipe.to_json(), indent=1))
-        print(f"wrote {args.out} (use it with --recipe)")
-    if args.verify:
-        point = next(run_sweep(model, dataset, [plan.recipe], store, _settings(args)))
-        latency = f", latency {point.latency_ms:.0f} ms" if point.latency_ms is not None else ""
-        print(f"measured: WER {100 * point.wer:.2f}%, size {point.size_bytes / 1e6:.2f} MB{latency}")
-
-
-def add_commands(commands) -> None:
-    """Register `sensitivity` and `budget` on the CLI's subparsers."""
-    from core.sweep import add_run_args
-
-    p = commands.add_parser("sensitivity", help="ΔWER per layer group and compression level (cached)")
-    p.add_argument("--groups", nargs="+", help="layer groups to probe (default: all; see core.layers.GROUPS)")
-    p.add_argument("--json", type=Path, help="also write the tidy table here")
-    p.add_argument("--signal", choices=SIGNALS, default="wer",
-                   help="measure each probe's WER (default) or its KL divergence from the uncompressed model")
-    add_run_args(p)
-    p.set_defaults(run=cmd_sensitivity)
-
-    p = commands.add_parser("budget", help="per-group recipe that fits a size or latency budget")
-    budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--max-mb", type=float, help="size budget in MB (10^6 bytes) as saved")
-    budget.add_argument("--max-ms", type=float, help="latency budget in ms on the latency clip")
-    p.add_argument("--groups", nargs="+", help="layer groups to compress (default: all)")
-    p.add_argument("--out", type=Path, help="write the recipe JSON here")
-    p.add_argument("--verify", action="store_true", help="measure the chosen recipe (stored like any point)")
-    p.add_argument("--measure", action="store_true",
-                   help="measure each greedy move (wer) or the best plans together (divergence) instead of "
-                        "adding up the table")
-    p.add_argument("--candidates", type=int, default=3,
-                   help="with --measure: moves measured per step (wer) or best plans measured (divergence); default 3")
-    p.add_argument("--signal", choices=SIGNALS,
-                   help="divergence (default for --max-mb): exact search over per-group quantizers by KL from the "
-                        "uncompressed model; wer (default for --max-ms): greedy over the ΔWER table")
-    add_run_args(p)
-    p.set_defaults(run=cmd_budget)

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from core.models import SpeechModel, label_tokens
+from core.data import load_dataset, load_waves, pack_utterances
+from core.models import SpeechModel
 
 DAMPING = 0.01  # fraction of the mean H diagonal added to it: keeps the Cholesky factorization stable
 BLOCK = 128  # columns updated together (GPTQ's lazy batch updates)
@@ -95,19 +96,10 @@ def calibration_for(model: SpeechModel) -> Calibration:
 
     @functools.lru_cache(maxsize=2)
     def batches(dataset: str, windows: int) -> list[dict[str, torch.Tensor]]:
-        from core.data import load_dataset
-        from core.evaluate import load_waves, pack_utterances
-
         data = load_dataset(dataset)
         texts = [u.text for u in data.utterances]
         packed, references, _ = pack_utterances(load_waves(data), texts, [u.id for u in data.utterances])
         picked = sorted({i * len(packed) // windows for i in range(min(windows, len(packed)))})  # spread over voices
-        if model.kind != "whisper":
-            return [{"input_values": model.features([packed[i]])} for i in picked]
-        prompt = list(model.decoding.prompt)
-        room = min(model.decoding.max_length, model.module.config.max_target_positions) - len(prompt)
-        return [{"input_features": model.features([packed[i]]),
-                 "decoder_input_ids": torch.tensor([(prompt + label_tokens(model, references[i]))[:room]])}
-                for i in picked]
+        return [model.calibration_batch(packed[i], references[i]) for i in picked]
 
     return batches

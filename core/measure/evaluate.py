@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 from core.audio import SAMPLE_RATE, load_audio
-from core.data import Dataset
+from core.data import Dataset, load_waves, pack_utterances
+from core.io.artifact import save_weights
 from core.metrics import Scores, score
 from core.models import SpeechModel
 
-LATENCY_CLIP = Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
-PACK_WINDOW_SECONDS = 30.0  # Whisper's window
-PACK_GAP_SECONDS = 0.3  # silence between packed utterances: a sentence pause
+LATENCY_CLIP = Path(__file__).resolve().parents[2] / "assets" / "samples" / "hello.wav"
 
 
 @dataclass
@@ -81,41 +80,14 @@ def machine_facts() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def load_waves(dataset: Dataset) -> list[np.ndarray]:
-    """Decode every utterance of a dataset to 16 kHz mono float32."""
-    return [load_audio(u.path) for u in dataset.utterances]
-
-
 def transcribe_dataset(model: SpeechModel, waves: list[np.ndarray]) -> Iterator[str]:
     """Transcribe one utterance at a time (batching does not pay on a few CPU cores), yielding each."""
     for wave in waves:
         yield model.transcribe([wave])[0]
 
 
-def pack_utterances(waves: list[np.ndarray], texts: list[str], ids: list[str],
-                    window_seconds: float = PACK_WINDOW_SECONDS,
-                    gap_seconds: float = PACK_GAP_SECONDS) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Join consecutive utterances, in order, with `gap_seconds` of silence into windows of at most
-    `window_seconds`; returns (windows, joined references, ids joined by "+"). Longer clips stay alone."""
-    limit, gap = int(window_seconds * SAMPLE_RATE), np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
-    packs: list[list[int]] = []
-    length = 0
-    for index, wave in enumerate(waves):
-        if packs and length + len(gap) + len(wave) <= limit:
-            packs[-1].append(index)
-            length += len(gap) + len(wave)
-        else:
-            packs.append([index])
-            length = len(wave)
-    windows = [np.concatenate([x for i in pack for x in (gap, waves[i])][1:]) for pack in packs]
-    return (windows, [" ".join(texts[i] for i in pack) for pack in packs],
-            ["+".join(ids[i] for i in pack) for pack in packs])
-
-
 def model_size_bytes(model: SpeechModel) -> int:
     """Bytes of the model's weights as saved (safetensors + layout), measured by writing them."""
-    from core.artifact import save_weights
-
     with tempfile.TemporaryDirectory() as folder:
         save_weights(model.module, Path(folder))
         return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())

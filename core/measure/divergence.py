@@ -12,14 +12,22 @@ never gives its likely tokens (tested against the full-vocabulary KL).
 """
 from __future__ import annotations
 
+import hashlib
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.models import SpeechModel, greedy_decode
+from core.compress.recipe import Recipe
+from core.data import load_waves, pack_utterances
+from core.measure.evaluate import model_size_bytes
+from core.measure.store import model_identity, point_key
+from core.measure.sweep import apply_reusing, code_version, encoder_identity, recipe_identity
+from core.models import SpeechModel
 
 TOP_K = 128  # base-model tokens kept per position; the rest of its mass is one bucket
 METHOD = 1  # bump when the way divergence is measured changes (part of the cache key)
@@ -50,28 +58,23 @@ def _coarsen(log_probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, rest[..., None]], dim=-1)
 
 
-def _decoder_log_probs(module, states: torch.Tensor, inputs: torch.Tensor, first: int) -> torch.Tensor:
-    hidden = module.model.decoder(input_ids=inputs, encoder_hidden_states=states).last_hidden_state
-    return F.log_softmax(module.proj_out(hidden[0, first:]).float(), dim=-1)
+def _decoder_log_probs(model: SpeechModel, states: torch.Tensor, inputs: torch.Tensor, first: int) -> torch.Tensor:
+    return F.log_softmax(model.decoder_logits(states, inputs)[0, first:].float(), dim=-1)
 
 
 @torch.inference_mode()
 def reference_outputs(model: SpeechModel, windows: list[np.ndarray]) -> Reference:
     """Greedy-transcribe each window with the base model and keep what divergence() compares against."""
-    from core.sweep import encoder_identity
-
-    if model.kind != "whisper":
-        raise ValueError(f"divergence needs a Whisper model (teacher-forced decoding); {model.name} is {model.kind}")
-    decoding, module = model.decoding, model.module
-    room = min(decoding.max_length, module.config.max_target_positions) - len(decoding.prompt)
-    first = len(decoding.prompt) - 1
+    model.decoder("divergence (teacher-forced decoding)")
+    room, prompt = model.token_room(), list(model.decoding.prompt)
+    first = len(prompt) - 1
     features, inputs, indices, coarse, states = [], [], [], [], []
     for window in windows:
         feats = model.features([window])
-        encoded = module.model.encoder(feats).last_hidden_state
-        tokens = greedy_decode(module, feats, decoding, room)[0]
-        ids = torch.tensor([list(decoding.prompt) + tokens[:room - 1]])
-        log_probs = _decoder_log_probs(module, encoded, ids, first)
+        encoded = model.encode(feats)
+        tokens = model.greedy(encoded, room)[0]
+        ids = torch.tensor([prompt + tokens[:room - 1]])
+        log_probs = _decoder_log_probs(model, encoded, ids, first)
         index = log_probs.topk(min(TOP_K, log_probs.shape[-1]), dim=-1).indices
         features.append(feats)
         inputs.append(ids)
@@ -86,15 +89,13 @@ def reference_outputs(model: SpeechModel, windows: list[np.ndarray]) -> Referenc
 @torch.inference_mode()
 def divergence(variant: SpeechModel, reference: Reference) -> float:
     """Mean KL(p_base ‖ p_variant) per scored token, in nats (0 for the base model itself)."""
-    from core.sweep import encoder_identity
-
     same_encoder = encoder_identity(variant) == reference.encoder_id
     total = 0.0
     for feats, ids, index, base, states in zip(reference.features, reference.inputs, reference.top_index,
                                                reference.top_log_probs, reference.encoder_states):
         if not same_encoder:
-            states = variant.module.model.encoder(feats).last_hidden_state
-        log_q = _coarsen(_decoder_log_probs(variant.module, states, ids, reference.first), index)
+            states = variant.encode(feats)
+        log_q = _coarsen(_decoder_log_probs(variant, states, ids, reference.first), index)
         total += (base.exp() * (base - log_q)).sum().item()
     return max(total / reference.tokens, 0.0)
 
@@ -104,19 +105,12 @@ def divergence(variant: SpeechModel, reference: Reference) -> float:
 
 def measure_settings() -> dict:
     """What a stored divergence depends on besides model, recipe and data: this method and the engine's code."""
-    import hashlib
-    from pathlib import Path
-
-    from core.sweep import code_version
-
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
     return {"metric": "divergence", "method": METHOD, "top_k": TOP_K, "code": code_version(), "source": source}
 
 
 def dataset_windows(dataset, waves: list | None = None) -> list[np.ndarray]:
-    """The dataset's utterances packed into 30 s windows, as sweeps score them (core.evaluate.pack_utterances)."""
-    from core.evaluate import load_waves, pack_utterances
-
+    """The dataset's utterances packed into 30 s windows, as sweeps score them (core.data.pack_utterances)."""
     waves = load_waves(dataset) if waves is None else waves
     utterances = dataset.utterances
     return pack_utterances(waves, [u.text for u in utterances], [u.id for u in utterances])[0]
@@ -127,13 +121,6 @@ def run_divergence(model: SpeechModel, dataset, recipes: list, store, waves: lis
     """Yield {key, recipe, label, divergence, size_bytes, seconds, cached} per distinct recipe: stored ones
     first and at once, then each new one as it is measured (and stored). The base model's reference is
     computed only when something is missing; pass the same `reference` dict to share it between calls."""
-    import time
-
-    from core.evaluate import model_size_bytes
-    from core.recipe import Recipe
-    from core.store import model_identity, point_key
-    from core.sweep import apply_reusing, recipe_identity
-
     model_id, fingerprint, settings = model_identity(model), dataset.fingerprint(), measure_settings()
     todo: dict[str, object] = {}
     for recipe in map(Recipe.from_json, recipes):

@@ -4,22 +4,21 @@
                {"low_rank": {"energy": 0.95}},
                {"quantize": {"bits": 4, "granularity": "channel"}}]}
 
-Each step is {name: {config field: value}}; the value object builds the step's frozen config
-(core.prune.PruneConfig, core.lowrank.LowRankConfig, core.quant.QuantConfig), which validates itself.
+Each step is {name: {config field: value}}; the name is a registered technique (core.compress.registry)
+and the value object builds its frozen config (e.g. core.compress.quant.QuantConfig), which validates itself.
 JSON lists become tuples (e.g. "groups"). `to_json` writes back exactly the keys the JSON gave, so a
 recipe round-trips exactly (values as the config normalized them: lists for tuples, 0 -> 0.0 for a
 float field); a recipe built in Python writes each step's main (first) field and the fields that
 differ from their defaults. Equality compares the configs only, so {"bits": 4} and {"bits": 4,
 "granularity": "channel"} are equal recipes with different JSON. A bare list of steps is accepted too.
-Steps run in order, each on the previous step's output; quantize must come last among the built-in
-steps (after it no layer is a float Linear any more), and structured pruning must come before low_rank.
-Other steps can be added with `register_step`.
+Steps run in order, each on the previous step's output. A step that needs float layers cannot follow one
+that leaves none (quantize comes last), and a technique may add its own rule (structured pruning comes
+before low_rank).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,122 +26,13 @@ from typing import Any, Callable
 
 from torch import nn
 
-_SHORT_GROUPS = {"encoder.attention": "enc.attn", "encoder.ffn": "enc.ffn", "decoder.attention": "dec.attn",
-                 "decoder.ffn": "dec.ffn", "embedding": "emb", "conv": "conv", "positions": "pos"}
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.3g}%"
-
-
-def _groups_suffix(config) -> str:
-    """" [enc.ffn, dec.ffn]" when the config's groups are not its class's default, else ""."""
-    groups = tuple(getattr(config, "groups", ()) or ())
-    if not groups or groups == _field_default(type(config), "groups"):
-        return ""
-    return f" [{', '.join(_SHORT_GROUPS.get(g, g) for g in groups)}]"
-
-
-def _describe_prune(config) -> str:
-    if config.threshold is not None:
-        label = f"prune |w|<{config.threshold:g}"
-    elif config.structure != "unstructured":
-        label = f"prune {_pct(config.sparsity)} {config.structure}"
-    else:
-        label = f"prune {_pct(config.sparsity)}" + (" global" if config.scope == "global" else "")
-    return label + _groups_suffix(config)
-
-
-def _describe_low_rank(config) -> str:
-    if config.energy is not None:
-        label = f"SVD {_pct(config.energy)} energy"
-    elif config.rank_fraction is not None:
-        label = f"SVD rank {_pct(config.rank_fraction)}"
-    else:
-        label = f"SVD rank {config.rank}"
-    return label + _groups_suffix(config)
-
-
-def _describe_quantize(config) -> str:
-    bits = getattr(config, "bits", None)
-    if bits == 16:
-        label = "fp16"
-    else:
-        granularity = getattr(config, "granularity", "")
-        label = f"{bits}-bit {granularity}".rstrip()
-        if granularity == "group" and getattr(config, "group_size", None):
-            label += f" {config.group_size}"
-        if getattr(config, "symmetric", True) is False:
-            label += " asym"
-        if getattr(config, "method", "minmax") not in ("minmax", None):
-            label += f" {config.method}"
-        if getattr(config, "scale_dtype", "float32") == "float16":
-            label += " fp16 scales"
-        if getattr(config, "gptq", False):
-            label += " gptq"
-        if getattr(config, "outlier_columns", 0):
-            label += f" +{config.outlier_columns} fp16 cols"
-        if getattr(config, "entropy_code", False):
-            label += " entropy-coded"
-    if getattr(config, "backend", "fake") not in ("fake", None):
-        label += f" {str(config.backend).replace('_', ' ')}"
-    return label + _groups_suffix(config)
-
-
-# ----------------------------------------------------------------------------- the step registry
-
-
-@dataclass(frozen=True)
-class StepType:
-    """A kind of step: how to get its config class and verb (imported on first use) and how to label it."""
-
-    load: Callable[[], tuple[type, Callable]]  # () -> (config class, verb(model, config) -> (model, reports))
-    describe: Callable[[Any], str]
-    calibrated: bool = False  # the verb takes a third argument: calibration data (see core.gptq.Calibration)
-
-
-def _lazy(module: str, config: str, verb: str) -> Callable[[], tuple[type, Callable]]:
-    def load() -> tuple[type, Callable]:
-        namespace = importlib.import_module(module)
-        return getattr(namespace, config), getattr(namespace, verb)
-    return load
-
-
-STEP_TYPES: dict[str, StepType] = {
-    "prune": StepType(_lazy("core.prune", "PruneConfig", "prune"), _describe_prune),
-    "low_rank": StepType(_lazy("core.lowrank", "LowRankConfig", "low_rank"), _describe_low_rank),
-    "quantize": StepType(_lazy("core.quant", "QuantConfig", "quantize"), _describe_quantize, calibrated=True),
-}
-
-
-def register_step(name: str, config_class: type, verb: Callable,
-                  describe: Callable[[Any], str] | None = None) -> None:
-    """Make `name` usable in recipes: `config_class`, a frozen dataclass; `verb(model, config)` -> (model, reports)."""
-    if not dataclasses.is_dataclass(config_class):
-        raise ValueError(f"step {name!r}: the config class must be a dataclass, got {config_class!r}")
-    STEP_TYPES[name] = StepType(lambda: (config_class, verb), describe or (lambda config: name))
-
-
-def _step_type(name, where: str) -> StepType:
-    if not isinstance(name, str) or name not in STEP_TYPES:
-        raise ValueError(f"{where}: unknown step {name!r}; allowed steps: {', '.join(STEP_TYPES)}")
-    return STEP_TYPES[name]
+from core.compress.gptq import calibration_for
+from core.compress.registry import technique
+from core.compress.technique import field_default
+from core.models import SpeechModel
 
 
 # ----------------------------------------------------------------------------- JSON <-> configs
-
-
-def _field_default(config_class: type, name: str):
-    for f in dataclasses.fields(config_class):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    return dataclasses.MISSING
 
 
 def _from_json_value(value):
@@ -166,7 +56,7 @@ def _same(a, b) -> bool:
 
 
 def _build_config(name: str, options, where: str):
-    config_class, _ = _step_type(name, where).load()
+    config_class = technique(name, where).config
     if options is None:
         options = {}
     if not isinstance(options, dict):
@@ -186,7 +76,7 @@ def _default_keys(config) -> tuple[str, ...]:
     keys = []
     for i, f in enumerate(f for f in dataclasses.fields(config) if f.init):
         value = getattr(config, f.name)
-        default = _field_default(type(config), f.name)
+        default = field_default(type(config), f.name)
         if (i == 0 and value is not None) or default is dataclasses.MISSING or not _same(value, default):
             keys.append(f.name)
     return tuple(keys)
@@ -213,7 +103,7 @@ class Recipe:
             if not isinstance(step, (tuple, list)) or len(step) != 2:
                 raise ValueError(f"{where}: expected a (name, config) pair, got {step!r}")
             name, config = step
-            config_class, _ = _step_type(name, where).load()
+            config_class = technique(name, where).config
             if not isinstance(config, config_class):
                 raise ValueError(f"{where}: {name} needs a {config_class.__name__}, got {type(config).__name__}")
             steps.append((name, config))
@@ -231,14 +121,18 @@ class Recipe:
         self._check_order()
 
     def _check_order(self) -> None:
-        names = [name for name, _ in self.steps]
+        """A step that needs float layers cannot follow a step of another technique that leaves none (two
+        quantize steps on different groups are fine); a technique may add its own rule."""
+        names = tuple(name for name, _ in self.steps)
         for i, (name, config) in enumerate(self.steps):
-            where = f"recipe step {i + 1}"
-            if name in ("prune", "low_rank") and "quantize" in names[:i]:
-                raise ValueError(f"{where}: {name} after quantize has no float layers to act on; put quantize last")
-            if name == "prune" and config.structure != "unstructured" and "low_rank" in names[:i]:
-                raise ValueError(f"{where}: prune with structure {config.structure!r} needs plain Linear layers; "
-                                 "put it before low_rank")
+            step, earlier = technique(name), names[:i]
+            blocker = next((e for e in earlier if e != name and not technique(e).keeps_float), None)
+            if step.needs_float and blocker is not None:
+                raise ValueError(f"recipe step {i + 1}: {name} after {blocker} has no float layers to act on; "
+                                 f"put {blocker} last")
+            problem = step.check_order(config, earlier) if step.check_order else None
+            if problem:
+                raise ValueError(f"recipe step {i + 1}: {problem}")
 
     @classmethod
     def from_json(cls, obj) -> "Recipe":
@@ -297,19 +191,17 @@ class Recipe:
         """A short human label, e.g. "prune 30% global · SVD 95% energy · 4-bit channel"."""
         if self.is_empty:
             return "uncompressed"
-        return " · ".join(STEP_TYPES[name].describe(config) for name, config in self.steps)
+        return " · ".join(technique(name).describe(config) for name, config in self.steps)
 
     def apply(self, model: nn.Module, calibration: Callable | None = None) -> tuple[nn.Module, list]:
         """Run the steps in order on a copy of `model`; returns the new model and every step's LayerReports.
 
-        `calibration` (core.gptq.calibration_for(speech_model)) feeds the steps that need data, e.g. GPTQ."""
+        `calibration` (core.compress.gptq.calibration_for(speech_model)) feeds the steps that need data (GPTQ)."""
         if self.is_empty:
             return copy.deepcopy(model), []
         reports = []
         for name, config in self.steps:
-            step = STEP_TYPES[name]
-            _, verb = step.load()
-            model, step_reports = verb(model, config, calibration) if step.calibrated else verb(model, config)
+            model, step_reports = technique(name).run(model, config, calibration)
             reports.extend(step_reports)
         return model, reports
 
@@ -317,11 +209,9 @@ class Recipe:
         return self.describe()
 
 
-def apply_recipe(model, recipe: Recipe, name: str | None = None) -> tuple[Any, list]:
-    """A core.models.SpeechModel with `recipe` applied to a copy of its weights, and the LayerReports; steps
-    that need data (GPTQ) are calibrated through the model's own front end (core.gptq.calibration_for)."""
-    from core.gptq import calibration_for
-
+def apply_recipe(model: SpeechModel, recipe: Recipe, name: str | None = None) -> tuple[SpeechModel, list]:
+    """A SpeechModel with `recipe` applied to a copy of its weights, and the LayerReports; steps that need
+    data (GPTQ) are calibrated through the model's own front end (core.compress.gptq.calibration_for)."""
     module, reports = recipe.apply(model.module, calibration_for(model))
     label = name or (model.name if recipe.is_empty else f"{model.name} + {recipe.describe()}")
     return model.with_module(module, name=label), reports

@@ -18,15 +18,16 @@ Loading starts from a skeleton: the base model built from its config (random or 
 weights). Modules are replaced per "modules" (parents before children), attributes set, ties
 re-made, then the state_dict is loaded strictly and each module's derived caches are rebuilt.
 
-Registry contract for module classes that replace layers (core.quant, core.lowrank, core.prune, ...):
+Contract for module classes that replace layers (listed in their technique's `modules`, core.compress):
   class LowRankLinear(nn.Module):
       layout_kind = "low_rank_linear"            # unique name, written as "kind"
       def layout(self) -> dict: ...              # JSON-able constructor facts: shapes, rank, bits; no tensors
       @classmethod
       def from_layout(cls, layout: dict): ...    # an empty module whose state_dict has the same keys/shapes/dtypes
       def refresh(self): ...                     # optional: rebuild non-persistent caches after loading
-Classes defined in core.quant, core.lowrank or core.prune are found by their `layout_kind`; any other
-class registers with @register_layout. A registered module's children are built by its from_layout
+      def adopt(self, original): ...             # optional: learn from the skeleton's module it replaces
+Classes are found by `layout_kind` among the registered techniques' modules (core.compress.registry).
+A registered module's children are built by its from_layout
 (only children that are themselves replaced, e.g. a QuantLinear inside a LowRankLinear, get entries).
 Plain torch layers whose shape differs from what `type(model)(model.config)` builds (e.g. a
 structurally pruned Linear) are recorded as builtin kinds: {"kind": "linear", "in", "out", "bias"},
@@ -35,70 +36,32 @@ scalars) to have those attributes set on the skeleton's module at the same path 
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import zlib
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from core.layers import layer_group
-from core.quant import pack_bits, unpack_bits
+from core.compress.packing import huffman_decode, huffman_encode, pack_bits, unpack_bits
+from core.compress.registry import layer_classes
+from core.models import family_of
 
 WEIGHTS_FILE = "model.safetensors"
 LAYOUT_FILE = "layout.json"
 FORMAT = "speech-lab-layout"
 VERSION = 1
-PROVIDERS = ("core.quant", "core.lowrank", "core.prune")  # scanned for classes with a layout_kind
 SPARSE_MARGIN = 64  # bytes a sparse pair must save over dense (it costs an extra header entry)
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
 
-
-def register_layout(cls: type[nn.Module]) -> type[nn.Module]:
-    """Class decorator: make a module class with layout_kind/layout()/from_layout() loadable from layout.json."""
-    kind = getattr(cls, "layout_kind", None)
-    if not isinstance(kind, str) or not callable(getattr(cls, "layout", None)) or \
-            not callable(getattr(cls, "from_layout", None)):
-        raise ValueError(f"{cls.__name__} needs a str layout_kind, layout() and a from_layout() classmethod")
-    taken = _REGISTRY.get(kind)
-    if kind in _BUILTIN or (taken is not None and _qualname(taken) != _qualname(cls)):
-        raise ValueError(f"layout kind {kind!r} of {_qualname(cls)} is already taken by "
-                         f"{_qualname(taken) if taken else 'a builtin torch layer'}")
-    _REGISTRY[kind] = cls
-    return cls
-
-
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _registered(kind: str) -> type[nn.Module] | None:
-    """The class of a layout kind, scanning the provider modules the first time a kind is unknown."""
-    if kind not in _REGISTRY:
-        for provider in PROVIDERS:
-            try:
-                namespace = importlib.import_module(provider)
-            except ModuleNotFoundError as exc:
-                if exc.name != provider:
-                    raise
-                continue
-            for value in vars(namespace).values():
-                if isinstance(value, type) and issubclass(value, nn.Module) and \
-                        isinstance(value.__dict__.get("layout_kind"), str) and value.layout_kind not in _REGISTRY:
-                    register_layout(value)
-    return _REGISTRY.get(kind)
-
-
-def _is_registered_class(module: nn.Module) -> bool:
+def _has_layout(module: nn.Module) -> bool:
+    """True for a layer class that follows the contract above (its own layout_kind, layout(), from_layout())."""
     kind = type(module).__dict__.get("layout_kind")
     if not isinstance(kind, str):
         return False
-    if _registered(kind) is not type(module):
-        register_layout(type(module))  # usable in this process; other processes need a provider or decorator
+    if not callable(getattr(module, "layout", None)) or not callable(getattr(type(module), "from_layout", None)):
+        raise ValueError(f"{type(module).__name__} needs a str layout_kind, layout() and a from_layout() classmethod")
     return True
 
 
@@ -154,7 +117,7 @@ def _layout_entries(model: nn.Module) -> dict[str, dict]:
         if not path:
             continue
         inside = any(path.startswith(prefix + ".") for prefix in covered)
-        if _is_registered_class(module):
+        if _has_layout(module):
             entries[path] = {"kind": type(module).layout_kind, **module.layout()}
             covered.append(path)
         elif type(module) in _BUILTIN_KIND:
@@ -169,13 +132,12 @@ def _layout_entries(model: nn.Module) -> dict[str, dict]:
     return entries
 
 
-def _build(kind: str, layout: dict) -> nn.Module:
+def _build(kind: str, layout: dict, classes: dict[str, type[nn.Module]]) -> nn.Module:
     if kind in _BUILTIN:
         return _BUILTIN[kind][2](layout)
-    cls = _registered(kind)
-    if cls is None:
+    if kind not in classes:
         raise KeyError(kind)
-    return cls.from_layout(layout)
+    return classes[kind].from_layout(layout)
 
 
 # ----------------------------------------------------------------------------- ties
@@ -275,11 +237,10 @@ def _sparse_decode(name: str, mask: torch.Tensor, values: torch.Tensor, shape: l
 
 
 def _entropy_encode(tensor: torch.Tensor) -> torch.Tensor | None:
-    """The uint8 tensor's bytes Huffman-coded (deflate without string matching) if that is smaller, else None."""
+    """The uint8 tensor's bytes Huffman-coded if that is smaller, else None."""
     if tensor.dtype != torch.uint8 or tensor.numel() < 64:
         return None
-    coder = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
-    data = coder.compress(tensor.numpy().tobytes()) + coder.flush()
+    data = huffman_encode(tensor.numpy().tobytes())
     if len(data) + SPARSE_MARGIN >= tensor.numel():
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -287,14 +248,10 @@ def _entropy_encode(tensor: torch.Tensor) -> torch.Tensor | None:
 
 def _entropy_decode(name: str, data: torch.Tensor, shape: list[int]) -> torch.Tensor:
     numel = _numel("coded", name, shape)
-    decoder = zlib.decompressobj()
     try:
-        raw = decoder.decompress(data.numpy().tobytes(), numel + 1)  # bounded: a bad file cannot balloon
-    except zlib.error as exc:
-        raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} is not valid deflate data: {exc}") from None
-    if len(raw) != numel or not decoder.eof:
-        raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} decodes to {len(raw)}"
-                         f"{'' if decoder.eof else '+'} bytes, expected {numel}")
+        raw = huffman_decode(data.numpy().tobytes(), numel)
+    except ValueError as exc:
+        raise ValueError(f"{WEIGHTS_FILE}: coded tensor {name} {exc}") from None
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(shape)
 
 
@@ -312,7 +269,7 @@ def _group_and_kind(model: nn.Module, name: str) -> tuple[str, str]:
     probe = _PROXIES.get(getattr(module, "float_class", None))
     if probe is None and getattr(type(module), "layout_kind", None):
         probe = _PROXIES[nn.Linear]  # a replacement module with its own weights stands for a Linear
-    return layer_group(path, probe or module) or "other", kind
+    return family_of(model).layer_group(path, probe or module) or "other", kind
 
 
 def save_weights(model: nn.Module, folder: str | Path) -> dict:
@@ -398,6 +355,8 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
     except AttributeError:
         raise ValueError(f"{LAYOUT_FILE}: module {path} does not exist in the model") from None
     module.train(old.training)
+    if callable(getattr(module, "adopt", None)):
+        module.adopt(old)
     setattr(owner, child, module)
 
 
@@ -410,15 +369,16 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise ValueError("load_weights needs a skeleton with real memory: call .to_empty(device='cpu') first")
     layout = _read_layout(folder)
+    classes = layer_classes()
     for path, entry in sorted(layout["modules"].items(), key=lambda item: item[0].count(".")):
         if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
             raise ValueError(f"{LAYOUT_FILE}: module {path} has no kind")
         args = {k: v for k, v in entry.items() if k != "kind"}
         try:
-            module = _build(entry["kind"], args)
+            module = _build(entry["kind"], args, classes)
         except KeyError as exc:
             if exc.args == (entry["kind"],):
-                known = sorted(set(_BUILTIN) | set(_REGISTRY))
+                known = sorted(set(_BUILTIN) | set(classes))
                 raise ValueError(f"{LAYOUT_FILE}: module {path} has unknown kind {entry['kind']!r}; "
                                  f"known: {known}") from None
             raise ValueError(f"{LAYOUT_FILE}: module {path} ({entry['kind']}) lacks {exc}") from None

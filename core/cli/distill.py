@@ -1,25 +1,27 @@
-"""The `distill` command. Kept apart from core.distill so that building the CLI does not import torch;
-options left out take DistillConfig's defaults."""
+"""`distill`: train a smaller student, or fine-tune a compressed model back; options left out take
+DistillConfig's defaults."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from core.cli.common import DEFAULT_MODEL, add_store_arg
+
 CONFIG_OPTIONS = {"steps": "steps", "temperature": "temperature", "alpha": "alpha", "lr": "learning_rate",
                   "batch_size": "batch_size", "warmup": "warmup_steps", "seed": "seed",
                   "eval_every": "eval_every"}  # command-line option -> DistillConfig field
 
 
-def cmd_distill(args: argparse.Namespace) -> None:
-    """`distill`: train a student (smaller, or a compressed model to recover), write it, store its point."""
-    from core.data import load_dataset
-    from core.distill import (CHECKPOINT, DistillConfig, StudentSpec, distill, finish_student, format_progress,
-                              pareto_entry)
-    from core.models import load_model
-    from core.recipe import Recipe
-    from core.store import Store
-    from core.sweep import SweepSettings, record_model_point
+def run(args: argparse.Namespace) -> None:
+    """Train a student (smaller, or a compressed model to recover), write it, store its point."""
+    from core.compress.recipe import Recipe  # lazy: --help
+    from core.data import load_dataset  # lazy: --help
+    from core.io.folders import load_model  # lazy: --help
+    from core.measure.store import Store  # lazy: --help
+    from core.measure.sweep import SweepSettings, record_model_point  # lazy: --help
+    from core.train.distill import (CHECKPOINT, DistillConfig, StudentSpec, distill,  # lazy: --help
+                                    finish_student, format_progress, pareto_entry)
 
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
     spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
@@ -55,11 +57,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
               f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else ""))
 
 
-def add_commands(commands) -> None:
+def add_command(commands) -> None:
     """Register `distill` on the CLI's subparsers."""
     p = commands.add_parser("distill", help="knowledge distillation into a smaller student, or recovery "
                                             "fine-tuning of a compressed model (see README)")
-    p.add_argument("--teacher", default="whisper-tiny.en", help="teacher: 'whisper-tiny.en', 'whisper-base', a "
+    p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher: 'whisper-tiny.en', 'whisper-base', a "
                                                                 "model folder or a Hugging Face id")
     shape = p.add_mutually_exclusive_group(required=True)
     shape.add_argument("--student-decoder-layers", type=int, help="smaller student: decoder layers to keep")
@@ -78,7 +80,7 @@ def add_commands(commands) -> None:
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: before and after only)")
     p.add_argument("--pseudo-labels", action="store_true", help="hard labels from the teacher's transcripts")
     p.add_argument("--train-encoder", action="store_true", help="train the encoder too (much slower)")
-    p.add_argument("--store", type=Path, default=None, help="results database (default: the user data folder)")
+    add_store_arg(p)
     p.add_argument("--no-store", action="store_true", help="do not add the student to the Pareto store")
     p.add_argument("--latency-runs", type=int, default=2, help="timed latency runs for the stored point")
-    p.set_defaults(run=cmd_distill)
+    p.set_defaults(run=run)
