@@ -1,6 +1,7 @@
 """Distillation and recovery fine-tuning on the bundled data: wall time, WER before/after on `full`.
 
-Usage: python bench/distill.py [--threads 2] [--steps 200] [--demo] [--recovery RECIPE.json ...] [--append FILE]
+Usage (from the repository root): python -m bench.distill [--threads 2] [--steps 200] [--demo]
+         [--recovery RECIPE.json ...] [--append FILE]
 
   --demo       a 2-layer-decoder student of tiny.en (distil-whisper initialisation) trained on the
                `train` split; the whole run (data synthesis excluded, teacher caching included) is timed
@@ -18,8 +19,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -58,7 +57,7 @@ def run(teacher, spec: StudentSpec, config: DistillConfig, train, full, full_wav
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=3e-4)

@@ -1,6 +1,7 @@
 """Peer anchor: the same clips through faster-whisper (CTranslate2) and through our engine, side by side.
 
-Usage: pip install -r requirements-bench.txt; python bench/peer.py [--dataset full] [--threads 2]
+Usage (from the repository root): pip install -r requirements-bench.txt;
+       python -m bench.peer [--dataset full] [--threads 2]
 Both run greedy decoding without timestamps on the bundled tiny.en weights, with the same thread count.
 Latency is the median time per utterance over the whole dataset (each clip transcribed once, after a
 warm-up), so both engines see the same mix of clip lengths.
@@ -10,11 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -63,7 +61,7 @@ def faster_whisper(compute_type: str, threads: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__)
     parser.add_argument("--dataset", default="full")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--recipe", action="append", default=[], help="also run ours with this recipe")

@@ -1,6 +1,6 @@
 """Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
 
-Usage: python bench/sweep.py [--dataset quick] [--threads 2] [--skip-naive]
+Usage (from the repository root): python -m bench.sweep [--dataset quick] [--threads 2] [--skip-naive]
          [--budget [--search-on train] [--signal wer|divergence] [--measured] [--quantize-only]] [--append bench/RESULTS.md]
 
 Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
@@ -27,8 +27,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # the repository root: `python -m core` runs from there
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
@@ -38,7 +37,8 @@ from core.measure.evaluate import machine_facts  # noqa: E402
 from core.io.folders import load_model  # noqa: E402
 from core.compress.recipe import Recipe  # noqa: E402
 from core.measure.divergence import run_divergence  # noqa: E402
-from core.measure.sensitivity import allocate, budget_search, divergence_plan, LEVELS, QUANT_VARIANTS, run_sensitivity, sensitivity_plan, VARIANT_BITS
+from core.measure.sensitivity import (allocate, budget_search, divergence_plan, QUANT_VARIANTS,  # noqa: E402
+                                       run_sensitivity, sensitivity_plan, technique_levels, VARIANT_BITS)
 from core.measure.store import Store  # noqa: E402
 from core.measure.sweep import grid_recipes, NAIVE, run_sweep, SweepSettings  # noqa: E402
 
@@ -147,7 +147,8 @@ def uniform_recipes(quant_variants: bool = False) -> dict[str, Recipe]:
         groups.setdefault(probe.technique, [])
         if probe.group not in groups[probe.technique]:
             groups[probe.technique].append(probe.group)
-    settings = [(technique, {}, knob, level) for technique, (knob, levels) in LEVELS.items() for level in levels]
+    settings = [(technique, {}, knob, level) for technique, (knob, levels) in technique_levels().items()
+                for level in levels]
     if quant_variants:
         settings += [("quantize", variant, "bits", bits) for variant in QUANT_VARIANTS for bits in VARIANT_BITS]
     recipes = {}
@@ -183,7 +184,8 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
     if by_divergence:
         plan = divergence_plan()
     else:
-        plan = sensitivity_plan(levels={"quantize": LEVELS["quantize"]} if quantize_only else LEVELS)
+        levels = technique_levels()
+        plan = sensitivity_plan(levels={"quantize": levels["quantize"]} if quantize_only else levels)
     start = time.perf_counter()
     table = []
     for row in run_sensitivity(model, search_set, store, plan, settings=settings, signal=signal):
@@ -255,7 +257,8 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="quick")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true", help="only the fast mode")

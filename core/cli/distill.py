@@ -19,9 +19,9 @@ def run(args: argparse.Namespace) -> None:
     from core.data import load_dataset  # lazy: --help
     from core.io.folders import load_model  # lazy: --help
     from core.measure.store import Store  # lazy: --help
-    from core.measure.sweep import SweepSettings, record_model_point  # lazy: --help
+    from core.measure.sweep import SweepSettings  # lazy: --help
     from core.train.distill import (CHECKPOINT, DistillConfig, StudentSpec, distill,  # lazy: --help
-                                    finish_student, format_progress, pareto_entry)
+                                    format_progress, publish_student)
 
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
     spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
@@ -43,17 +43,15 @@ def run(args: argparse.Namespace) -> None:
         print(f"\ninterrupted: run the same command again to resume from {Path(args.out) / CHECKPOINT}",
               file=sys.stderr)
         raise SystemExit(130)
-    before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
-    final = finish_student(student, after, teacher, spec, config, Path(args.out), before, after_training)
+    store = None if args.no_store else Store(args.store)
+    _, point = publish_student(student, after, teacher, spec, config, Path(args.out), wers, eval_set, store,
+                               SweepSettings(latency_runs=args.latency_runs))
     if wers:
-        was = f"{100 * before:.2f}% before training → " if before is not None else ""
-        print(f"WER on {eval_set.name} (packed windows): {was}{100 * after_training:.2f}% after")
+        was = f"{100 * wers[0]:.2f}% before training → " if len(wers) > 1 else ""
+        print(f"WER on {eval_set.name} (packed windows): {was}{100 * wers[-1]:.2f}% after")
     print(f"wrote {args.out}; load it with --model {args.out}")
-    if not args.no_store:
-        recipe_json, label = pareto_entry(spec, config, after, Path(args.out).resolve())
-        point = record_model_point(teacher, final, eval_set, Store(args.store), recipe_json, label,
-                                   SweepSettings(latency_runs=args.latency_runs))
-        print(f"stored on the Pareto plots of {teacher.name}: {label}: WER {100 * point.wer:.2f}%, "
+    if point is not None:
+        print(f"stored on the Pareto plots of {teacher.name}: {point.label}: WER {100 * point.wer:.2f}%, "
               f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else ""))
 
 

@@ -12,14 +12,14 @@ from core.cli.common import add_run_args, context, progress, settings
 SIGNALS = ("wer", "divergence")  # as core.measure.sensitivity.SIGNALS (tested), without importing torch
 
 
-def format_table(rows: list[dict], value: str = "delta_wer") -> str:
+def format_table(rows: list, value: str = "delta_wer") -> str:
     """Rows = groups, columns = settings; cells ΔWER in percentage points, divergence in nats, or MB saved."""
-    probes = [r for r in rows if r["technique"] != "none"]
-    columns = list(dict.fromkeys(r["setting"] for r in probes))
-    groups = list(dict.fromkeys(r["group"] for r in probes))
-    cells = {(r["group"], r["setting"]): r for r in probes}
-    formats = {"delta_wer": lambda r: f"{100 * r['delta_wer']:+.1f}", "divergence": lambda r: f"{r['divergence']:.3f}",
-               "bytes_saved": lambda r: f"{r['bytes_saved'] / 1e6:.1f}"}
+    probes = [r for r in rows if not r.is_baseline]
+    columns = list(dict.fromkeys(r.setting for r in probes))
+    groups = list(dict.fromkeys(r.group for r in probes))
+    cells = {(r.group, r.setting): r for r in probes}
+    formats = {"delta_wer": lambda r: f"{100 * r.delta_wer:+.1f}", "divergence": lambda r: f"{r.divergence:.3f}",
+               "bytes_saved": lambda r: f"{r.bytes_saved / 1e6:.1f}"}
     widths = {column: max(8, len(column) + 2) for column in columns}
     lines = [f"{'group':18s}" + "".join(c.rjust(widths[c]) for c in columns)]
     for group in groups:
@@ -31,7 +31,7 @@ def format_table(rows: list[dict], value: str = "delta_wer") -> str:
     return "\n".join(lines)
 
 
-def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list[dict]:
+def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list:
     """Run (or read back) the sensitivity table named by the CLI arguments, with progress on stderr."""
     from core.measure.sensitivity import divergence_plan, run_sensitivity, sensitivity_plan  # lazy: --help
 
@@ -39,8 +39,8 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list[d
     start, rows = time.perf_counter(), []
     for row in run_sensitivity(model, dataset, store, plan, settings(args), signal=args.signal):
         rows.append(row)
-        print(progress(len(rows), len(plan) + 1, sum(r["cached"] for r in rows), time.perf_counter() - start,
-                       row["label"]), end="", file=sys.stderr, flush=True)
+        print(progress(len(rows), len(plan) + 1, sum(r.cached for r in rows), time.perf_counter() - start,
+                       row.label), end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return rows
 
@@ -49,8 +49,8 @@ def run_table(args: argparse.Namespace) -> None:
     """`sensitivity`: ΔWER or divergence (and MB saved) per layer group and compression level."""
     rows = _sensitivity_rows(args, *context(args))
     baseline = rows[0]
-    print(f"baseline size {baseline['size_bytes'] / 1e6:.2f} MB" +
-          (f", WER {100 * baseline['wer']:.2f}%" if baseline["wer"] is not None else ""))
+    print(f"baseline size {baseline.size_bytes / 1e6:.2f} MB" +
+          (f", WER {100 * baseline.wer:.2f}%" if baseline.wer is not None else ""))
     if args.signal == "divergence":
         print("KL divergence from the uncompressed model, nats per token (compressing one group alone):")
         print(format_table(rows, "divergence"))
@@ -60,34 +60,21 @@ def run_table(args: argparse.Namespace) -> None:
     print("\nMB saved:")
     print(format_table(rows, "bytes_saved"))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps([r.to_json() for r in rows], indent=1))
         print(f"wrote {args.json}")
 
 
 def run_budget(args: argparse.Namespace) -> None:
     """`budget`: the per-group recipe that fits a size or latency budget; --verify measures it."""
-    from core.measure.divergence import run_divergence  # lazy: --help
-    from core.measure.sensitivity import allocate, budget_search  # lazy: --help
+    from core.measure.sensitivity import budget_signal, search_budget  # lazy: --help
     from core.measure.sweep import run_sweep  # lazy: --help
 
-    args.signal = args.signal or ("wer" if args.max_ms is not None else "divergence")
-    if args.signal == "divergence" and args.max_ms is not None:
-        raise ValueError("a latency budget needs --signal wer (divergence probes measure size, not latency)")
+    args.signal = budget_signal(args.signal, args.max_ms)
     model, dataset, store = context(args)
     rows = _sensitivity_rows(args, model, dataset, store)
     max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
-    measure = None
-    if args.signal == "divergence":
-        if args.measure:
-            reference: dict = {}  # the base model's outputs, computed once for all the candidates
-            measure = lambda recipe: next(run_divergence(model, dataset, [recipe], store,  # noqa: E731
-                                                         reference=reference))["divergence"]
-        plan = allocate(rows, max_bytes=max_bytes, measure=measure, candidates=args.candidates)
-    else:
-        if args.measure:
-            measure = lambda recipe: next(run_sweep(model, dataset, [recipe], store, settings(args))).wer  # noqa: E731
-        plan = budget_search(rows, max_bytes=max_bytes, max_ms=args.max_ms, measure=measure,
-                             candidates=args.candidates)
+    plan = search_budget(model, dataset, store, rows, args.signal, max_bytes, args.max_ms, args.measure,
+                         args.candidates, settings(args))
     for move in plan.trail:
         print(f"  {move}")
     latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""

@@ -20,7 +20,7 @@ per-group options exactly: the least summed divergence that fits the budget.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
 from core.compress.recipe import Recipe
@@ -96,33 +96,74 @@ def divergence_plan(groups: tuple[str, ...] | None = None) -> list[Probe]:
     return plan
 
 
-def _row(probe: Probe | None, point: dict, baseline: dict) -> dict:
-    """One tidy table row (the baseline row has technique "none"); `point` as from _measured()."""
-    latency = None if point["latency_ms"] is None or baseline["latency_ms"] is None else \
-        point["latency_ms"] - baseline["latency_ms"]
-    return {
-        "group": probe.group if probe else "all", "technique": probe.technique if probe else "none",
-        "knob": probe.knob if probe else None, "level": probe.level if probe else None,
-        "wer": point["wer"], "delta_wer": None if point["wer"] is None else point["wer"] - baseline["wer"],
-        "divergence": point["divergence"], "size_bytes": point["size_bytes"],
-        "bytes_saved": baseline["size_bytes"] - point["size_bytes"], "latency_ms": point["latency_ms"],
-        "delta_latency_ms": latency, "label": point["label"], "key": point["key"], "cached": point["cached"],
-        "step": probe.recipe["steps"][0] if probe else None,
-        "setting": point["label"].split(" [")[0] if probe else "none",  # the label without its groups
-    }
+@dataclass(frozen=True)
+class Measured:
+    """What a probe measured, from a WER point (core.measure.store.Point) or a divergence measurement."""
+
+    recipe: dict
+    label: str
+    size_bytes: int
+    key: str
+    cached: bool
+    wer: float | None = None
+    divergence: float | None = None
+    latency_ms: float | None = None
+
+    @classmethod
+    def of(cls, point) -> "Measured":
+        if isinstance(point, dict):  # core.measure.divergence.run_divergence
+            return cls(point["recipe"], point["label"], point["size_bytes"], point["key"], point["cached"],
+                       divergence=point["divergence"])
+        return cls(point.recipe, point.label, point.size_bytes, point.key, point.cached, wer=point.wer,
+                   latency_ms=point.latency_ms)
 
 
-def _measured(point) -> dict:
-    """A WER point (core.store.Point) or a divergence measurement (core.divergence) as one dict shape."""
-    if isinstance(point, dict):
-        return {"wer": None, "latency_ms": None, **point}
-    return {"wer": point.wer, "divergence": None, "size_bytes": point.size_bytes, "latency_ms": point.latency_ms,
-            "label": point.label, "key": point.key, "cached": point.cached, "recipe": point.recipe}
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One row of the tidy sensitivity table: a probe (or the baseline) and what it measured against it."""
+
+    group: str  # "all" for the baseline
+    technique: str  # "none" for the baseline
+    knob: str | None
+    level: float | None
+    setting: str  # the probe's label without its groups, e.g. "4-bit channel" ("none" for the baseline)
+    label: str
+    step: dict | None  # the probe's recipe step, {technique: config JSON}
+    size_bytes: int
+    bytes_saved: int
+    key: str = ""
+    cached: bool = False
+    wer: float | None = None
+    delta_wer: float | None = None
+    divergence: float | None = None
+    latency_ms: float | None = None
+    delta_latency_ms: float | None = None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.technique == "none"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _row(probe: Probe | None, point: Measured, baseline: Measured) -> SensitivityRow:
+    """One table row (the baseline row has technique "none")."""
+    latency = None if point.latency_ms is None or baseline.latency_ms is None else \
+        point.latency_ms - baseline.latency_ms
+    return SensitivityRow(
+        group=probe.group if probe else "all", technique=probe.technique if probe else "none",
+        knob=probe.knob if probe else None, level=probe.level if probe else None,
+        setting=point.label.split(" [")[0] if probe else "none", label=point.label,
+        step=probe.recipe["steps"][0] if probe else None, size_bytes=point.size_bytes,
+        bytes_saved=baseline.size_bytes - point.size_bytes, key=point.key, cached=point.cached, wer=point.wer,
+        delta_wer=None if point.wer is None else point.wer - baseline.wer, divergence=point.divergence,
+        latency_ms=point.latency_ms, delta_latency_ms=latency)
 
 
 def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = None,
                     settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                    encoder_cache: EncoderCache | None = None, signal: str = "wer") -> Iterator[dict]:
+                    encoder_cache: EncoderCache | None = None, signal: str = "wer") -> Iterator[SensitivityRow]:
     """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
 
     signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
@@ -133,10 +174,10 @@ def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = Non
     encoder_cache = EncoderCache() if encoder_cache is None else encoder_cache
     reference: dict = {}
 
-    def measure(recipes: list) -> Iterator[dict]:
+    def measure(recipes: list) -> Iterator[Measured]:
         if signal == "divergence":
-            return map(_measured, run_divergence(model, dataset, recipes, store, waves, reference))
-        return map(_measured, run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache))
+            return map(Measured.of, run_divergence(model, dataset, recipes, store, waves, reference))
+        return map(Measured.of, run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache))
 
     baseline = next(measure([Recipe()]))
     yield _row(None, baseline, baseline)
@@ -146,7 +187,7 @@ def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = Non
         recipes.append(recipe)
         probes.setdefault(json.dumps(recipe.to_json(), sort_keys=True), probe)
     for point in measure(recipes):
-        yield _row(probes[json.dumps(point["recipe"], sort_keys=True)], point, baseline)
+        yield _row(probes[json.dumps(point.recipe, sort_keys=True)], point, baseline)
 
 
 # ----------------------------------------------------------------------------- budget search
@@ -157,7 +198,7 @@ class BudgetPlan:
     """The chosen per-group options: per group the table row, the recipe, and the estimates."""
 
     recipe: Recipe
-    choices: dict[str, dict]  # group -> sensitivity row
+    choices: dict[str, SensitivityRow]  # group -> sensitivity row
     estimated_size_bytes: int
     estimated_latency_ms: float | None
     estimated_wer: float | None  # the measured WER of the recipe on the search set when `measured`
@@ -170,55 +211,55 @@ class BudgetPlan:
 class _Budget:
     """What both searches need from a table and a budget: the options per group and how a saving counts."""
 
-    baseline: dict
+    baseline: SensitivityRow
     by_size: bool
     start: float
     budget: float
-    options: dict[str, list[dict]]
+    options: dict[str, list[SensitivityRow]]
 
-    def saved(self, row: dict) -> float:
-        return row["bytes_saved"] if self.by_size else -row["delta_latency_ms"]
+    def saved(self, row: SensitivityRow) -> float:
+        return row.bytes_saved if self.by_size else -row.delta_latency_ms
 
     def unreachable(self, estimate: float) -> ValueError:
         unit = "bytes" if self.by_size else "ms"
         return ValueError(f"budget {self.budget:,.0f} {unit} cannot be reached with the measured options: "
                           f"the strongest combination is estimated at {estimate:,.0f} {unit}")
 
-    def plan(self, choices: dict[str, dict], **fields) -> BudgetPlan:
+    def plan(self, choices: dict[str, SensitivityRow], **fields) -> BudgetPlan:
         chosen = list(choices.values())
         base = self.baseline
-        latency = None if base["latency_ms"] is None or any(r["delta_latency_ms"] is None for r in chosen) else \
-            base["latency_ms"] + sum(r["delta_latency_ms"] for r in chosen)
+        latency = None if base.latency_ms is None or any(r.delta_latency_ms is None for r in chosen) else \
+            base.latency_ms + sum(r.delta_latency_ms for r in chosen)
         return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
-                          estimated_size_bytes=base["size_bytes"] - sum(r["bytes_saved"] for r in chosen),
+                          estimated_size_bytes=base.size_bytes - sum(r.bytes_saved for r in chosen),
                           estimated_latency_ms=latency, **fields)
 
 
-def _budget(table: list[dict], max_bytes: float | None, max_ms: float | None, candidates: int,
+def _budget(table: list[SensitivityRow], max_bytes: float | None, max_ms: float | None, candidates: int,
             cost: str) -> _Budget:
     """Check the arguments and collect, per group, the options that save something and have a cost."""
     if (max_bytes is None) == (max_ms is None):
         raise ValueError("give exactly one budget: max_bytes or max_ms")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise ValueError(f"candidates must be a positive integer, got {candidates!r}")
-    baseline = next((r for r in table if r["technique"] == "none"), None)
+    baseline = next((r for r in table if r.is_baseline), None)
     if baseline is None:
         raise ValueError("the sensitivity table has no baseline row (technique 'none')")
     by_size = max_bytes is not None
-    if not by_size and baseline["latency_ms"] is None:
+    if not by_size and baseline.latency_ms is None:
         raise ValueError("a latency budget needs latency measurements (latency_runs > 0)")
-    setup = _Budget(baseline, by_size, baseline["size_bytes"] if by_size else baseline["latency_ms"],
+    setup = _Budget(baseline, by_size, baseline.size_bytes if by_size else baseline.latency_ms,
                     max_bytes if by_size else max_ms, {})
     for row in table:
-        measured = (by_size or row["delta_latency_ms"] is not None) and row.get(cost) is not None
-        if row["technique"] != "none" and measured and setup.saved(row) > 0:
-            setup.options.setdefault(row["group"], []).append(row)
-    if not setup.options and any(r["technique"] != "none" for r in table):
+        measured = (by_size or row.delta_latency_ms is not None) and getattr(row, cost) is not None
+        if not row.is_baseline and measured and setup.saved(row) > 0:
+            setup.options.setdefault(row.group, []).append(row)
+    if not setup.options and any(not r.is_baseline for r in table):
         raise ValueError(f"the sensitivity table has no {cost!r} measurements to search with")
     return setup
 
 
-def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None,
+def budget_search(table: list[SensitivityRow], max_bytes: float | None = None, max_ms: float | None = None,
                   measure: Callable[[object], float] | None = None, candidates: int = 3) -> BudgetPlan:
     """Pick per-group levels from a sensitivity table so the estimate fits the budget at least ΔWER.
 
@@ -232,23 +273,23 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
     alone and break the model together (seen on tiny.en: decoder FFN at 4 bits beside 6-bit layers)."""
     setup = _budget(table, max_bytes, max_ms, candidates, "delta_wer")
     saved = setup.saved
-    choices: dict[str, dict] = {}
-    estimate, trail, wer = setup.start, [], setup.baseline["wer"]
+    choices: dict[str, SensitivityRow] = {}
+    estimate, trail, wer = setup.start, [], setup.baseline.wer
     while estimate > setup.budget:
         moves = []  # (ΔWER per unit saved by the table, extra saving, group, row)
         for group, rows in setup.options.items():
             current = choices.get(group)
-            base_saved, base_delta = (saved(current), max(current["delta_wer"], 0.0)) if current else (0, 0.0)
+            base_saved, base_delta = (saved(current), max(current.delta_wer, 0.0)) if current else (0, 0.0)
             for row in rows:
                 gain = saved(row) - base_saved
                 if gain > 0:
-                    moves.append(((max(row["delta_wer"], 0.0) - base_delta) / gain, gain, group, row))
+                    moves.append(((max(row.delta_wer, 0.0) - base_delta) / gain, gain, group, row))
         if not moves:
             raise setup.unreachable(estimate)
         moves.sort(key=lambda move: (move[0], -move[1]))
         if measure is None:
             _, gain, group, row = moves[0]
-            note = f"ΔWER {row['delta_wer']:+.4f}"
+            note = f"ΔWER {row.delta_wer:+.4f}"
         else:
             tried = []
             for _, gain, group, row in moves[:candidates]:
@@ -258,9 +299,9 @@ def budget_search(table: list[dict], max_bytes: float | None = None, max_ms: flo
             note = f"measured WER {100 * wer:.2f}% (of {len(tried)} tried)"
         choices[group] = row
         estimate -= gain
-        trail.append(f"{group}: {row['label']} ({note}, saves {saved(row):,.0f})")
+        trail.append(f"{group}: {row.label} ({note}, saves {saved(row):,.0f})")
     chosen = choices.values()
-    estimated_wer = setup.baseline["wer"] + sum(r["delta_wer"] for r in chosen) if measure is None or not chosen \
+    estimated_wer = setup.baseline.wer + sum(r.delta_wer for r in chosen) if measure is None or not chosen \
         else wer
     return setup.plan(choices, estimated_wer=estimated_wer, measured=measure is not None and bool(choices),
                       trail=trail)
@@ -271,7 +312,7 @@ def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, 
     adding the same option to a dominated combination leaves it dominated."""
     states: list[tuple[float, float, dict]] = [(0.0, 0.0, {})]
     for group, rows in setup.options.items():
-        merged = states + [(s + setup.saved(r), c + max(r[cost], 0.0), {**chosen, group: r})
+        merged = states + [(s + setup.saved(r), c + max(getattr(r, cost), 0.0), {**chosen, group: r})
                            for s, c, chosen in states for r in rows]
         merged.sort(key=lambda state: (-state[0], state[1]))
         states, least = [], float("inf")
@@ -282,7 +323,7 @@ def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, 
     return states
 
 
-def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | None = None,
+def allocate(table: list[SensitivityRow], max_bytes: float | None = None, max_ms: float | None = None,
              cost: str = "divergence", measure: Callable[[object], float] | None = None,
              candidates: int = 3) -> BudgetPlan:
     """The per-group options that fit the budget at the least summed `cost` ("divergence" or "delta_wer").
@@ -308,15 +349,15 @@ def allocate(table: list[dict], max_bytes: float | None = None, max_ms: float | 
     measured = measure is not None and bool(choices)
     if cost == "divergence":
         return setup.plan(choices, estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail)
-    wer = estimate if measured else setup.baseline["wer"] + estimate  # `measure` gives WER itself
+    wer = estimate if measured else setup.baseline.wer + estimate  # `measure` gives WER itself
     return setup.plan(choices, estimated_wer=wer, measured=measured, trail=trail)
 
 
-def plan_recipe(rows: list[dict]) -> dict:
+def plan_recipe(rows: list[SensitivityRow]) -> dict:
     """A recipe JSON applying each row's step to its group; groups sharing a step share one step entry."""
     merged: dict[str, dict] = {}
     for row in rows:
-        (technique, config), = row["step"].items()
+        (technique, config), = row.step.items()
         rest = {k: v for k, v in config.items() if k != "groups"}
         key = json.dumps([TECHNIQUES[technique].position, technique, rest], sort_keys=True)
         entry = merged.setdefault(key, {technique: {**rest, "groups": []}})
@@ -326,3 +367,39 @@ def plan_recipe(rows: list[dict]) -> dict:
         (config,) = step.values()
         config["groups"] = sorted(config["groups"], key=GROUPS.index)
     return {"steps": steps}
+
+
+def budget_signal(signal: str | None, max_ms: float | None) -> str:
+    """The signal a budget search uses: the one given, else divergence for a size budget and wer for latency."""
+    signal = signal or ("wer" if max_ms is not None else "divergence")
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
+    if signal == "divergence" and max_ms is not None:
+        raise ValueError("a latency budget needs --signal wer (divergence probes measure size, not latency)")
+    return signal
+
+
+def search_budget(model, dataset, store: Store, rows: list[SensitivityRow], signal: str,
+                  max_bytes: float | None = None, max_ms: float | None = None, measured: bool = False,
+                  candidates: int = 3, settings: SweepSettings = SweepSettings(), waves: list | None = None,
+                  encoder_cache: EncoderCache | None = None,
+                  announce: Callable[[str], None] | None = None) -> BudgetPlan:
+    """The budget search the CLI and the Pareto page both run on a sensitivity table.
+
+    signal "divergence": `allocate` over summed KL (size budgets only); "wer": `budget_search` over ΔWER.
+    With `measured`, the candidate plans (divergence) or moves (wer) are measured on `dataset` and stored
+    like any point; `announce(label)` is called before each such measurement (for progress)."""
+    signal = budget_signal(signal, max_ms)
+    reference: dict = {}  # the base model's outputs, computed once for all the candidates
+
+    def measure(recipe: Recipe) -> float:
+        if announce is not None:
+            announce(recipe.describe())
+        if signal == "divergence":
+            return next(run_divergence(model, dataset, [recipe], store, waves, reference))["divergence"]
+        return next(run_sweep(model, dataset, [recipe], store, settings, waves, encoder_cache)).wer
+
+    chosen = measure if measured else None
+    if signal == "divergence":
+        return allocate(rows, max_bytes=max_bytes, measure=chosen, candidates=candidates)
+    return budget_search(rows, max_bytes=max_bytes, max_ms=max_ms, measure=chosen, candidates=candidates)

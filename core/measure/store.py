@@ -4,6 +4,8 @@ A point's key is a sha256 over the base model's content (weights, structure, dec
 canonical recipe JSON, the dataset fingerprint and the evaluation settings, so the same point is never
 computed twice, whichever process or session asks. Each point is written in one transaction (WAL
 journal): a process killed mid-sweep loses at most the point in flight.
+A trained student (core.train.distill) is a point of its base model too: its `student` field names the
+folder it was written to, and its recipe holds only the steps run after training.
 Measurements that are not WER points (a divergence from the base model) sit in a second table, keyed alike.
 
 Location: `$SPEECH_LAB_DATA/results.sqlite`, else `$XDG_DATA_HOME/speech-compression-lab/results.sqlite`
@@ -27,7 +29,7 @@ from core.paths import data_dir
 STORE_FILE = "results.sqlite"
 FLAT_FIELDS = ("key", "created", "model", "label", "dataset", "wer", "cer", "size_bytes", "latency_ms",
                "parameters", "n_utterances", "eval_seconds", "threads", "cpu", "torch", "recipe", "settings",
-               "model_id", "dataset_fingerprint")
+               "model_id", "dataset_fingerprint", "student_folder")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS points (
     result TEXT NOT NULL,
     rows TEXT NOT NULL,
     timings TEXT NOT NULL,
-    machine TEXT NOT NULL
+    machine TEXT NOT NULL,
+    student TEXT
 );
 CREATE INDEX IF NOT EXISTS points_by_context ON points (model_id, dataset_fingerprint, settings);
 CREATE TABLE IF NOT EXISTS measures (
@@ -144,7 +147,13 @@ class Point:
     timings: dict  # seconds spent: apply, evaluate, latency, total
     machine: dict  # CPU, threads, torch version
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    student: dict | None = None  # a trained student: {"folder", "spec", "config"} (core.train.distill)
     cached: bool = False  # True when read back from the store rather than computed just now
+
+    @property
+    def is_student(self) -> bool:
+        """A trained model (loaded from its folder), not the base model with `recipe` applied."""
+        return self.student is not None
 
     def flat(self) -> dict:
         """One flat row for tables and CSV (recipe and settings as canonical JSON)."""
@@ -157,6 +166,7 @@ class Point:
             "torch": self.machine.get("torch"), "recipe": canonical_json(self.recipe),
             "settings": canonical_json(self.settings), "model_id": self.model_id,
             "dataset_fingerprint": self.dataset_fingerprint,
+            "student_folder": self.student["folder"] if self.student else None,
         }
 
     def to_json(self) -> dict:
@@ -166,10 +176,10 @@ class Point:
         return out
 
 
-_JSON_COLUMNS = ("recipe", "settings", "result", "rows", "timings", "machine")
+_JSON_COLUMNS = ("recipe", "settings", "result", "rows", "timings", "machine", "student")
 _COLUMNS = ("key", "created", "model", "model_id", "recipe", "label", "dataset", "dataset_fingerprint",
             "settings", "wer", "cer", "size_bytes", "latency_ms", "parameters", "result", "rows", "timings",
-            "machine")
+            "machine", "student")
 
 
 class Store:
@@ -184,11 +194,15 @@ class Store:
         self._conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
         with self._conn:
             self._conn.executescript(_SCHEMA)
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(points)")}
+            if "student" not in columns:  # a store written before students had their own field
+                self._conn.execute("ALTER TABLE points ADD COLUMN student TEXT")
 
     def put(self, point: Point) -> None:
         """Write one point in its own transaction (replacing a point with the same key)."""
         record = point.to_json()
-        values = [canonical_json(record[c]) if c in _JSON_COLUMNS else record[c] for c in _COLUMNS]
+        values = [canonical_json(record[c]) if c in _JSON_COLUMNS and record[c] is not None else record[c]
+                  for c in _COLUMNS]
         with self._lock, self._conn:
             self._conn.execute(f"INSERT OR REPLACE INTO points ({', '.join(_COLUMNS)}) "
                                f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)
@@ -259,7 +273,10 @@ class Store:
             rows = self._conn.execute(query, args).fetchall()
         points = []
         for row in rows:
-            record = {c: json.loads(v) if c in _JSON_COLUMNS else v for c, v in zip(_COLUMNS, row)}
+            record = {c: json.loads(v) if c in _JSON_COLUMNS and v is not None else v for c, v in zip(_COLUMNS, row)}
+            if "distill" in record["recipe"]:  # written before students had their own field
+                old = record["recipe"].pop("distill")
+                record["student"] = {"spec": old.get("student"), "config": old.get("config"), "folder": old.get("folder")}
             points.append(Point(**record, cached=True))
         return points
 

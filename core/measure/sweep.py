@@ -287,19 +287,21 @@ def run_sweep(model, dataset, recipes: list, store: Store, settings: SweepSettin
 
 
 def _point(key: str, base, base_id: str, recipe_json: dict, label: str, dataset, fingerprint: str,
-           key_settings: dict, result: dict, timings: dict) -> Point:
+           key_settings: dict, result: dict, timings: dict, student: dict | None = None) -> Point:
     rows = result.pop("rows")
     return Point(key=key, model=base.name, model_id=base_id, recipe=recipe_json, label=label, dataset=dataset.name,
                  dataset_fingerprint=fingerprint, settings=key_settings, wer=result["wer"], cer=result["cer"],
                  size_bytes=result["size_bytes"], latency_ms=result["latency_ms"], parameters=result["parameters"],
-                 result=result, rows=rows, timings=timings, machine=result["machine"])
+                 result=result, rows=rows, timings=timings, machine=result["machine"], student=student)
 
 
-def record_model_point(base, variant, dataset, store: Store, recipe_json: dict, label: str,
-                       settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                       encoder_cache: EncoderCache | None = None) -> Point:
-    """Measure a model that no recipe of `base` produces (e.g. a distilled student) and store it among
-    `base`'s points, so it joins the same Pareto plots; keyed by the variant's own weights."""
+def record_student(base, student_model, dataset, store: Store, student: dict, recipe: Recipe, label: str,
+                   settings: SweepSettings = SweepSettings(), waves: list | None = None,
+                   encoder_cache: EncoderCache | None = None) -> Point:
+    """Measure a trained student (no recipe of `base` produces it) and store it among `base`'s points, so it
+    joins the same Pareto plots; keyed by the student's own weights. `student` says where it was written
+    ({"folder", "spec", "config"}), `recipe` which steps ran after training."""
+    variant = student_model
     base_id, fingerprint, key_settings = model_identity(base), dataset.fingerprint(), settings.key_json()
     key = point_key(base_id, {"model": model_identity(variant)}, fingerprint, key_settings)
     stored = store.get(key)
@@ -309,6 +311,7 @@ def record_model_point(base, variant, dataset, store: Store, recipe_json: dict, 
         waves = load_waves(dataset)
     result, timings = measure_point(variant, Recipe(), dataset, waves, settings,
                                     EncoderCache() if encoder_cache is None else encoder_cache)
-    point = _point(key, base, base_id, recipe_json, label, dataset, fingerprint, key_settings, result, timings)
+    point = _point(key, base, base_id, recipe.to_json(), label, dataset, fingerprint, key_settings, result, timings,
+                   student)
     store.put(point)
     return point

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from core.audio import SAMPLE_RATE
 from core.models.base import AttentionBlock, FeedForwardBlock, SpeechModel
@@ -75,6 +76,14 @@ def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
     return [model.decode(ids.tolist()) for ids in logits.argmax(-1)]
 
 
+def collapse(ids: list[int], blank: int) -> list[int]:
+    """Greedy CTC: merge runs of the same frame token, then drop the blank. In this order, so a blank
+    between two equal tokens keeps both ("l <blank> l" is "ll"). The tokenizer cannot be asked to do it:
+    with skip_special_tokens it drops the blank (a special token) before it merges runs."""
+    merged = [token for i, token in enumerate(ids) if i == 0 or token != ids[i - 1]]
+    return [token for token in merged if token != blank]
+
+
 def calibration_batch(model: SpeechModel, window: np.ndarray, text: str) -> dict:
     return {"input_values": model.features([window])}
 
@@ -82,12 +91,30 @@ def calibration_batch(model: SpeechModel, window: np.ndarray, text: str) -> dict
 # ----------------------------------------------------------------------------- building models
 
 
+def fold_parametrizations(module: nn.Module) -> nn.Module:
+    """Replace every parametrized weight by its current value, in place (wav2vec2's positional convolution
+    is weight-normed: weight = g * v / |v|, computed on each forward).
+
+    The reparametrization only matters for training. Folded, the layer is a plain nn.Conv1d whose `weight`
+    is a tensor: pruning can zero it (on the parametrized layer an in-place edit of the computed weight is
+    lost) and core.io.artifact can save and rebuild it as a builtin conv1d. Outputs are unchanged."""
+    for layer in list(module.modules()):
+        if parametrize.is_parametrized(layer):
+            for name in list(layer.parametrizations):
+                parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
+    return module
+
+
 def speech_model(name: str, module: nn.Module, processor, source: dict) -> SpeechModel:
-    """A SpeechModel around a CTC module and its processor (feature extractor + tokenizer)."""
+    """A SpeechModel around a CTC module (parametrizations folded) and its processor (feature extractor +
+    tokenizer)."""
+    module = fold_parametrizations(module)
     extract = processor.feature_extractor
     features = lambda waves: extract(waves, sampling_rate=SAMPLE_RATE, padding=True,  # noqa: E731
                                      return_tensors="pt").input_values
-    decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
+    blank = processor.tokenizer.pad_token_id
+    decode = lambda ids: processor.decode(collapse(ids, blank), skip_special_tokens=True,  # noqa: E731
+                                          group_tokens=False)
     return SpeechModel(name=name, family=sys.modules[__name__], module=module.eval(), features=features,
                        decode=decode, tokenizer=processor, source=source)
 

@@ -30,8 +30,8 @@ from core.compress.registry import technique
 from core.data import Dataset, load_waves, pack_utterances
 from core.io.folders import save_model
 from core.measure.evaluate import evaluate
-from core.measure.store import model_identity, weights_hash
-from core.measure.sweep import encoder_identity
+from core.measure.store import Point, Store, model_identity, weights_hash
+from core.measure.sweep import SweepSettings, encoder_identity, record_student
 from core.models import EncoderCache, SpeechModel, family_of
 
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
@@ -449,12 +449,27 @@ def finish_student(student: SpeechModel, after, teacher: SpeechModel, spec: Stud
     return final
 
 
-def pareto_entry(spec: StudentSpec, config: DistillConfig, after, folder: Path) -> tuple[dict, str]:
-    """(recipe JSON, label) of a trained student on the teacher's Pareto plots; the "distill" key marks it
-    as a point no Compress recipe reproduces, and names the folder the student was written to."""
-    recipe = {"steps": after.to_json()["steps"],
-              "distill": {"student": asdict(spec), "config": config.to_json(), "folder": str(folder)}}
-    return recipe, spec.describe(config.steps) + (f" · {after.describe()}" if not after.is_empty else "")
+def student_entry(spec: StudentSpec, config: DistillConfig, after: Recipe, folder: Path) -> tuple[dict, str]:
+    """(student facts, label) of a trained student on the teacher's Pareto plots (core.measure.sweep.record_student):
+    how it was trained and the folder it was written to, from which it loads."""
+    student = {"spec": asdict(spec), "config": config.to_json(), "folder": str(folder)}
+    return student, spec.describe(config.steps) + (f" · {after.describe()}" if not after.is_empty else "")
+
+
+def publish_student(student: SpeechModel, after: Recipe, teacher: SpeechModel, spec: StudentSpec,
+                    config: DistillConfig, folder: Path, wers: list[float], eval_set: Dataset, store: Store | None,
+                    settings: SweepSettings = SweepSettings(), eval_waves: list | None = None,
+                    encoder_cache: EncoderCache | None = None) -> tuple[SpeechModel, Point | None]:
+    """After training (the CLI and the Distill page alike): run the post-training steps, write the student to
+    `folder`, and measure it onto the teacher's Pareto plots in `store` (None: not stored). `wers` are the
+    evaluations reported during training: the first is "before" when there are two or more."""
+    before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
+    final = finish_student(student, after, teacher, spec, config, folder, before, after_training)
+    if store is None:
+        return final, None
+    facts, label = student_entry(spec, config, after, Path(folder).resolve())
+    return final, record_student(teacher, final, eval_set, store, facts, after, label, settings, eval_waves,
+                                 encoder_cache)
 
 
 def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:

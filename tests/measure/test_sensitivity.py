@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from core.measure.sensitivity import allocate, budget_search, divergence_plan, plan_recipe, run_sensitivity, sensitivity_plan
+from core.measure.sensitivity import (SensitivityRow, allocate, budget_search, divergence_plan, plan_recipe,
+                                     run_sensitivity, sensitivity_plan)
 
 from core.cli.sensitivity import format_table
 from core.measure.store import Store
@@ -42,39 +43,39 @@ def test_table_shape_monotonic_sizes_and_cache(tiny_whisper, tmp_path, monkeypat
     store = Store(tmp_path / "results.sqlite")
     plan = sensitivity_plan(("encoder.ffn", "decoder.ffn"), LEVELS)
     rows = list(run_sensitivity(model, dataset, store, plan, FAST))
-    assert len(rows) == 1 + 2 * 5 and rows[0]["technique"] == "none" and rows[0]["delta_wer"] == 0
-    assert {tuple(sorted(r)) for r in rows} == {tuple(sorted(rows[0]))}  # tidy: same columns everywhere
-    cells = {(r["group"], r["technique"], r["level"]): r for r in rows[1:]}
+    assert len(rows) == 1 + 2 * 5 and rows[0].technique == "none" and rows[0].delta_wer == 0
+    assert {tuple(sorted(r.to_json())) for r in rows} == {tuple(sorted(rows[0].to_json()))}  # tidy: same columns
+    cells = {(r.group, r.technique, r.level): r for r in rows[1:]}
     assert len(cells) == 10
     for group in ("encoder.ffn", "decoder.ffn"):
         for row in (cells[(group, "quantize", 8)], cells[(group, "prune", 0.9)]):
-            assert 0 < row["size_bytes"] < rows[0]["size_bytes"]
-            assert row["bytes_saved"] == rows[0]["size_bytes"] - row["size_bytes"]
-            assert row["delta_wer"] == pytest.approx(row["wer"] - rows[0]["wer"])
-        assert cells[(group, "quantize", 4)]["size_bytes"] < cells[(group, "quantize", 8)]["size_bytes"]
-        assert cells[(group, "prune", 0.9)]["size_bytes"] < cells[(group, "prune", 0.5)]["size_bytes"]
+            assert 0 < row.size_bytes < rows[0].size_bytes
+            assert row.bytes_saved == rows[0].size_bytes - row.size_bytes
+            assert row.delta_wer == pytest.approx(row.wer - rows[0].wer)
+        assert cells[(group, "quantize", 4)].size_bytes < cells[(group, "quantize", 8)].size_bytes
+        assert cells[(group, "prune", 0.9)].size_bytes < cells[(group, "prune", 0.5)].size_bytes
     calls = []
     apply = Recipe.apply
     monkeypatch.setattr(Recipe, "apply", lambda self, module: calls.append(1) or apply(self, module))
     again = list(run_sensitivity(model, dataset, store, plan, FAST))
-    assert calls == [] and all(r["cached"] for r in again)
-    assert [(r["group"], r["technique"], r["level"], r["wer"]) for r in again] == \
-        [(r["group"], r["technique"], r["level"], r["wer"]) for r in rows]
+    assert calls == [] and all(r.cached for r in again)
+    assert [(r.group, r.technique, r.level, r.wer) for r in again] == \
+        [(r.group, r.technique, r.level, r.wer) for r in rows]
 
 
 def _row(group, technique, level, delta_wer, saved, latency=None, divergence=None, **options):
     knob = {"prune": "sparsity", "quantize": "bits", "low_rank": "rank_fraction"}[technique]
     setting = f"{technique} {level}" + "".join(f" {k}={v}" for k, v in options.items())
-    return {"group": group, "technique": technique, "knob": knob, "level": level,
-            "wer": None if delta_wer is None else 0.1 + delta_wer, "delta_wer": delta_wer, "divergence": divergence,
-            "size_bytes": 1000 - saved, "bytes_saved": saved, "latency_ms": None, "delta_latency_ms": latency,
-            "label": f"{setting} [{group}]", "setting": setting,
-            "step": {technique: {**options, knob: level, "groups": [group]}}}
+    return SensitivityRow(group=group, technique=technique, knob=knob, level=level, setting=setting,
+                          label=f"{setting} [{group}]", step={technique: {**options, knob: level, "groups": [group]}},
+                          size_bytes=1000 - saved, bytes_saved=saved,
+                          wer=None if delta_wer is None else 0.1 + delta_wer, delta_wer=delta_wer,
+                          divergence=divergence, delta_latency_ms=latency)
 
 
-BASELINE = {"group": "all", "technique": "none", "knob": None, "level": None, "wer": 0.1, "delta_wer": 0.0,
-            "divergence": 0.0, "setting": "none", "size_bytes": 1000, "bytes_saved": 0, "latency_ms": 50.0, "delta_latency_ms": 0.0, "label": "none",
-            "step": None}
+BASELINE = SensitivityRow(group="all", technique="none", knob=None, level=None, setting="none", label="none", step=None,
+                          size_bytes=1000, bytes_saved=0, wer=0.1, delta_wer=0.0, divergence=0.0, latency_ms=50.0,
+                          delta_latency_ms=0.0)
 TABLE = [BASELINE,
          _row("encoder.ffn", "quantize", 8, 0.00, 300),   # free
          _row("encoder.ffn", "quantize", 4, 0.10, 400),   # +0.10 for 100 more bytes: expensive
@@ -88,7 +89,7 @@ def test_budget_search_takes_the_cheapest_wer_per_byte_first():
     from core.compress.recipe import Recipe
 
     plan = budget_search(TABLE, max_bytes=400)  # must save 600 bytes
-    assert {g: (r["technique"], r["level"]) for g, r in plan.choices.items()} == \
+    assert {g: (r.technique, r.level) for g, r in plan.choices.items()} == \
         {"encoder.ffn": ("quantize", 8), "decoder.ffn": ("quantize", 4)}
     assert plan.estimated_size_bytes == 350 and plan.estimated_wer == pytest.approx(0.12)
     assert len(plan.trail) == 3  # encoder q8, decoder q8, then decoder upgraded to q4
@@ -103,7 +104,7 @@ def test_budget_search_treats_a_lower_wer_as_noise_not_a_gain():
     table = [BASELINE, _row("conv", "prune", 0.5, -0.05, 100), _row("embedding", "quantize", 8, 0.0, 300)]
     plan = budget_search(table, max_bytes=800)
     assert list(plan.choices) == ["embedding"]  # both cost nothing; the larger saving goes first
-    assert budget_search(table, max_bytes=650).choices["embedding"]["level"] == 8
+    assert budget_search(table, max_bytes=650).choices["embedding"].level == 8
 
 
 def test_measured_budget_search_avoids_a_combination_that_breaks():
@@ -117,10 +118,10 @@ def test_measured_budget_search_avoids_a_combination_that_breaks():
         return 0.9 if {("encoder.ffn", 8), ("decoder.ffn", 4)} <= chosen else 0.1 + 0.01 * len(chosen)
 
     plan = budget_search(TABLE, max_bytes=400, measure=measure, candidates=2)
-    assert {g: r["level"] for g, r in plan.choices.items()} == {"encoder.ffn": 4, "decoder.ffn": 8}
+    assert {g: r.level for g, r in plan.choices.items()} == {"encoder.ffn": 4, "decoder.ffn": 8}
     assert plan.measured and plan.estimated_wer == pytest.approx(0.12)
     assert len(calls) == 2 * len(plan.trail) and any("measured WER" in move for move in plan.trail)
-    assert budget_search(TABLE, max_bytes=400).choices["decoder.ffn"]["level"] == 4  # unmeasured: the table's pick
+    assert budget_search(TABLE, max_bytes=400).choices["decoder.ffn"].level == 4  # unmeasured: the table's pick
     with pytest.raises(ValueError, match="candidates must be a positive integer"):
         budget_search(TABLE, max_bytes=400, measure=measure, candidates=0)
 
@@ -161,7 +162,7 @@ DIVERGENCE_TABLE = [BASELINE,
 
 def test_allocate_finds_the_least_summed_divergence_and_mixes_quantizers():
     plan = allocate(DIVERGENCE_TABLE, max_bytes=300)  # save 700: needs both encoder and decoder at 4 bits
-    assert {g: r["setting"] for g, r in plan.choices.items()} == \
+    assert {g: r.setting for g, r in plan.choices.items()} == \
         {"encoder.ffn": "quantize 4 method=mse", "decoder.ffn": "quantize 4"}
     assert plan.estimated_divergence == pytest.approx(0.09) and plan.estimated_wer is None
     assert plan.estimated_size_bytes == 250 and not plan.measured
@@ -169,7 +170,7 @@ def test_allocate_finds_the_least_summed_divergence_and_mixes_quantizers():
         [(4, "minmax", ("decoder.ffn",)), (4, "mse", ("encoder.ffn",))]
     # save 600: encoder q8 + decoder q4 (0.041) beats encoder mse q4 + decoder q8 (0.052) and encoder q4 alone
     cheaper = allocate(DIVERGENCE_TABLE, max_bytes=400)
-    assert {g: r["setting"] for g, r in cheaper.choices.items()} == \
+    assert {g: r.setting for g, r in cheaper.choices.items()} == \
         {"encoder.ffn": "quantize 8", "decoder.ffn": "quantize 4"}
     assert allocate(DIVERGENCE_TABLE, max_bytes=1000).choices == {}
 
@@ -197,11 +198,11 @@ def test_measured_allocation_takes_the_best_measured_candidate():
     plan = allocate(DIVERGENCE_TABLE, max_bytes=400, measure=measure, candidates=3)
     assert len(measured) == len(plan.trail) == 3 and plan.measured
     assert plan.estimated_divergence == pytest.approx(0.07)
-    assert {g: r["setting"] for g, r in plan.choices.items()} == \
+    assert {g: r.setting for g, r in plan.choices.items()} == \
         {"encoder.ffn": "quantize 8", "decoder.ffn": "quantize 4"}
     broken = lambda recipe: 0.8 if any(config.bits == 8 for _, config in recipe.steps) else 0.2  # noqa: E731
     plan = allocate(DIVERGENCE_TABLE, max_bytes=400, measure=broken, candidates=2)
-    assert plan.estimated_divergence == pytest.approx(0.2) and plan.choices["encoder.ffn"]["level"] == 4
+    assert plan.estimated_divergence == pytest.approx(0.2) and plan.choices["encoder.ffn"].level == 4
 
 
 def test_allocate_errors():
@@ -222,18 +223,18 @@ def test_divergence_table_on_a_tiny_model(tiny_whisper, tmp_path, monkeypatch):
     store = Store(tmp_path / "results.sqlite")
     plan = sensitivity_plan(("encoder.ffn", "decoder.ffn"), {"quantize": ("bits", (8, 4, 2))})
     rows = list(run_sensitivity(model, dataset, store, plan, FAST, signal="divergence"))
-    assert len(rows) == 7 and rows[0]["divergence"] == pytest.approx(0.0, abs=1e-6)
-    assert all(r["wer"] is None and r["delta_wer"] is None for r in rows)
+    assert len(rows) == 7 and rows[0].divergence == pytest.approx(0.0, abs=1e-6)
+    assert all(r.wer is None and r.delta_wer is None for r in rows)
     for group in ("encoder.ffn", "decoder.ffn"):
-        values = [r["divergence"] for r in rows if r["group"] == group]
+        values = [r.divergence for r in rows if r.group == group]
         assert 0 <= values[0] <= values[1] < values[2], values  # 8 bits may round to no change at all
-    assert rows[1]["setting"] == "8-bit channel" and "0.0" in format_table(rows, "divergence")
+    assert rows[1].setting == "8-bit channel" and "0.0" in format_table(rows, "divergence")
     calls = []
     apply = Recipe.apply
     monkeypatch.setattr(Recipe, "apply", lambda self, module, *a: calls.append(1) or apply(self, module, *a))
     again = list(run_sensitivity(model, dataset, store, plan, FAST, signal="divergence"))
-    assert calls == [] and [r["divergence"] for r in again] == [r["divergence"] for r in rows]
-    assert allocate(rows, max_bytes=rows[0]["size_bytes"] - 1).choices  # something saves a byte
+    assert calls == [] and [r.divergence for r in again] == [r.divergence for r in rows]
+    assert allocate(rows, max_bytes=rows[0].size_bytes - 1).choices  # something saves a byte
     with pytest.raises(ValueError, match="unknown signal"):
         next(run_sensitivity(model, dataset, store, plan, FAST, signal="loss"))
 

@@ -57,6 +57,30 @@ def test_round_trip_and_filters(tmp_path):
         assert store.get("k2") is None
 
 
+def test_a_student_is_its_own_kind_of_point_and_old_stores_are_read_as_such(tmp_path):
+    import dataclasses
+
+    student = {"spec": {"decoder_layers": 2}, "config": {"steps": 5}, "folder": "/models/student"}
+    point = dataclasses.replace(make_point("s1"), recipe={"steps": []}, student=student)
+    with Store(tmp_path / "new.sqlite") as store:
+        store.put(point)
+        back = store.get("s1")
+        assert back.is_student and back.student == student and back.flat()["student_folder"] == "/models/student"
+        assert not store.get_many(["s1"])["s1"].recipe["steps"]
+    # a store from before students had their own column kept them as a "distill" entry of the recipe
+    old = tmp_path / "old.sqlite"
+    with Store(old) as store:
+        store.put(make_point("k1"))
+    with sqlite3.connect(old) as conn:
+        conn.execute("ALTER TABLE points DROP COLUMN student")
+        recipe = {"steps": [], "distill": {"student": {"decoder_layers": 1}, "config": {}, "folder": "/s"}}
+        conn.execute("UPDATE points SET recipe = ? WHERE key = 'k1'", (json.dumps(recipe),))
+    with Store(old) as store:  # the column is added back, the old entry read as a student
+        back = store.get("k1")
+    assert back.is_student and back.student == {"spec": {"decoder_layers": 1}, "config": {}, "folder": "/s"}
+    assert back.recipe == {"steps": []} and not make_point().is_student
+
+
 def test_put_replaces_a_point_with_the_same_key(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         store.put(make_point(wer=0.25))

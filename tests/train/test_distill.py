@@ -196,7 +196,9 @@ def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(tokenizer, 
     meta = json.loads((out / "speech_lab.json").read_text())
     assert meta["distill"]["student"]["decoder_layers"] == 1 and meta["distill"]["config"]["steps"] == 2
     points = Store(store).points(model_identity(load_model(teacher_dir)))
-    assert len(points) == 1 and "distill" in points[0].recipe and points[0].label.startswith("distilled 1-layer")
+    assert len(points) == 1 and points[0].is_student and points[0].label.startswith("distilled 1-layer")
+    assert points[0].student["folder"] == str(out.resolve()) and points[0].recipe == {"steps": []}
+    assert points[0].student["spec"]["decoder_layers"] == 1
 
     assert main(["distill", "--teacher", str(teacher_dir), "--student-decoder-layers", "9", "--steps", "2",
                  "--dataset", str(speech_folder), "--out", str(tmp_path / "x")]) == 2

@@ -12,7 +12,7 @@ from core.models import DEFAULT_MODEL, ct2
 from core.models import whisper as models
 from core.models.whisper import ends_in_loop, greedy_decode
 
-REPO_SAMPLE = Path(__file__).resolve().parent.parent / "assets" / "samples" / "hello.wav"
+REPO_SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "samples" / "hello.wav"
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def test_building_the_command_line_does_not_import_torch():
     import sys
 
     code = "import sys; from core.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
 

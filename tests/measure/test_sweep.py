@@ -279,7 +279,7 @@ def test_encoder_reuse_is_exact(setup, tmp_path):
 
 KILL_SCRIPT = """
 import sys, time, torch
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {tests!r} + "/.."]
 from conftest import tiny_whisper_config
 from transformers import WhisperForConditionalGeneration
 from core.data import load_dataset
@@ -300,9 +300,9 @@ def test_resume_after_the_process_is_killed(setup, tmp_path, monkeypatch):
     model, dataset, store = setup
     script = KILL_SCRIPT.format(tests=str(TESTS), manifest=str(tmp_path / "data" / "manifest.csv"),
                                 db=str(store.path))
-    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parents[1])}
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env,
-                             cwd=TESTS.parent)
+                             cwd=TESTS.parents[1])
     done = [child.stdout.readline().split()[1] for _ in range(2)]
     child.send_signal(signal.SIGKILL)  # mid-sweep: possibly in the middle of the third point
     child.wait()
