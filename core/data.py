@@ -5,6 +5,7 @@ distillation, sentences that never occur in quick/full, synthesized on first use
 with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio files each
 with a same-named .txt transcript.
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,8 +70,9 @@ def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None)
         return _load_bundled(name_or_path, folder / "manifest.csv")
     path = Path(name_or_path).expanduser().resolve()
     if not path.exists():
-        raise ValueError(f"unknown dataset {str(name_or_path)!r}: no such bundled set or path; "
-                         f"expected {ACCEPTED}")
+        raise ValueError(
+            f"unknown dataset {str(name_or_path)!r}: no such bundled set or path; expected {ACCEPTED}"
+        )
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise ValueError(f"{path} is not a manifest .csv; expected {ACCEPTED}")
@@ -104,7 +106,9 @@ def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            code = module.main(["--split", "train", "--count", str(count), "--out", str(tmp), "--espeak", "library"])
+            code = module.main(
+                ["--split", "train", "--count", str(count), "--out", str(tmp), "--espeak", "library"]
+            )
     except SystemExit as exc:  # the wheel is missing or broken
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"the train split is synthesized on first use with espeak-ng: {exc}") from None
@@ -122,8 +126,10 @@ def _load_bundled(name: str, manifest: Path) -> Dataset:
     rows = _read_manifest(manifest, split=name)
     if not rows:
         splits = sorted({row.get("split") or "" for row in _csv_rows(manifest)} - {""})
-        raise ValueError(f"bundled set {name!r} is empty: {manifest} has no rows with split={name!r} "
-                         f"(splits present: {', '.join(splits) or 'none'})")
+        raise ValueError(
+            f"bundled set {name!r} is empty: {manifest} has no rows with split={name!r} "
+            f"(splits present: {', '.join(splits) or 'none'})"
+        )
     return _finish(name, rows, manifest)
 
 
@@ -132,8 +138,10 @@ def _csv_rows(manifest: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         missing = {"path", "text"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{manifest} lacks column(s) {', '.join(sorted(missing))}; "
-                             f"found {', '.join(reader.fieldnames or ()) or 'no header'}; expected path,text")
+            raise ValueError(
+                f"{manifest} lacks column(s) {', '.join(sorted(missing))}; "
+                f"found {', '.join(reader.fieldnames or ()) or 'no header'}; expected path,text"
+            )
         return list(reader)
 
 
@@ -162,8 +170,14 @@ def _read_librispeech(root: Path) -> list[Utterance]:
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
-            audio = next((transcript.parent / (uid + ext) for ext in (".flac", ".wav", ".ogg", ".mp3")
-                          if (transcript.parent / (uid + ext)).is_file()), None)
+            audio = next(
+                (
+                    transcript.parent / (uid + ext)
+                    for ext in (".flac", ".wav", ".ogg", ".mp3")
+                    if (transcript.parent / (uid + ext)).is_file()
+                ),
+                None,
+            )
             if audio is None:
                 raise ValueError(f"{transcript}: audio file {transcript.parent / (uid + '.flac')} not found")
             utterances.append(Utterance(uid, audio, text.strip()))
@@ -179,8 +193,11 @@ def _read_folder(root: Path) -> list[Utterance]:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise ValueError(f"{root}: no .txt transcript for {names}{more}; expected {ACCEPTED}")
     return [
-        Utterance(p.relative_to(root).with_suffix("").as_posix(), p,
-                  p.with_suffix(".txt").read_text(encoding="utf-8").strip())
+        Utterance(
+            p.relative_to(root).with_suffix("").as_posix(),
+            p,
+            p.with_suffix(".txt").read_text(encoding="utf-8").strip(),
+        )
         for p in audio
     ]
 
@@ -208,9 +225,13 @@ def load_waves(dataset: Dataset) -> list[np.ndarray]:
     return [load_audio(u.path) for u in dataset.utterances]
 
 
-def pack_utterances(waves: list[np.ndarray], texts: list[str], ids: list[str],
-                    window_seconds: float = PACK_WINDOW_SECONDS,
-                    gap_seconds: float = PACK_GAP_SECONDS) -> tuple[list[np.ndarray], list[str], list[str]]:
+def pack_utterances(
+    waves: list[np.ndarray],
+    texts: list[str],
+    ids: list[str],
+    window_seconds: float = PACK_WINDOW_SECONDS,
+    gap_seconds: float = PACK_GAP_SECONDS,
+) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Join consecutive utterances, in order, with `gap_seconds` of silence into windows of at most
     `window_seconds`; returns (windows, joined references, ids joined by "+"). Longer clips stay alone."""
     limit, gap = int(window_seconds * SAMPLE_RATE), np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
@@ -224,5 +245,8 @@ def pack_utterances(waves: list[np.ndarray], texts: list[str], ids: list[str],
             packs.append([index])
             length = len(wave)
     windows = [np.concatenate([x for i in pack for x in (gap, waves[i])][1:]) for pack in packs]
-    return (windows, [" ".join(texts[i] for i in pack) for pack in packs],
-            ["+".join(ids[i] for i in pack) for pack in packs])
+    return (
+        windows,
+        [" ".join(texts[i] for i in pack) for pack in packs],
+        ["+".join(ids[i] for i in pack) for pack in packs],
+    )

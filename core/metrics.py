@@ -3,12 +3,13 @@
 WER is corpus-level (all word errors / all reference words), so long utterances weigh more than
 short ones, as in the Whisper paper. Text is normalized first so "Seven apples!" matches "7 apples".
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import jiwer
 import numpy as np
@@ -108,7 +109,9 @@ def score(
         n_words = len(words.references[i])
         errors = s + d + n
         wer = errors / n_words if n_words else float(errors > 0)
-        rows.append(UtteranceScore(ids[i], references[i], hypotheses[i], refs[i], hyps[i], s, d, n, n_words, wer))
+        rows.append(
+            UtteranceScore(ids[i], references[i], hypotheses[i], refs[i], hyps[i], s, d, n, n_words, wer)
+        )
     total_words = sum(r.n_words for r in rows)
     if total_words == 0:
         raise ValueError("WER is undefined: every reference is empty after normalization")

@@ -4,6 +4,7 @@ All objectives are minimized (WER, size, latency). A point is dominated when ano
 on every objective and strictly better on at least one; exact duplicates do not dominate each other, so
 both copies stay on the front. Rows containing NaN never dominate and are never on the front.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ Both can be moved with environment variables, read when a path is asked for (nev
 SPEECH_LAB_CACHE (else $XDG_CACHE_HOME/speech-compression-lab) and SPEECH_LAB_DATA (else
 $XDG_DATA_HOME/speech-compression-lab).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,16 @@ APP = "speech-compression-lab"
 
 
 def cache_dir() -> Path:
-    """Per-user cache for converted weights: $SPEECH_LAB_CACHE, else $XDG_CACHE_HOME/speech-compression-lab."""
+    """Per-user cache for converted weights: $SPEECH_LAB_CACHE,
+    else $XDG_CACHE_HOME/speech-compression-lab."""
     if os.environ.get("SPEECH_LAB_CACHE"):
         return Path(os.environ["SPEECH_LAB_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / APP
 
 
 def data_dir() -> Path:
-    """Per-user data folder (results store, datasets): $SPEECH_LAB_DATA, else $XDG_DATA_HOME/speech-compression-lab."""
+    """Per-user data folder (results store, datasets): $SPEECH_LAB_DATA,
+    else $XDG_DATA_HOME/speech-compression-lab."""
     if os.environ.get("SPEECH_LAB_DATA"):
         return Path(os.environ["SPEECH_LAB_DATA"])
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / APP

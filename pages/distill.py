@@ -1,4 +1,5 @@
 """Distill: train a smaller student from a teacher, or fine-tune a compressed model back to accuracy."""
+
 import importlib.util
 import json
 
@@ -6,29 +7,45 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.data import Dataset
-from core.train.distill import CHECKPOINT, distill, DistillConfig, finish_student, pareto_entry, run_folder, StudentSpec
-from core.models import BASE_MODEL, DEFAULT_MODEL
 from core.compress.recipe import Recipe
-from core.measure.store import default_store_path
-from core.measure.sweep import record_model_point
-from pages.common import LIVE, base_model, dataset_waves, encoder_cache, results_store
-from pages.flow import distillation_flow
+from core.data import Dataset
+from core.models import BASE_MODEL, DEFAULT_MODEL
+from core.paths import data_dir
+from core.train.distill import CHECKPOINT, DistillConfig, StudentSpec, distill, publish_student, run_folder
+from ui.flow import distillation_flow
+from ui.navigation import stay_in_app_navigation
+from ui.resources import LIVE, base_model, dataset_waves, encoder_cache, results_store
 
-RECOVERY_EXAMPLE = {"steps": [{"prune": {"structure": "neurons", "sparsity": 0.3, "groups": ["decoder.ffn"]}}]}
+stay_in_app_navigation()
+
+RECOVERY_EXAMPLE = {
+    "steps": [{"prune": {"structure": "neurons", "sparsity": 0.3, "groups": ["decoder.ffn"]}}]
+}
 
 st.title("Distill")
-st.caption("A student learns from the teacher's probabilities (soft labels, softened by temperature T) and from "
-           "the reference transcripts (hard labels). Trained on the bundled `train` split, evaluated on "
-           "`quick` (packed windows, like every Pareto point); the student then joins the Pareto page.")
+st.caption(
+    "A student learns from the teacher's probabilities (soft labels, softened by temperature T) and from "
+    "the reference transcripts (hard labels). Trained on the bundled `train` split, evaluated on "
+    "`quick` (packed windows, like every Pareto point); the student then joins the Pareto page."
+)
 
 
 def loss_figure(history: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
-    for column, name in (("loss", "total loss"), ("cross_entropy", "hard labels (CE)"), ("kl", "soft labels (KL)")):
+    for column, name in (
+        ("loss", "total loss"),
+        ("cross_entropy", "hard labels (CE)"),
+        ("kl", "soft labels (KL)"),
+    ):
         fig.add_trace(go.Scatter(x=history["step"], y=history[column], mode="lines", name=name))
-    fig.update_layout(height=340, margin={"t": 20}, font={"size": 14}, xaxis_title="step", yaxis_title="loss",
-                      legend={"orientation": "h", "y": 1.12})
+    fig.update_layout(
+        height=340,
+        margin={"t": 20},
+        font={"size": 14},
+        xaxis_title="step",
+        yaxis_title="loss",
+        legend={"orientation": "h", "y": 1.12},
+    )
     return fig
 
 
@@ -37,21 +54,35 @@ diagram = st.empty()
 diagram.plotly_chart(distillation_flow(), width="stretch", key="flow")
 left, right = st.columns([2, 3], gap="large")
 with left:
-    teacher_name = st.selectbox("Teacher", teachers, help=f"{BASE_MODEL} appears once its two optional packages are "
-                                "installed (see README)")
-    kind = st.radio("Student", ["Smaller student", "Recover a compressed model"], horizontal=True, key="distill_kind")
+    teacher_name = st.selectbox(
+        "Teacher",
+        teachers,
+        help=f"{BASE_MODEL} appears once its two optional packages are installed (see README)",
+    )
+    kind = st.radio(
+        "Student", ["Smaller student", "Recover a compressed model"], horizontal=True, key="distill_kind"
+    )
     if kind == "Smaller student":
         layers = base_model(teacher_name).module.config.decoder_layers
-        decoder_layers = st.slider("Decoder layers kept", 1, max(1, layers - 1), min(2, max(1, layers - 1)),
-                                   key="distill_layers", help="Copied from evenly spaced teacher layers (first and "
-                                                              "last for 2); the encoder is copied whole and frozen.")
+        decoder_layers = st.slider(
+            "Decoder layers kept",
+            1,
+            max(1, layers - 1),
+            min(2, max(1, layers - 1)),
+            key="distill_layers",
+            help="Copied from evenly spaced teacher layers (first and "
+            "last for 2); the encoder is copied whole and frozen.",
+        )
         spec = StudentSpec(decoder_layers=decoder_layers)
     else:
         current = st.session_state.get("recipe_json")  # the Compress page's recipe, if the user made one
-        text = st.text_area("Recipe to recover (JSON)", json.dumps(json.loads(current) if current else
-                                                                   RECOVERY_EXAMPLE), key="distill_recipe",
-                            help="Defaults to the Compress page's recipe. Pruned weights stay zero while training; "
-                                 "quantize steps run after training.")
+        text = st.text_area(
+            "Recipe to recover (JSON)",
+            json.dumps(json.loads(current) if current else RECOVERY_EXAMPLE),
+            key="distill_recipe",
+            help="Defaults to the Compress page's recipe. Pruned weights stay zero while training; "
+            "quantize steps run after training.",
+        )
         try:
             spec = StudentSpec(recipe=Recipe.from_json(text).to_json())
         except ValueError as exc:
@@ -61,27 +92,43 @@ with left:
     temperature = knobs[0].slider("Temperature T", 1.0, 5.0, 2.0, 0.5, help="Softens both distributions")
     alpha = knobs[1].slider("α (hard-label weight)", 0.0, 1.0, 0.5, 0.1)
     steps = knobs[0].number_input("Steps", 5, 2000, 100, 5, key="distill_steps")
-    learning_rate = knobs[1].select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 3e-4,
-                                           format_func=lambda v: f"{v:.0e}")
+    learning_rate = knobs[1].select_slider(
+        "Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], 3e-4, format_func=lambda v: f"{v:.0e}"
+    )
     with st.spinner("Preparing the train split (synthesized once, about 10 s) …"):
         train_all, _ = dataset_waves("train")
-    utterances = st.slider("Training utterances", 8, len(train_all), min(160, len(train_all)), 8,
-                           key="distill_utterances", help="The first N of the bundled train split: fewer "
-                                                          "prepare faster")
+    utterances = st.slider(
+        "Training utterances",
+        8,
+        len(train_all),
+        min(160, len(train_all)),
+        8,
+        key="distill_utterances",
+        help="The first N of the bundled train split: fewer prepare faster",
+    )
 
-config = DistillConfig(steps=int(steps), temperature=temperature, alpha=alpha, learning_rate=learning_rate,
-                       warmup_steps=min(10, int(steps) - 1))
+config = DistillConfig(
+    steps=int(steps),
+    temperature=temperature,
+    alpha=alpha,
+    learning_rate=learning_rate,
+    warmup_steps=min(10, int(steps) - 1),
+)
 train = Dataset(f"train[:{utterances}]", train_all.utterances[:utterances])
-folder = run_folder(default_store_path().parent / "students", teacher_name, spec, config, train.name)
+folder = run_folder(data_dir() / "students", teacher_name, spec, config, train.name)
 resumable = (folder / CHECKPOINT / "checkpoint.json").exists()
-st.caption(f"Output folder: `{folder}`" + (" — a checkpoint is there: Start resumes it." if resumable else ""))
+st.caption(
+    f"Output folder: `{folder}`" + (" — a checkpoint is there: Start resumes it." if resumable else "")
+)
 finished = folder / "speech_lab.json"
 if finished.exists() and not resumable:
     done = json.loads(finished.read_text()).get("distill", {})
     if done.get("wer_after") is not None:
         before = f"{100 * done['wer_before']:.1f}% → " if done.get("wer_before") is not None else ""
-        st.success(f"Trained before with these settings: WER on quick {before}{100 * done['wer_after']:.1f}% "
-                   "(packed). Its point is on the Pareto page; Start trains it again.")
+        st.success(
+            f"Trained before with these settings: WER on quick {before}{100 * done['wer_after']:.1f}% "
+            "(packed). Its point is on the Pareto page; Start trains it again."
+        )
 if not st.button("Resume" if resumable else "Start", type="primary"):
     st.info("Leaving this page while training pauses it; the last checkpoint (every 50 steps) is kept.")
     st.stop()
@@ -93,32 +140,67 @@ _, all_waves = dataset_waves("train")
 bar, chart, metrics = st.progress(0.0, text="Preparing …"), right.empty(), st.columns(3)
 history, wers, shown = [], [], ()
 stage_of = {"prepare": ("soft", "hard"), "train": ("train",), "eval": ("eval", "ok")}
-for progress in distill(student, teacher, train, config, eval_set, folder / CHECKPOINT,
-                        train_waves=all_waves[:utterances], eval_waves=eval_waves):
+for progress in distill(
+    student,
+    teacher,
+    train,
+    config,
+    eval_set,
+    folder / CHECKPOINT,
+    train_waves=all_waves[:utterances],
+    eval_waves=eval_waves,
+):
     if progress.stage in stage_of and stage_of[progress.stage] != shown:
         shown = stage_of[progress.stage]
-        diagram.plotly_chart(distillation_flow(shown), width="stretch", key=f"flow_{progress.stage}_{progress.step}")
+        diagram.plotly_chart(
+            distillation_flow(shown), width="stretch", key=f"flow_{progress.stage}_{progress.step}"
+        )
     if progress.stage == "prepare":
         bar.progress(0.0, text=progress.message)
     elif progress.stage == "train":
-        history.append({"step": progress.step, "loss": progress.loss, "cross_entropy": progress.cross_entropy,
-                        "kl": progress.kl})
-        bar.progress(progress.step / progress.steps, text=f"step {progress.step}/{progress.steps} · loss "
-                                                          f"{progress.loss:.3f} · {progress.seconds:.0f} s")
+        history.append(
+            {
+                "step": progress.step,
+                "loss": progress.loss,
+                "cross_entropy": progress.cross_entropy,
+                "kl": progress.kl,
+            }
+        )
+        bar.progress(
+            progress.step / progress.steps,
+            text=f"step {progress.step}/{progress.steps} · loss "
+            f"{progress.loss:.3f} · {progress.seconds:.0f} s",
+        )
         if progress.step % 5 == 0 or progress.step == progress.steps:
-            chart.plotly_chart(loss_figure(pd.DataFrame(history)), width="stretch", key=f"loss_{progress.step}")
+            chart.plotly_chart(
+                loss_figure(pd.DataFrame(history)), width="stretch", key=f"loss_{progress.step}"
+            )
     elif progress.stage == "eval":
         wers.append(progress.wer)
         first = progress.step == 0  # a resumed run has no "before"
-        metrics[0 if first else 1].metric("WER before" if first else "WER after", f"{100 * progress.wer:.1f}%")
+        metrics[0 if first else 1].metric(
+            "WER before" if first else "WER after", f"{100 * progress.wer:.1f}%"
+        )
 
-final = finish_student(student, after, teacher, spec, config, folder, wers[0] if len(wers) > 1 else None,
-                       wers[-1] if wers else None)
-recipe_json, label = pareto_entry(spec, config, after, folder)
-point = record_model_point(teacher, final, eval_set, results_store(), recipe_json, label, LIVE, eval_waves,
-                           encoder_cache())
+_, point = publish_student(
+    student,
+    after,
+    teacher,
+    spec,
+    config,
+    folder,
+    wers,
+    eval_set,
+    results_store(),
+    LIVE,
+    eval_waves,
+    encoder_cache(),
+)
+label = point.label
 metrics[2].metric("Size as saved", f"{point.size_bytes / 1e6:.1f} MB")
 diagram.plotly_chart(distillation_flow(("deploy",)), width="stretch", key="flow_done")
 bar.progress(1.0, text=f"Done: {label}")
-st.success(f"The student is on the Pareto page as “{label}” and saved in `{folder}` (load it with `--model`).")
+st.success(
+    f"The student is on the Pareto page as “{label}” and saved in `{folder}` (load it with `--model`)."
+)
 st.page_link("pages/pareto.py", label="Open the Pareto page", icon="📈")

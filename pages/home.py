@@ -1,8 +1,13 @@
 """Home: what the lab does, which model is loaded, and its baseline numbers."""
+
 import streamlit as st
 
+from core.measure.evaluate import Latency
 from core.models import DEFAULT_MODEL
-from pages.common import base_model, baseline_result, chosen_model_name
+from ui.navigation import stay_in_app_navigation
+from ui.resources import base_model, baseline_result, chosen_model_name
+
+stay_in_app_navigation()
 
 st.title("🎙️ Speech Compression Lab")
 st.markdown(
@@ -21,9 +26,12 @@ def remember_model() -> None:
 if "model_input" not in st.session_state:  # a widget's state is dropped when its page is left
     st.session_state["model_input"] = chosen_model_name()
 st.text_input(
-    "Model", key="model_input", on_change=remember_model,
+    "Model",
+    key="model_input",
+    on_change=remember_model,
     help="'whisper-tiny.en' (bundled), a local model folder, an exported compressed artifact, "
-         "or a Hugging Face id you have downloaded before.")
+    "or a Hugging Face id you have downloaded before.",
+)
 name = chosen_model_name()
 
 try:
@@ -37,21 +45,37 @@ with st.spinner("Measuring the baseline on the `quick` set (a minute or less the
     result = baseline_result(name, "quick")
 
 cols = st.columns(4)
-cols[0].metric("WER on quick", f"{100 * result['wer']:.1f}%",
-               help=f"95% interval {100 * result['wer_ci95'][0]:.1f}–{100 * result['wer_ci95'][1]:.1f}% "
-                    f"over {result['n_utterances']} utterances ({result['n_words']} words)")
-cols[1].metric("Size", f"{result['size_bytes'] / 1e6:.1f} MB", help="Bytes of the weights saved as safetensors")
+cols[0].metric(
+    "WER on quick",
+    f"{100 * result['wer']:.1f}%",
+    help=f"95% interval {100 * result['wer_ci95'][0]:.1f}–{100 * result['wer_ci95'][1]:.1f}% "
+    f"over {result['n_utterances']} utterances ({result['n_words']} words)",
+)
+cols[1].metric(
+    "Size", f"{result['size_bytes'] / 1e6:.1f} MB", help="Bytes of the weights saved as safetensors"
+)
 cols[2].metric("Parameters", f"{result['parameters'] / 1e6:.1f} M")
-cols[3].metric("Latency", f"{result['latency_ms']:.0f} ms",
-               help=f"Median of {result['latency']['runs']} runs on a {result['latency']['clip_seconds']:.1f} s clip, "
-                    f"{result['latency']['threads']} CPU threads")
+cols[3].metric(
+    "Latency",
+    f"{result['latency_ms']:.0f} ms",
+    help=Latency.from_json(result["latency"]).describe().capitalize(),
+)
 
 with st.expander("Per-utterance transcripts"):
     st.dataframe(
-        [{"id": r["id"], "reference": r["reference"], "hypothesis": r["hypothesis"], "WER": round(100 * r["wer"], 1)}
-         for r in result["rows"]], width="stretch", hide_index=True)
+        [
+            {
+                "id": r["id"],
+                "reference": r["reference"],
+                "hypothesis": r["hypothesis"],
+                "WER": round(100 * r["wer"], 1),
+            }
+            for r in result["rows"]
+        ],
+        width="stretch",
+        hide_index=True,
+    )
 
 st.subheader("Reproduce it from the command line")
-st.code(f"python -m core evaluate --model {name} --dataset quick --json result.json",
-        language="bash")
+st.code(f"python -m core evaluate --model {name} --dataset quick --json result.json", language="bash")
 st.caption(f"Model: {model.name} · {model.kind} · {len(model.layers())} compressible layers")

@@ -1,6 +1,8 @@
 """Shared fixtures: small randomly initialised models so unit tests run in seconds."""
+
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,11 +25,20 @@ def tiny_whisper_config(vocab_size: int = 120, d_model: int = 32, layers: int = 
     from transformers import WhisperConfig
 
     return WhisperConfig(
-        vocab_size=vocab_size, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-        encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=64,
-        pad_token_id=vocab_size - 4, bos_token_id=vocab_size - 4, eos_token_id=vocab_size - 4,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model,
+        decoder_ffn_dim=4 * d_model,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=vocab_size - 4,
+        bos_token_id=vocab_size - 4,
+        eos_token_id=vocab_size - 4,
         decoder_start_token_id=vocab_size - 3,
     )
 
@@ -48,3 +59,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+LETTERS = "abcdefgh"
+VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(LETTERS)}}
+
+
+def save_tiny_wav2vec2(folder: Path) -> None:
+    """A randomly initialised wav2vec2-CTC (2 layers of width 32, 2 heads) and its processor, as Hugging
+    Face saves them: what `load_model` gets from a downloaded checkpoint."""
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
+    Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer).save_pretrained(
+        folder
+    )
+    config = Wav2Vec2Config(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(folder)

@@ -1,4 +1,5 @@
 """core.audio: decoding, resampling, clear errors, the speech heuristic and 30 s windows."""
+
 from __future__ import annotations
 
 import pickle
@@ -69,7 +70,12 @@ def test_decode_audio_matches_load_audio(tmp_path):
         (lambda p: p.write_bytes(bytes(range(256)) * 40), "could not be decoded"),
         (lambda p: sf.write(p, np.zeros(16000, np.float32), SAMPLE_RATE), "is silent"),
         (lambda p: sf.write(p, np.zeros((0, 1), np.float32), SAMPLE_RATE), "zero length"),
-        (lambda p: sf.write(p, np.array([0.1, np.nan, 0.2] * 100, np.float32), SAMPLE_RATE, subtype="FLOAT"), "NaN"),
+        (
+            lambda p: sf.write(
+                p, np.array([0.1, np.nan, 0.2] * 100, np.float32), SAMPLE_RATE, subtype="FLOAT"
+            ),
+            "NaN",
+        ),
     ],
     ids=["missing", "empty", "text-renamed-wav", "garbage-bytes", "silent", "zero-length", "nan"],
 )

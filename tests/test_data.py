@@ -1,4 +1,5 @@
 """core.data: every accepted dataset layout, the content fingerprint and the error messages."""
+
 from __future__ import annotations
 
 import csv
@@ -36,7 +37,9 @@ def assets(tmp_path) -> Path:
     rows = []
     for i, split in enumerate(["quick", "quick", "full", "full", "full"]):
         write_tone(root / "eval" / "audio" / f"{split}_{i}.wav", 300 + 50 * i)
-        rows.append({"path": f"audio/{split}_{i}.wav", "text": f"Sentence {i}.", "split": split, "voice": "a"})
+        rows.append(
+            {"path": f"audio/{split}_{i}.wav", "text": f"Sentence {i}.", "split": split, "voice": "a"}
+        )
     write_manifest(root / "eval" / "manifest.csv", rows)
     return root
 
@@ -54,8 +57,10 @@ def test_bundled_split_absent_or_manifest_missing(assets, tmp_path):
     with pytest.raises(ValueError, match="'train' is not available.*train/manifest.csv not found"):
         load_dataset("train", assets_dir=assets)  # train has its own folder
     (assets / "train").mkdir()
-    write_manifest(assets / "train" / "manifest.csv", [{"path": "../eval/audio/quick_0.wav", "text": "x",
-                                                         "split": "other", "voice": "v"}])
+    write_manifest(
+        assets / "train" / "manifest.csv",
+        [{"path": "../eval/audio/quick_0.wav", "text": "x", "split": "other", "voice": "v"}],
+    )
     with pytest.raises(ValueError, match="'train' is empty.*splits present: other"):
         load_dataset("train", assets_dir=assets)
     with pytest.raises(ValueError, match="'quick' is not available.*manifest.csv not found"):
@@ -74,22 +79,33 @@ def test_real_bundled_quick_set():
 def test_manifest_csv(tmp_path):
     write_tone(tmp_path / "clips" / "a.flac")
     write_tone(tmp_path / "clips" / "b.wav")
-    manifest = write_manifest(tmp_path / "mine.csv", [
-        {"path": "clips/a.flac", "text": " Hello there "},
-        {"path": "clips/b.wav", "text": "General Kenobi"},
-    ], fields=("path", "text"))
+    manifest = write_manifest(
+        tmp_path / "mine.csv",
+        [
+            {"path": "clips/a.flac", "text": " Hello there "},
+            {"path": "clips/b.wav", "text": "General Kenobi"},
+        ],
+        fields=("path", "text"),
+    )
     data = load_dataset(manifest)
     assert data.name == "mine"
-    assert [(u.id, u.text) for u in data.utterances] == [("clips/a", "Hello there"), ("clips/b", "General Kenobi")]
+    assert [(u.id, u.text) for u in data.utterances] == [
+        ("clips/a", "Hello there"),
+        ("clips/b", "General Kenobi"),
+    ]
     assert load_dataset(str(manifest)) == data
 
 
 def test_manifest_errors(tmp_path):
     write_tone(tmp_path / "a.wav")
-    bad = write_manifest(tmp_path / "bad.csv", [{"file": "a.wav", "sentence": "x"}], fields=("file", "sentence"))
+    bad = write_manifest(
+        tmp_path / "bad.csv", [{"file": "a.wav", "sentence": "x"}], fields=("file", "sentence")
+    )
     with pytest.raises(ValueError, match="lacks column.*path, text"):
         load_dataset(bad)
-    gone = write_manifest(tmp_path / "gone.csv", [{"path": "missing.wav", "text": "x"}], fields=("path", "text"))
+    gone = write_manifest(
+        tmp_path / "gone.csv", [{"path": "missing.wav", "text": "x"}], fields=("path", "text")
+    )
     with pytest.raises(ValueError, match=r"gone.csv line 2: audio file .*missing.wav not found"):
         load_dataset(gone)
     empty = write_manifest(tmp_path / "empty.csv", [], fields=("path", "text"))

@@ -3,6 +3,7 @@
 Regenerate them with `python tools/make_eval_set.py`; these tests only read the committed files
 (no espeak-ng or flite needed).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from core import data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,11 +68,13 @@ def test_every_file_is_16khz_mono_and_audible(rows):
         path = EVAL_DIR / row["path"]
         assert not Path(row["path"]).is_absolute() and path.is_file(), row["path"]
         info = sf.info(path)
-        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", 16000, 1), row["path"]
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", 16000, 1), (
+            row["path"]
+        )
         samples, _ = sf.read(path, dtype="float64")
         duration = len(samples) / 16000
         assert 1.5 <= duration <= 8.0, (row["path"], duration)
-        assert np.sqrt(np.mean(samples ** 2)) >= 0.01, f"{row['path']} is (nearly) silent"
+        assert np.sqrt(np.mean(samples**2)) >= 0.01, f"{row['path']} is (nearly) silent"
         assert np.abs(samples).max() < 0.999, f"{row['path']} is clipped"
 
 
@@ -91,7 +95,7 @@ def test_demo_clip():
     assert (info.format, info.subtype, info.samplerate, info.channels) == ("WAV", "PCM_16", 16000, 1)
     assert 2.0 <= info.duration <= 4.0
     samples, _ = sf.read(wav, dtype="float64")
-    assert np.sqrt(np.mean(samples ** 2)) >= 0.01
+    assert np.sqrt(np.mean(samples**2)) >= 0.01
     assert (SAMPLES_DIR / "hello.txt").read_text(encoding="utf-8").strip()
 
 
@@ -102,7 +106,8 @@ def test_generator_matches_committed_texts_and_train_pool_is_disjoint(rows):
     sys.modules.setdefault("make_eval_set", module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     assert [(r["path"], r["text"], r["split"]) for r in rows] == [
-        (f"audio/{item.uid}.flac", item.text, item.split) for item in module.eval_items()]
+        (f"audio/{item.uid}.flac", item.text, item.split) for item in module.eval_items()
+    ]
     train = module.train_sentences(1000)
     assert len({_words(t) for t in train}) == 1000
     assert not {_words(t) for t in train} & {_words(r["text"]) for r in rows}

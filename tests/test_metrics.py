@@ -1,4 +1,5 @@
 """core.metrics: the Whisper normalizer, hand-checked WER/CER, the bootstrap interval and word diffs."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,11 @@ def test_normalize_exact_outputs():
 def test_score_hand_computed():
     # utt a: "the cat sat on the mat" vs "the cat sit on mat" -> 1 substitution + 1 deletion, 6 words
     # utt b: "hello world" vs "hello big world" -> 1 insertion, 2 words
-    s = score(["The cat sat on the mat.", "Hello, world!"], ["the cat sit on mat", "hello big world"], ids=["a", "b"])
+    s = score(
+        ["The cat sat on the mat.", "Hello, world!"],
+        ["the cat sit on mat", "hello big world"],
+        ids=["a", "b"],
+    )
     assert (s.substitutions, s.deletions, s.insertions) == (1, 1, 1)
     assert s.n_words == 8 and s.n_utterances == 2
     assert s.wer == pytest.approx(3 / 8)  # corpus level, not the mean of 2/6 and 1/2
@@ -45,7 +50,8 @@ def test_score_hand_computed():
     assert (a.id, a.n_words, a.substitutions, a.deletions, a.insertions) == ("a", 6, 1, 1, 0)
     assert a.wer == pytest.approx(2 / 6) and b.wer == pytest.approx(1 / 2)
     assert a.normalized_reference == "the cat sat on the mat" and a.reference == "The cat sat on the mat."
-    # raw: "The"!="the", "mat."!="mat"... a: The/the sub, sat/sit sub, the del, mat./mat sub = 4; b: 3 of 2 words
+    # raw: "The"!="the", "mat."!="mat"... a: The/the sub, sat/sit sub, the del, mat./mat sub = 4;
+    # b: 3 of 2 words
     assert s.raw_wer == pytest.approx((4 + 3) / 8)
 
 
@@ -82,7 +88,10 @@ def test_mismatched_or_empty_inputs():
 
 def test_bootstrap_interval_contains_estimate_and_is_deterministic():
     refs = [" ".join(["the quick brown fox jumps over the lazy dog"] * (1 + i % 4)) for i in range(40)]
-    hyps = [r if i % 3 else r.replace("quick", "quack", 1 + i % 2).replace("lazy ", "", 1) for i, r in enumerate(refs)]
+    hyps = [
+        r if i % 3 else r.replace("quick", "quack", 1 + i % 2).replace("lazy ", "", 1)
+        for i, r in enumerate(refs)
+    ]
     s = score(refs, hyps)
     low, high = s.wer_ci95
     assert low < s.wer < high
@@ -107,7 +116,12 @@ def test_word_diff_ops():
         ("substitute", "sat", "sit"),
         ("insert", "", "down"),
     ]
-    assert word_diff("a b c d", "a d") == [("equal", "a", "a"), ("delete", "b", ""), ("delete", "c", ""), ("equal", "d", "d")]
+    assert word_diff("a b c d", "a d") == [
+        ("equal", "a", "a"),
+        ("delete", "b", ""),
+        ("delete", "c", ""),
+        ("equal", "d", "d"),
+    ]
     assert word_diff("Seven apples", "7 apples") == [("equal", "7", "7"), ("equal", "apples", "apples")]
     assert word_diff("", "") == []
     assert word_diff("", "thank you") == [("insert", "", "thank"), ("insert", "", "you")]

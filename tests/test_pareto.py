@@ -1,4 +1,5 @@
 """Pareto fronts on hand-made points: 2 and 3 objectives, ties, duplicates, NaN rows."""
+
 import numpy as np
 import pytest
 
@@ -22,13 +23,15 @@ def test_exact_duplicates_both_stay_on_the_front():
 
 
 def test_three_objectives():
-    points = np.array([
-        [0.10, 100, 50],  # best size only among the first three -> front
-        [0.20, 50, 50],   # front
-        [0.20, 60, 50],   # dominated by row 1
-        [0.05, 200, 80],  # best WER -> front
-        [0.10, 100, 40],  # dominates row 0 (equal WER and size, lower latency)
-    ])
+    points = np.array(
+        [
+            [0.10, 100, 50],  # best size only among the first three -> front
+            [0.20, 50, 50],  # front
+            [0.20, 60, 50],  # dominated by row 1
+            [0.05, 200, 80],  # best WER -> front
+            [0.10, 100, 40],  # dominates row 0 (equal WER and size, lower latency)
+        ]
+    )
     assert pareto_front(points).tolist() == [False, True, False, True, True]
 
 

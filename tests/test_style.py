@@ -1,4 +1,5 @@
 """The whole tree stays formatted and lint-clean under pyproject.toml's ruff settings (line length 110)."""
+
 import subprocess
 import sys
 

@@ -26,6 +26,7 @@ Output format (what core/data.py reads): manifest.csv with columns exactly `path
 `path` relative to the CSV's folder (e.g. `audio/q000.flac`), `text` the reference sentence as
 written. The output is deterministic: the same tool versions give byte-identical files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,24 +52,25 @@ EVAL_DIR = REPO / "assets" / "eval"
 SAMPLES_DIR = REPO / "assets" / "samples"
 
 SAMPLE_RATE = 16_000
-PEAK = 10 ** (-3 / 20)          # peak level after normalization: -3 dBFS
-EDGE_SILENCE_S = 0.25           # silence kept before the first and after the last sound
-TRIM_THRESHOLD_DB = -40         # "sound" = samples within 40 dB of the peak
+PEAK = 10 ** (-3 / 20)  # peak level after normalization: -3 dBFS
+EDGE_SILENCE_S = 0.25  # silence kept before the first and after the last sound
+TRIM_THRESHOLD_DB = -40  # "sound" = samples within 40 dB of the peak
 MANIFEST_COLUMNS = ("path", "text", "split", "voice")
-SIZE_LIMIT_BYTES = 6_000_000      # 6 MB, decimal: stricter than 6 MiB
+SIZE_LIMIT_BYTES = 6_000_000  # 6 MB, decimal: stricter than 6 MiB
 DURATION_RANGE_S = (1.5, 8.0)
-MIN_RMS = 0.01                  # RMS amplitude below this counts as (near) silent
-CLIP_LEVEL = 0.999              # a peak at or above this counts as clipped
+MIN_RMS = 0.01  # RMS amplitude below this counts as (near) silent
+CLIP_LEVEL = 0.999  # a peak at or above this counts as clipped
 
 
 # --------------------------------------------------------------------------------------------
 # Voices
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Voice:
-    engine: str   # "espeak-ng" or "flite"
-    name: str     # the engine's voice name, e.g. "en-us+f3" or "slt"
+    engine: str  # "espeak-ng" or "flite"
+    name: str  # the engine's voice name, e.g. "en-us+f3" or "slt"
 
     @property
     def label(self) -> str:
@@ -82,13 +84,13 @@ ESPEAK_RATE_WPM = 160  # a little slower than espeak-ng's default 175 words per 
 # (US male diphone) voice recorded at 16 kHz; plain `kal` is 8 kHz telephone quality.
 EVAL_VOICES = (
     Voice("espeak-ng", "en-us"),
-    Voice("flite", "slt"),             # US female
+    Voice("flite", "slt"),  # US female
     Voice("espeak-ng", "en-gb"),
-    Voice("flite", "awb"),             # Scottish English male
-    Voice("espeak-ng", "en-us+f3"),    # en-us with a female variant
-    Voice("flite", "rms"),             # US male
+    Voice("flite", "awb"),  # Scottish English male
+    Voice("espeak-ng", "en-us+f3"),  # en-us with a female variant
+    Voice("flite", "rms"),  # US male
     Voice("espeak-ng", "en-gb-scotland"),
-    Voice("flite", "kal16"),           # US male diphone
+    Voice("flite", "kal16"),  # US male diphone
 )
 
 # Training voices: espeak-ng only, so the wheel alone can produce them; a wider mix of accents and
@@ -229,41 +231,185 @@ DEMO_VOICE = Voice("flite", "slt")  # a voice tiny.en transcribes exactly: a cle
 # filled from the word lists below. It yields hundreds of thousands of distinct sentences; the
 # generator rejects any that match a quick/full sentence after normalization.
 _TRAIN_WORDS = {
-    "who": ("my uncle", "the teacher", "our driver", "a young nurse", "the old fisherman",
-            "her little brother", "the new manager", "a tired student", "my best friend",
-            "the night guard", "our cook", "the shop owner"),
-    "did": ("cleaned", "painted", "sold", "borrowed", "carried", "checked", "opened",
-            "moved", "locked", "washed", "repaired", "measured"),
-    "thing": ("the blue van", "a heavy suitcase", "the wooden gate", "a box of candles",
-              "the kitchen cupboard", "an old radio", "the garden shed", "a pair of boots",
-              "the spare wheel", "a basket of plums", "the metal ladder", "a stack of letters"),
-    "where": ("near the station", "behind the school", "at the docks", "by the canal",
-              "in the basement", "on the roof", "beside the bakery", "outside the post office",
-              "in the parking lot", "across the road", "at the farm", "inside the barn"),
-    "when": ("this morning", "after lunch", "on Tuesday", "last weekend", "before dawn",
-             "late at night", "yesterday evening", "in the afternoon", "on Wednesday",
-             "during the storm", "at noon", "last month"),
-    "do": ("sort", "count", "label", "pack", "check", "weigh", "wrap", "move", "find", "collect",
-           "bring in", "put away"),
-    "later": ("tomorrow morning", "next week", "after dinner", "on Friday", "tonight",
-              "before noon", "on Monday", "next month", "after the meeting", "this evening"),
-    "stuff": ("the towels", "these papers", "the spoons", "the old jars", "your shirts",
-              "the paint brushes", "those crates", "the clean cups", "the seed packets",
-              "the front steps", "the bread rolls", "the empty bottles"),
-    "event": ("the guests arrive", "the shop closes", "the rain starts", "dinner is ready",
-              "the bus comes", "the lesson begins", "the sun goes down", "we go out",
-              "the film starts", "the bell rings", "the truck leaves", "your sister calls"),
+    "who": (
+        "my uncle",
+        "the teacher",
+        "our driver",
+        "a young nurse",
+        "the old fisherman",
+        "her little brother",
+        "the new manager",
+        "a tired student",
+        "my best friend",
+        "the night guard",
+        "our cook",
+        "the shop owner",
+    ),
+    "did": (
+        "cleaned",
+        "painted",
+        "sold",
+        "borrowed",
+        "carried",
+        "checked",
+        "opened",
+        "moved",
+        "locked",
+        "washed",
+        "repaired",
+        "measured",
+    ),
+    "thing": (
+        "the blue van",
+        "a heavy suitcase",
+        "the wooden gate",
+        "a box of candles",
+        "the kitchen cupboard",
+        "an old radio",
+        "the garden shed",
+        "a pair of boots",
+        "the spare wheel",
+        "a basket of plums",
+        "the metal ladder",
+        "a stack of letters",
+    ),
+    "where": (
+        "near the station",
+        "behind the school",
+        "at the docks",
+        "by the canal",
+        "in the basement",
+        "on the roof",
+        "beside the bakery",
+        "outside the post office",
+        "in the parking lot",
+        "across the road",
+        "at the farm",
+        "inside the barn",
+    ),
+    "when": (
+        "this morning",
+        "after lunch",
+        "on Tuesday",
+        "last weekend",
+        "before dawn",
+        "late at night",
+        "yesterday evening",
+        "in the afternoon",
+        "on Wednesday",
+        "during the storm",
+        "at noon",
+        "last month",
+    ),
+    "do": (
+        "sort",
+        "count",
+        "label",
+        "pack",
+        "check",
+        "weigh",
+        "wrap",
+        "move",
+        "find",
+        "collect",
+        "bring in",
+        "put away",
+    ),
+    "later": (
+        "tomorrow morning",
+        "next week",
+        "after dinner",
+        "on Friday",
+        "tonight",
+        "before noon",
+        "on Monday",
+        "next month",
+        "after the meeting",
+        "this evening",
+    ),
+    "stuff": (
+        "the towels",
+        "these papers",
+        "the spoons",
+        "the old jars",
+        "your shirts",
+        "the paint brushes",
+        "those crates",
+        "the clean cups",
+        "the seed packets",
+        "the front steps",
+        "the bread rolls",
+        "the empty bottles",
+    ),
+    "event": (
+        "the guests arrive",
+        "the shop closes",
+        "the rain starts",
+        "dinner is ready",
+        "the bus comes",
+        "the lesson begins",
+        "the sun goes down",
+        "we go out",
+        "the film starts",
+        "the bell rings",
+        "the truck leaves",
+        "your sister calls",
+    ),
     "count": ("2", "4", "6", "8", "11", "14", "17", "20", "three", "five", "nine", "sixteen"),
-    "many": ("blue bottles", "paper cups", "wooden spoons", "spare keys", "cotton shirts",
-             "glass jars", "small candles", "old coins", "empty boxes", "green pencils",
-             "clean towels", "tin cans"),
-    "spot": ("on the top shelf", "in the back room", "under the stairs", "by the sink",
-             "in the blue cupboard", "on the porch", "in the hall closet", "near the oven",
-             "in the attic", "behind the sofa", "on the window sill", "in the van"),
-    "go": ("walked", "drove", "cycled", "took the bus", "took the train", "rode", "sailed",
-           "flew", "hiked", "went"),
-    "place": ("lake", "coast", "valley", "old mill", "island", "forest", "castle", "zoo",
-              "fair", "river", "city", "hills"),
+    "many": (
+        "blue bottles",
+        "paper cups",
+        "wooden spoons",
+        "spare keys",
+        "cotton shirts",
+        "glass jars",
+        "small candles",
+        "old coins",
+        "empty boxes",
+        "green pencils",
+        "clean towels",
+        "tin cans",
+    ),
+    "spot": (
+        "on the top shelf",
+        "in the back room",
+        "under the stairs",
+        "by the sink",
+        "in the blue cupboard",
+        "on the porch",
+        "in the hall closet",
+        "near the oven",
+        "in the attic",
+        "behind the sofa",
+        "on the window sill",
+        "in the van",
+    ),
+    "go": (
+        "walked",
+        "drove",
+        "cycled",
+        "took the bus",
+        "took the train",
+        "rode",
+        "sailed",
+        "flew",
+        "hiked",
+        "went",
+    ),
+    "place": (
+        "lake",
+        "coast",
+        "valley",
+        "old mill",
+        "island",
+        "forest",
+        "castle",
+        "zoo",
+        "fair",
+        "river",
+        "city",
+        "hills",
+    ),
     "year": ("1978", "1983", "1991", "1997", "2004", "2008", "2011", "2019"),
     "weather": ("cold", "windy", "foggy", "sunny", "quiet", "busy", "warm", "wet"),
     "part": ("morning", "evening", "night", "afternoon", "week", "day"),
@@ -312,6 +458,7 @@ def train_sentences(count: int, seed: int = 0) -> list[str]:
 # Synthesis
 # --------------------------------------------------------------------------------------------
 
+
 class _EspeakLibrary:
     """libespeak-ng from the `espeakng-loader` wheel, driven through ctypes (synchronous mode)."""
 
@@ -330,10 +477,19 @@ class _EspeakLibrary:
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.sample_rate = lib.espeak_Initialize(self.AUDIO_OUTPUT_SYNCHRONOUS, 0,
-                                                 espeakng_loader.get_data_path().encode(), 0)
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        self.sample_rate = lib.espeak_Initialize(
+            self.AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+        )
         if self.sample_rate <= 0:
             raise RuntimeError("espeak_Initialize failed")
         self._chunks: list[np.ndarray] = []
@@ -365,7 +521,9 @@ class _EspeakLibrary:
             self._set_seed(0)
         data = text.encode("utf-8")
         self._chunks = []
-        status = self.lib.espeak_Synth(data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_UTF8, None, None)
+        status = self.lib.espeak_Synth(
+            data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_UTF8, None, None
+        )
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed with status {status}")
         self.lib.espeak_Synchronize()
@@ -387,8 +545,12 @@ class Synthesizer:
                 self._library = _EspeakLibrary()
             except (ImportError, OSError, RuntimeError) as exc:
                 if espeak_backend == "library":
-                    raise SystemExit(f"espeakng-loader is not usable ({exc}); pip install espeakng-loader")
-                print(f"note: espeakng-loader not usable ({exc}); using the espeak-ng program", file=sys.stderr)
+                    raise SystemExit(
+                        f"espeakng-loader is not usable ({exc}); pip install espeakng-loader"
+                    ) from None
+                print(
+                    f"note: espeakng-loader not usable ({exc}); using the espeak-ng program", file=sys.stderr
+                )
         self.espeak_backend = "library" if self._library is not None else "binary"
         self._tmp = Path(tempfile.mkdtemp(prefix="make_eval_set_"))
 
@@ -396,7 +558,10 @@ class Synthesizer:
         if self._library is not None:
             import espeakng_loader
 
-            return f"libespeak-ng from espeakng-loader ({Path(espeakng_loader.get_library_path()).resolve().name})"
+            return (
+                "libespeak-ng from espeakng-loader "
+                f"({Path(espeakng_loader.get_library_path()).resolve().name})"
+            )
         return _tool_version(["espeak-ng", "--version"])
 
     def __call__(self, text: str, voice: Voice, rate: int = ESPEAK_RATE_WPM) -> tuple[np.ndarray, int]:
@@ -420,7 +585,9 @@ class Synthesizer:
 
 def _require(program: str) -> None:
     if shutil.which(program) is None:
-        raise SystemExit(f"`{program}` is not installed; on Debian/Ubuntu: apt-get install espeak-ng flite sox")
+        raise SystemExit(
+            f"`{program}` is not installed; on Debian/Ubuntu: apt-get install espeak-ng flite sox"
+        )
 
 
 def _tool_version(cmd: list[str]) -> str:
@@ -442,7 +609,7 @@ def condition(samples: np.ndarray, rate_hz: int) -> np.ndarray:
     if peak <= 0:
         raise RuntimeError("the synthesizer produced silence")
     loud = np.flatnonzero(np.abs(audio) >= peak * 10 ** (TRIM_THRESHOLD_DB / 20))
-    audio = audio[loud[0]: loud[-1] + 1]
+    audio = audio[loud[0] : loud[-1] + 1]
     pad = np.zeros(int(EDGE_SILENCE_S * SAMPLE_RATE))
     audio = np.concatenate([pad, audio * (PEAK / peak), pad])
     return np.round(audio * 32767).astype(np.int16)
@@ -451,6 +618,7 @@ def condition(samples: np.ndarray, rate_hz: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Writing, checking, summarizing
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Item:
@@ -462,10 +630,14 @@ class Item:
 
 def eval_items() -> list[Item]:
     """quick = q000..q015 (two per voice), full = f000..f079 (ten per voice), voices round-robin."""
-    items = [Item(f"q{i:03d}", text, "quick", EVAL_VOICES[i % len(EVAL_VOICES)])
-             for i, text in enumerate(QUICK_SENTENCES)]
-    items += [Item(f"f{i:03d}", text, "full", EVAL_VOICES[i % len(EVAL_VOICES)])
-              for i, text in enumerate(FULL_SENTENCES)]
+    items = [
+        Item(f"q{i:03d}", text, "quick", EVAL_VOICES[i % len(EVAL_VOICES)])
+        for i, text in enumerate(QUICK_SENTENCES)
+    ]
+    items += [
+        Item(f"f{i:03d}", text, "full", EVAL_VOICES[i % len(EVAL_VOICES)])
+        for i, text in enumerate(FULL_SENTENCES)
+    ]
     return items
 
 
@@ -473,11 +645,15 @@ def train_items(count: int, seed: int, voices: tuple[Voice, ...]) -> list[Item]:
     """t0000.. with voices balanced but shuffled (seeded), so no voice always gets one template."""
     order = [voices[i % len(voices)] for i in range(count)]
     random.Random(seed + 2).shuffle(order)
-    return [Item(f"t{i:04d}", text, "train", voice)
-            for i, (text, voice) in enumerate(zip(train_sentences(count, seed), order))]
+    return [
+        Item(f"t{i:04d}", text, "train", voice)
+        for i, (text, voice) in enumerate(zip(train_sentences(count, seed), order))
+    ]
 
 
-def write_set(out_dir: Path, items: list[Item], synth: Synthesizer, seed: int = 0, vary_rate: bool = False) -> None:
+def write_set(
+    out_dir: Path, items: list[Item], synth: Synthesizer, seed: int = 0, vary_rate: bool = False
+) -> None:
     """Synthesize every item into out_dir/audio/<uid>.flac and write out_dir/manifest.csv.
 
     Stale audio files from an earlier run are removed so the folder matches the manifest exactly.
@@ -497,7 +673,9 @@ def write_set(out_dir: Path, items: list[Item], synth: Synthesizer, seed: int = 
         pcm = condition(samples, rate_hz)
         path = audio_dir / f"{item.uid}.flac"
         sf.write(path, pcm, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        rows.append({"path": f"audio/{path.name}", "text": item.text, "split": item.split, "voice": item.voice.label})
+        rows.append(
+            {"path": f"audio/{path.name}", "text": item.text, "split": item.split, "voice": item.voice.label}
+        )
         if n % 50 == 0 or n == len(items):
             print(f"  synthesized {n}/{len(items)}", file=sys.stderr)
     with open(out_dir / "manifest.csv", "w", newline="", encoding="utf-8") as f:
@@ -524,14 +702,21 @@ def read_manifest(manifest: Path) -> list[dict[str, str]]:
 def audio_stats(path: Path) -> dict[str, float]:
     """Duration, peak and RMS amplitude (full scale = 1) from `sox FILE -n stat`, or numpy without sox."""
     if shutil.which("sox"):
-        out = subprocess.run(["sox", str(path), "-n", "stat"], capture_output=True, text=True, check=True).stderr
+        out = subprocess.run(
+            ["sox", str(path), "-n", "stat"], capture_output=True, text=True, check=True
+        ).stderr
         fields = dict(re.findall(r"^(.+?):\s+(\S+)$", out, flags=re.M))
-        return {"duration": float(fields["Length (seconds)"]),
-                "peak": max(abs(float(fields["Maximum amplitude"])), abs(float(fields["Minimum amplitude"]))),
-                "rms": float(fields["RMS     amplitude"])}
+        return {
+            "duration": float(fields["Length (seconds)"]),
+            "peak": max(abs(float(fields["Maximum amplitude"])), abs(float(fields["Minimum amplitude"]))),
+            "rms": float(fields["RMS     amplitude"]),
+        }
     samples, _ = sf.read(path, dtype="float64")
-    return {"duration": len(samples) / SAMPLE_RATE, "peak": float(np.abs(samples).max()),
-            "rms": float(np.sqrt(np.mean(samples ** 2)))}
+    return {
+        "duration": len(samples) / SAMPLE_RATE,
+        "peak": float(np.abs(samples).max()),
+        "rms": float(np.sqrt(np.mean(samples**2))),
+    }
 
 
 def check_set(out_dir: Path, size_limit: int | None) -> tuple[list[str], list[dict]]:
@@ -543,7 +728,9 @@ def check_set(out_dir: Path, size_limit: int | None) -> tuple[list[str], list[di
         path = out_dir / row["path"]
         info = sf.info(path)
         if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.subtype != "PCM_16":
-            problems.append(f"{row['path']}: {info.samplerate} Hz, {info.channels} channel(s), {info.subtype}")
+            problems.append(
+                f"{row['path']}: {info.samplerate} Hz, {info.channels} channel(s), {info.subtype}"
+            )
         s = audio_stats(path)
         lo, hi = DURATION_RANGE_S
         if not lo <= s["duration"] <= hi:
@@ -564,8 +751,10 @@ def check_set(out_dir: Path, size_limit: int | None) -> tuple[list[str], list[di
 
 
 def print_summary(stats: list[dict], out_dir: Path) -> None:
-    splits = sorted({s["split"] for s in stats}, key=lambda x: ("quick", "full", "train").index(x)
-                    if x in ("quick", "full", "train") else 9)
+    splits = sorted(
+        {s["split"] for s in stats},
+        key=lambda x: ("quick", "full", "train").index(x) if x in ("quick", "full", "train") else 9,
+    )
     voices = sorted({s["voice"] for s in stats})
     width = max(len(v) for v in voices) + 2
     print(f"\n{'voice':<{width}}" + "".join(f"{sp:>8}" for sp in splits) + f"{'seconds':>10}")
@@ -577,26 +766,43 @@ def print_summary(stats: list[dict], out_dir: Path) -> None:
     print(f"{'total':<{width}}{totals}{sum(s['duration'] for s in stats):>10.1f}")
     durations = [s["duration"] for s in stats]
     folder_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    print(f"\n{len(stats)} utterances, {len(voices)} voices, {sum(durations) / 60:.1f} min of speech "
-          f"(each {min(durations):.2f}-{max(durations):.2f} s, mean {np.mean(durations):.2f} s)")
-    print(f"audio {sum(s['bytes'] for s in stats):,} bytes; folder {out_dir} {folder_bytes:,} bytes "
-          f"({folder_bytes / 2**20:.2f} MiB)")
+    print(
+        f"\n{len(stats)} utterances, {len(voices)} voices, {sum(durations) / 60:.1f} min of speech "
+        f"(each {min(durations):.2f}-{max(durations):.2f} s, mean {np.mean(durations):.2f} s)"
+    )
+    print(
+        f"audio {sum(s['bytes'] for s in stats):,} bytes; folder {out_dir} {folder_bytes:,} bytes "
+        f"({folder_bytes / 2**20:.2f} MiB)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--split", choices=("eval", "train"), default="eval",
-                        help="eval: quick + full into assets/eval (default); train: --count template sentences")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--split",
+        choices=("eval", "train"),
+        default="eval",
+        help="eval: quick + full into assets/eval (default); train: --count template sentences",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default assets/eval; required for train)")
     parser.add_argument("--count", type=int, default=300, help="number of train utterances (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="train: sentence and speaking-rate seed")
-    parser.add_argument("--voices", type=parse_voice, nargs="+",
-                        help="train: voices as espeak-ng:NAME or flite:NAME (default: eight espeak-ng voices)")
-    parser.add_argument("--espeak", choices=("auto", "library", "binary"),
-                        help="espeak-ng backend (default: binary for eval, auto = wheel then program for train)")
+    parser.add_argument(
+        "--voices",
+        type=parse_voice,
+        nargs="+",
+        help="train: voices as espeak-ng:NAME or flite:NAME (default: eight espeak-ng voices)",
+    )
+    parser.add_argument(
+        "--espeak",
+        choices=("auto", "library", "binary"),
+        help="espeak-ng backend (default: binary for eval, auto = wheel then program for train)",
+    )
     parser.add_argument("--check-only", action="store_true", help="only check and summarize an existing set")
     args = parser.parse_args(argv)
 
@@ -617,8 +823,13 @@ def main(argv: list[str] | None = None) -> int:
                 if out_dir == EVAL_DIR.resolve():
                     print(f"demo clip: {write_demo_clip(synth)}", file=sys.stderr)
             else:
-                write_set(out_dir, train_items(args.count, args.seed, tuple(args.voices or TRAIN_VOICES)),
-                          synth, seed=args.seed, vary_rate=True)
+                write_set(
+                    out_dir,
+                    train_items(args.count, args.seed, tuple(args.voices or TRAIN_VOICES)),
+                    synth,
+                    seed=args.seed,
+                    vary_rate=True,
+                )
         finally:
             synth.close()
         print(f"generated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -628,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\nPROBLEMS:\n  " + "\n  ".join(problems))
         return 1
-    print("checks passed: 16 kHz mono PCM_16, durations %.1f-%.1f s, none silent or clipped" % DURATION_RANGE_S)
+    lo, hi = DURATION_RANGE_S
+    print(f"checks passed: 16 kHz mono PCM_16, durations {lo:.1f}-{hi:.1f} s, none silent or clipped")
     return 0
 
 

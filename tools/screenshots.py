@@ -20,6 +20,7 @@ Usage (from the repository root)
 The browser tests take home, compress, record and distill; docs/screenshots/learn.png comes from no test
 and stays as it is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,18 +63,21 @@ def copy_screenshots(names: list[str], taken_after: float = 0.0) -> tuple[list[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*",
-                        help="images to refresh, without .png (default: all in docs/screenshots/)")
-    parser.add_argument("--run", action="store_true",
-                        help="run the browser tests first, then copy only what they took")
+    parser.add_argument(
+        "names", nargs="*", help="images to refresh, without .png (default: all in docs/screenshots/)"
+    )
+    parser.add_argument(
+        "--run", action="store_true", help="run the browser tests first, then copy only what they took"
+    )
     args = parser.parse_args(argv)
     names = args.names or sorted(path.stem for path in DOCS.glob("*.png"))
     started = time.time()
     if args.run:
         code = run_browser_tests()
         if code != 0:
-            print(f"browser tests failed (exit code {code}): docs/screenshots/ left unchanged",
-                  file=sys.stderr)
+            print(
+                f"browser tests failed (exit code {code}): docs/screenshots/ left unchanged", file=sys.stderr
+            )
             return code
     copied, skipped = copy_screenshots(names, taken_after=started if args.run else 0.0)
     if skipped:

@@ -3,6 +3,7 @@
 One module per command (or per pair of commands that share their data); each registers itself with
 `add_command`. Commands import the engine when they run, so building the parser stays free of torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ COMMANDS = (transcribe, compress, evaluate, sweep, points, sensitivity, distill)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_command(commands)

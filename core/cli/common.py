@@ -3,6 +3,7 @@
 Command modules import the engine inside their command functions: building the parser (and so
 `python -m core --help`) then stays free of torch. Those imports carry the comment "# lazy: --help".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,16 +13,23 @@ import numpy as np
 
 from core.pareto import pareto_front
 
-DEFAULT_MODEL = "whisper-tiny.en"  # the same name as core.models.DEFAULT_MODEL (tested), without importing torch
+DEFAULT_MODEL = (
+    "whisper-tiny.en"  # the same name as core.models.DEFAULT_MODEL (tested), without importing torch
+)
 
 
 def add_model_arg(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=help_text or f"'{DEFAULT_MODEL}' (bundled), a model/artifact folder, or a Hugging Face id")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=help_text or f"'{DEFAULT_MODEL}' (bundled), a model/artifact folder, or a Hugging Face id",
+    )
 
 
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, default=None, help="results database (default: the user data folder)")
+    parser.add_argument(
+        "--store", type=Path, default=None, help="results database (default: the user data folder)"
+    )
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +38,11 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="quick", help="quick | full | a dataset path (see `evaluate`)")
     add_store_arg(parser)
     parser.add_argument("--latency-runs", type=int, default=2, help="timed latency runs per point (0 = none)")
-    parser.add_argument("--naive", action="store_true",
-                        help="measure like `evaluate`: one clip per window, 5 latency runs (separate cache)")
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="measure like `evaluate`: one clip per window, 5 latency runs (separate cache)",
+    )
 
 
 def load(model: str, recipe: Path | None = None):
@@ -62,8 +73,10 @@ def progress(done: int, total: int, cached: int, seconds: float, label: str = ""
     """One progress-bar line (for stderr): bar, counts, elapsed time, the last point's recipe."""
     width = 24
     filled = int(width * done / max(total, 1))
-    return (f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({cached} cached) "
-            f"{seconds:5.1f} s  {label[:60]:60s}")
+    return (
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({cached} cached) "
+        f"{seconds:5.1f} s  {label[:60]:60s}"
+    )
 
 
 def format_points(points: list, x: str = "size") -> str:
@@ -75,6 +88,8 @@ def format_points(points: list, x: str = "size") -> str:
     for index, p in enumerate(points):
         latency = f"{p.latency_ms:7.0f}" if p.latency_ms is not None else f"{'-':>7s}"
         spent = "cached" if p.cached else f"{p.timings.get('total', 0):.1f}"
-        lines.append(f"{'*' if front[index] else ' '} {100 * p.wer:6.2f}% {(p.size_bytes or 0) / 1e6:8.2f} "
-                     f"{latency} {spent:>7s}  {p.label}")
+        lines.append(
+            f"{'*' if front[index] else ' '} {100 * p.wer:6.2f}% {(p.size_bytes or 0) / 1e6:8.2f} "
+            f"{latency} {spent:>7s}  {p.label}"
+        )
     return "\n".join(lines)

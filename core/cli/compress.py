@@ -1,4 +1,5 @@
 """`compress`: apply a recipe and write the compressed model folder (it loads back with --model)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,22 +16,33 @@ def run(args: argparse.Namespace) -> None:
     base = load(args.model)
     recipe = Recipe.load(args.recipe)
     model, reports = apply_recipe(base, recipe)
-    size = save_model(model, args.out, {"recipe": recipe.to_json(), "base_model": base.name,
-                                        "report": [asdict(r) for r in reports]})
+    size = save_model(
+        model,
+        args.out,
+        {"recipe": recipe.to_json(), "base_model": base.name, "report": [asdict(r) for r in reports]},
+    )
     print(format_reports(reports))
     weights = weights_bytes(args.out)
-    print(f"wrote {args.out}: {size:,} bytes ({size / 1e6:.2f} MB): weights {weights / 1e6:.2f} MB (the size "
-          f"every table compares), tokenizer + config {(size - weights) / 1e6:.2f} MB; load it with --model {args.out}")
+    print(
+        f"wrote {args.out}: {size:,} bytes ({size / 1e6:.2f} MB): weights {weights / 1e6:.2f} MB (the size "
+        f"every table compares), tokenizer + config {(size - weights) / 1e6:.2f} MB; "
+        f"load it with --model {args.out}"
+    )
 
 
 def format_reports(reports) -> str:
     """One line per layer and step: what the compression did."""
-    lines = [f"{'layer':48s} {'step':9s} {'params':>17s} {'sparsity':>8s} {'bits':>4s} {'rank':>4s} {'rel.err':>7s}"]
+    lines = [
+        f"{'layer':48s} {'step':9s} {'params':>17s} {'sparsity':>8s} "
+        f"{'bits':>4s} {'rank':>4s} {'rel.err':>7s}"
+    ]
     for r in reports:
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-        lines.append(f"{r.name:48s} {r.technique:9s} {r.params_before:>8,}→{r.params_after:<8,} "
-                     f"{fmt(r.sparsity, '8.2f'):>8s} {fmt(r.bits, 'd'):>4s} {fmt(r.rank, 'd'):>4s} "
-                     f"{fmt(r.rel_error, '7.3f'):>7s} {r.note}")
+        lines.append(
+            f"{r.name:48s} {r.technique:9s} {r.params_before:>8,}→{r.params_after:<8,} "
+            f"{fmt(r.sparsity, '8.2f'):>8s} {fmt(r.bits, 'd'):>4s} {fmt(r.rank, 'd'):>4s} "
+            f"{fmt(r.rel_error, '7.3f'):>7s} {r.note}"
+        )
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """`distill`: train a smaller student, or fine-tune a compressed model back; options left out take
 DistillConfig's defaults."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,9 +9,16 @@ from pathlib import Path
 
 from core.cli.common import DEFAULT_MODEL, add_store_arg
 
-CONFIG_OPTIONS = {"steps": "steps", "temperature": "temperature", "alpha": "alpha", "lr": "learning_rate",
-                  "batch_size": "batch_size", "warmup": "warmup_steps", "seed": "seed",
-                  "eval_every": "eval_every"}  # command-line option -> DistillConfig field
+CONFIG_OPTIONS = {
+    "steps": "steps",
+    "temperature": "temperature",
+    "alpha": "alpha",
+    "lr": "learning_rate",
+    "batch_size": "batch_size",
+    "warmup": "warmup_steps",
+    "seed": "seed",
+    "eval_every": "eval_every",
+}  # command-line option -> DistillConfig field
 
 
 def run(args: argparse.Namespace) -> None:
@@ -20,13 +28,22 @@ def run(args: argparse.Namespace) -> None:
     from core.io.folders import load_model  # lazy: --help
     from core.measure.store import Store  # lazy: --help
     from core.measure.sweep import SweepSettings  # lazy: --help
-    from core.train.distill import (CHECKPOINT, DistillConfig, StudentSpec, distill,  # lazy: --help
-                                    format_progress, publish_student)
+    from core.train.distill import (  # lazy: --help
+        CHECKPOINT,
+        DistillConfig,
+        StudentSpec,
+        distill,
+        format_progress,
+        publish_student,
+    )
 
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
     spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
-    given = {field: getattr(args, option) for option, field in CONFIG_OPTIONS.items()
-             if getattr(args, option) is not None}
+    given = {
+        field: getattr(args, option)
+        for option, field in CONFIG_OPTIONS.items()
+        if getattr(args, option) is not None
+    }
     if "warmup_steps" not in given:  # the default warm-up, but never all of a short run
         given["warmup_steps"] = min(DistillConfig.warmup_steps, given.get("steps", DistillConfig.steps) - 1)
     config = DistillConfig(pseudo_labels=args.pseudo_labels, train_encoder=args.train_encoder, **given)
@@ -35,36 +52,62 @@ def run(args: argparse.Namespace) -> None:
     student, after = spec.build(teacher)
     wers = []
     try:
-        for progress in distill(student, teacher, train, config, eval_set, checkpoint=Path(args.out) / CHECKPOINT):
+        for progress in distill(
+            student, teacher, train, config, eval_set, checkpoint=Path(args.out) / CHECKPOINT
+        ):
             print(format_progress(progress), flush=True)
             if progress.stage == "eval":
                 wers.append(progress.wer)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume from {Path(args.out) / CHECKPOINT}",
-              file=sys.stderr)
-        raise SystemExit(130)
+        print(
+            f"\ninterrupted: run the same command again to resume from {Path(args.out) / CHECKPOINT}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     store = None if args.no_store else Store(args.store)
-    _, point = publish_student(student, after, teacher, spec, config, Path(args.out), wers, eval_set, store,
-                               SweepSettings(latency_runs=args.latency_runs))
+    _, point = publish_student(
+        student,
+        after,
+        teacher,
+        spec,
+        config,
+        Path(args.out),
+        wers,
+        eval_set,
+        store,
+        SweepSettings(latency_runs=args.latency_runs),
+    )
     if wers:
         was = f"{100 * wers[0]:.2f}% before training → " if len(wers) > 1 else ""
         print(f"WER on {eval_set.name} (packed windows): {was}{100 * wers[-1]:.2f}% after")
     print(f"wrote {args.out}; load it with --model {args.out}")
     if point is not None:
-        print(f"stored on the Pareto plots of {teacher.name}: {point.label}: WER {100 * point.wer:.2f}%, "
-              f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else ""))
+        print(
+            f"stored on the Pareto plots of {teacher.name}: {point.label}: WER {100 * point.wer:.2f}%, "
+            f"{point.size_bytes / 1e6:.2f} MB" + (f", {point.latency_ms:.0f} ms" if point.latency_ms else "")
+        )
 
 
 def add_command(commands) -> None:
     """Register `distill` on the CLI's subparsers."""
-    p = commands.add_parser("distill", help="knowledge distillation into a smaller student, or recovery "
-                                            "fine-tuning of a compressed model (see README)")
-    p.add_argument("--teacher", default=DEFAULT_MODEL, help="teacher: 'whisper-tiny.en', 'whisper-base', a "
-                                                                "model folder or a Hugging Face id")
+    p = commands.add_parser(
+        "distill",
+        help="knowledge distillation into a smaller student, or recovery "
+        "fine-tuning of a compressed model (see README)",
+    )
+    p.add_argument(
+        "--teacher",
+        default=DEFAULT_MODEL,
+        help="teacher: 'whisper-tiny.en', 'whisper-base', a model folder or a Hugging Face id",
+    )
     shape = p.add_mutually_exclusive_group(required=True)
     shape.add_argument("--student-decoder-layers", type=int, help="smaller student: decoder layers to keep")
-    shape.add_argument("--recipe", type=Path, help="recovery: fine-tune the teacher compressed by this recipe")
-    p.add_argument("--student-encoder-layers", type=int, help="smaller student: encoder layers (default: all)")
+    shape.add_argument(
+        "--recipe", type=Path, help="recovery: fine-tune the teacher compressed by this recipe"
+    )
+    p.add_argument(
+        "--student-encoder-layers", type=int, help="smaller student: encoder layers (default: all)"
+    )
     p.add_argument("--steps", type=int, help="optimizer steps (default 200)")
     p.add_argument("--out", type=Path, required=True, help="output folder; rerun the same command to resume")
     p.add_argument("--dataset", default="train", help="training data: 'train' (bundled) or any dataset path")

@@ -1,4 +1,5 @@
 """`evaluate`: WER, CER, size and latency of a model on a dataset."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,16 +28,20 @@ def format_result(r: dict, show_rows: bool = False) -> str:
     lines = [
         f"model        {r['model']}",
         f"dataset      {r['dataset']} ({r['n_utterances']} utterances, {r['n_words']} words)",
-        f"WER          {100 * r['wer']:.2f}%  (95% CI {100 * low:.2f}–{100 * high:.2f}; raw {100 * r['raw_wer']:.2f}%)",
+        f"WER          {100 * r['wer']:.2f}%  (95% CI {100 * low:.2f}–{100 * high:.2f}; "
+        f"raw {100 * r['raw_wer']:.2f}%)",
         f"CER          {100 * r['cer']:.2f}%",
         f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes as safetensors), "
         f"{r['parameters']:,} parameters",
     ]
     if r["latency"]:
         lat = r["latency"]
-        lines.append(f"latency      {lat['median_ms']:.0f} ms median (min {lat['min_ms']:.0f}, max {lat['max_ms']:.0f}, "
-                     f"{lat['runs']} runs, {lat['threads']} threads) on a {lat['clip_seconds']:.1f} s clip, "
-                     f"RTF {r['real_time_factor']:.3f}")
+        lines.append(
+            f"latency      {lat['median_ms']:.0f} ms median "
+            f"(min {lat['min_ms']:.0f}, max {lat['max_ms']:.0f}, "
+            f"{lat['runs']} runs, {lat['threads']} threads) on a {lat['clip_seconds']:.1f} s clip, "
+            f"RTF {r['real_time_factor']:.3f}"
+        )
     lines.append(f"eval time    {r['eval_seconds']:.1f} s")
     if show_rows:
         lines.append("")
@@ -48,9 +53,12 @@ def format_result(r: dict, show_rows: bool = False) -> str:
 
 def add_command(commands) -> None:
     p = commands.add_parser("evaluate", help="WER, CER, size and latency on a dataset")
-    p.add_argument("--dataset", default="quick",
-                   help="quick | full | train | a manifest CSV (path,text) | a LibriSpeech folder | "
-                        "a folder of audio files with same-named .txt transcripts")
+    p.add_argument(
+        "--dataset",
+        default="quick",
+        help="quick | full | train | a manifest CSV (path,text) | a LibriSpeech folder | "
+        "a folder of audio files with same-named .txt transcripts",
+    )
     p.add_argument("--json", type=Path, help="also write the full result (with per-utterance rows) here")
     p.add_argument("--latency-runs", type=int, default=5, help="timed runs for latency (0 = skip)")
     p.add_argument("--rows", action="store_true", help="print every utterance")

@@ -1,4 +1,5 @@
 """`pareto` and `export`: read the stored points back (the non-dominated ones, or all as CSV / JSON)."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,22 @@ def run_pareto(args: argparse.Namespace) -> None:
     groups: dict[tuple, list] = {}
     for point in _stored(args):
         if args.x == "size" or point.latency_ms is not None:
-            groups.setdefault((point.model, point.dataset, point.dataset_fingerprint,
-                               canonical_json(point.settings)), []).append(point)
+            groups.setdefault(
+                (point.model, point.dataset, point.dataset_fingerprint, canonical_json(point.settings)), []
+            ).append(point)
     if not groups:
-        print("no stored points" + (f" on dataset {args.dataset}" if args.dataset else "") +
-              (" with latency" if args.x == "latency" else ""))
+        print(
+            "no stored points"
+            + (f" on dataset {args.dataset}" if args.dataset else "")
+            + (" with latency" if args.x == "latency" else "")
+        )
     for (model, dataset, _, settings), points in groups.items():
         x = [p.size_bytes if args.x == "size" else p.latency_ms for p in points]
         order = front_order(np.array([[xi, p.wer] for xi, p in zip(x, points)], dtype=float))
-        print(f"{model} on {dataset}, settings {settings}: {len(order)} of {len(points)} points on the front "
-              f"(WER vs {args.x})")
+        print(
+            f"{model} on {dataset}, settings {settings}: {len(order)} of {len(points)} points on the front "
+            f"(WER vs {args.x})"
+        )
         print(format_points([points[i] for i in order], args.x))
 
 
@@ -51,8 +58,10 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def add_command(commands) -> None:
-    for name, help_text, run in (("pareto", "the non-dominated stored points", run_pareto),
-                                 ("export", "stored points as CSV or JSON", run_export)):
+    for name, help_text, run in (
+        ("pareto", "the non-dominated stored points", run_pareto),
+        ("export", "stored points as CSV or JSON", run_export),
+    ):
         p = commands.add_parser(name, help=help_text)
         add_store_arg(p)
         p.add_argument("--dataset", default=None, help="only points measured on this dataset (by name)")

@@ -1,4 +1,6 @@
-"""`sensitivity` and `budget`: per-group compression sensitivity, and the recipe that fits a size or latency budget."""
+"""`sensitivity` and `budget`: per-group compression sensitivity, and the recipe that fits a size or
+latency budget."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +20,11 @@ def format_table(rows: list, value: str = "delta_wer") -> str:
     columns = list(dict.fromkeys(r.setting for r in probes))
     groups = list(dict.fromkeys(r.group for r in probes))
     cells = {(r.group, r.setting): r for r in probes}
-    formats = {"delta_wer": lambda r: f"{100 * r.delta_wer:+.1f}", "divergence": lambda r: f"{r.divergence:.3f}",
-               "bytes_saved": lambda r: f"{r.bytes_saved / 1e6:.1f}"}
+    formats = {
+        "delta_wer": lambda r: f"{100 * r.delta_wer:+.1f}",
+        "divergence": lambda r: f"{r.divergence:.3f}",
+        "bytes_saved": lambda r: f"{r.bytes_saved / 1e6:.1f}",
+    }
     widths = {column: max(8, len(column) + 2) for column in columns}
     lines = [f"{'group':18s}" + "".join(c.rjust(widths[c]) for c in columns)]
     for group in groups:
@@ -39,8 +44,14 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list:
     start, rows = time.perf_counter(), []
     for row in run_sensitivity(model, dataset, store, plan, settings(args), signal=args.signal):
         rows.append(row)
-        print(progress(len(rows), len(plan) + 1, sum(r.cached for r in rows), time.perf_counter() - start,
-                       row.label), end="", file=sys.stderr, flush=True)
+        print(
+            progress(
+                len(rows), len(plan) + 1, sum(r.cached for r in rows), time.perf_counter() - start, row.label
+            ),
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
     print(file=sys.stderr)
     return rows
 
@@ -49,8 +60,10 @@ def run_table(args: argparse.Namespace) -> None:
     """`sensitivity`: ΔWER or divergence (and MB saved) per layer group and compression level."""
     rows = _sensitivity_rows(args, *context(args))
     baseline = rows[0]
-    print(f"baseline size {baseline.size_bytes / 1e6:.2f} MB" +
-          (f", WER {100 * baseline.wer:.2f}%" if baseline.wer is not None else ""))
+    print(
+        f"baseline size {baseline.size_bytes / 1e6:.2f} MB"
+        + (f", WER {100 * baseline.wer:.2f}%" if baseline.wer is not None else "")
+    )
     if args.signal == "divergence":
         print("KL divergence from the uncompressed model, nats per token (compressing one group alone):")
         print(format_table(rows, "divergence"))
@@ -73,14 +86,27 @@ def run_budget(args: argparse.Namespace) -> None:
     model, dataset, store = context(args)
     rows = _sensitivity_rows(args, model, dataset, store)
     max_bytes = args.max_mb * 1e6 if args.max_mb is not None else None
-    plan = search_budget(model, dataset, store, rows, args.signal, max_bytes, args.max_ms, args.measure,
-                         args.candidates, settings(args))
+    plan = search_budget(
+        model,
+        dataset,
+        store,
+        rows,
+        args.signal,
+        max_bytes,
+        args.max_ms,
+        args.measure,
+        args.candidates,
+        settings(args),
+    )
     for move in plan.trail:
         print(f"  {move}")
     latency = f", latency {plan.estimated_latency_ms:.0f} ms" if plan.estimated_latency_ms is not None else ""
     how = "measured" if plan.measured else "estimated"
-    quality = f"divergence {plan.estimated_divergence:.4g} nats/token" if plan.estimated_wer is None else \
-        f"WER {100 * plan.estimated_wer:.2f}%"
+    quality = (
+        f"divergence {plan.estimated_divergence:.4g} nats/token"
+        if plan.estimated_wer is None
+        else f"WER {100 * plan.estimated_wer:.2f}%"
+    )
     print(f"estimate: {quality} ({how}), size {plan.estimated_size_bytes / 1e6:.2f} MB{latency}")
     print(json.dumps(plan.recipe.to_json(), indent=1))
     if args.out:
@@ -97,8 +123,12 @@ def add_command(commands) -> None:
     p = commands.add_parser("sensitivity", help="ΔWER per layer group and compression level (cached)")
     p.add_argument("--groups", nargs="+", help="layer groups to probe (default: all; see core.models.GROUPS)")
     p.add_argument("--json", type=Path, help="also write the tidy table here")
-    p.add_argument("--signal", choices=SIGNALS, default="wer",
-                   help="measure each probe's WER (default) or its KL divergence from the uncompressed model")
+    p.add_argument(
+        "--signal",
+        choices=SIGNALS,
+        default="wer",
+        help="measure each probe's WER (default) or its KL divergence from the uncompressed model",
+    )
     add_run_args(p)
     p.set_defaults(run=run_table)
 
@@ -109,13 +139,23 @@ def add_command(commands) -> None:
     p.add_argument("--groups", nargs="+", help="layer groups to compress (default: all)")
     p.add_argument("--out", type=Path, help="write the recipe JSON here")
     p.add_argument("--verify", action="store_true", help="measure the chosen recipe (stored like any point)")
-    p.add_argument("--measure", action="store_true",
-                   help="measure each greedy move (wer) or the best plans together (divergence) instead of "
-                        "adding up the table")
-    p.add_argument("--candidates", type=int, default=3,
-                   help="with --measure: moves measured per step (wer) or best plans measured (divergence); default 3")
-    p.add_argument("--signal", choices=SIGNALS,
-                   help="divergence (default for --max-mb): exact search over per-group quantizers by KL from the "
-                        "uncompressed model; wer (default for --max-ms): greedy over the ΔWER table")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="measure each greedy move (wer) or the best plans together (divergence) instead of "
+        "adding up the table",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=3,
+        help="with --measure: moves measured per step (wer) or best plans measured (divergence); default 3",
+    )
+    p.add_argument(
+        "--signal",
+        choices=SIGNALS,
+        help="divergence (default for --max-mb): exact search over per-group quantizers by KL from the "
+        "uncompressed model; wer (default for --max-ms): greedy over the ΔWER table",
+    )
     add_run_args(p)
     p.set_defaults(run=run_budget)

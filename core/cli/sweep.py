@@ -1,4 +1,5 @@
 """`sweep`: evaluate a grid of recipes (cached in the results store, resumable) and mark the Pareto front."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,24 @@ def run(args: argparse.Namespace) -> None:
         for point in run_sweep(model, dataset, recipes, store, settings(args)):
             points.append(point)
             cached = sum(p.cached for p in points)
-            print(progress(len(points), total, cached, time.perf_counter() - start, point.label), end="",
-                  file=sys.stderr, flush=True)
+            print(
+                progress(len(points), total, cached, time.perf_counter() - start, point.label),
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(points)} of {total} points are in {store.path}; run the same command "
-              "again to compute the rest", file=sys.stderr)
+        print(
+            f"\ninterrupted: {len(points)} of {total} points are in {store.path}; run the same command "
+            "again to compute the rest",
+            file=sys.stderr,
+        )
     print(file=sys.stderr)
     print(format_points(sorted(points, key=lambda p: (p.wer, p.size_bytes or 0))))
-    print(f"{len(points)} points ({sum(p.cached for p in points)} from {store.path}) "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"{len(points)} points ({sum(p.cached for p in points)} from {store.path}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
 
 
 def add_command(commands) -> None:

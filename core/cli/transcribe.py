@@ -1,4 +1,5 @@
 """`transcribe`: one transcript per audio file."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """The theoretical cost that pruning and factorization reduce: multiply-adds of the Linear layers."""
+
 from __future__ import annotations
 
 import torch
@@ -20,6 +21,8 @@ def linear_macs(model: nn.Module, decoder_tokens: int = 20, encoder_frames: int 
     total = 0
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, QuantLinear, Int8DynamicLinear)):
-            weights = torch.count_nonzero(module.weight) if isinstance(module, nn.Linear) else module.weight.numel()
+            weights = (
+                torch.count_nonzero(module.weight) if isinstance(module, nn.Linear) else module.weight.numel()
+            )
             total += int(weights) * (encoder_frames if family.over_audio(name) else decoder_tokens)
     return total

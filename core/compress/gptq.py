@@ -9,10 +9,11 @@ same as round-to-nearest's; columns are visited in order of decreasing H diagona
 Weights that are exactly zero (pruned) stay zero. Calibration data comes from the model's own front
 end (`calibration_for`): packed 30 s windows of a dataset, teacher-forced on their transcripts.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,10 +39,14 @@ def input_hessians(module: nn.Module, batches: list[dict[str, torch.Tensor]]) ->
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]
+
         return record
 
-    hooks = [m.register_forward_pre_hook(recorder(name)) for name, m in module.named_modules()
-             if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_pre_hook(recorder(name))
+        for name, m in module.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
     try:
         for batch in batches:
             module(**batch)
@@ -51,14 +56,22 @@ def input_hessians(module: nn.Module, batches: list[dict[str, torch.Tensor]]) ->
     return {name: 2 * total / counts[name] for name, total in sums.items()}
 
 
-def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-               group_size: int | None) -> torch.Tensor:
+def gptq_codes(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+) -> torch.Tensor:
     """uint8 codes (rows, cols) for a (rows, cols) weight, given per-block scales/zeros shaped (rows or 1,
     groups, 1) and the layer's input Hessian (cols, cols); group_size None: one scale column for all."""
     w = weight.detach().float().clone()
     rows, cols = w.shape
     if hessian.shape != (cols, cols):
-        raise ValueError(f"gptq: a {rows}x{cols} weight needs a {cols}x{cols} Hessian, got {tuple(hessian.shape)}")
+        raise ValueError(
+            f"gptq: a {rows}x{cols} weight needs a {cols}x{cols} Hessian, got {tuple(hessian.shape)}"
+        )
     keep = w != 0  # pruned weights stay exactly zero
     h = hessian.detach().double().clone()
     dead = h.diagonal() == 0  # inputs never active in calibration: their weights cannot matter there
@@ -85,7 +98,7 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor,
             code = torch.where(keep[:, start + i], ((column / s).round() + z).clamp(0, top), z)
             codes[:, order[start + i]] = code.to(torch.uint8)
             error = (column - (code - z) * s) / upper[start + i, start + i]
-            part[:, i:] -= error[:, None] * upper[start + i, start + i:end][None, :]
+            part[:, i:] -= error[:, None] * upper[start + i, start + i : end][None, :]
             errors[:, i] = error
         w[:, end:] -= errors @ upper[start:end, end:]
     return codes
@@ -99,7 +112,9 @@ def calibration_for(model: SpeechModel) -> Calibration:
         data = load_dataset(dataset)
         texts = [u.text for u in data.utterances]
         packed, references, _ = pack_utterances(load_waves(data), texts, [u.id for u in data.utterances])
-        picked = sorted({i * len(packed) // windows for i in range(min(windows, len(packed)))})  # spread over voices
+        picked = sorted(
+            {i * len(packed) // windows for i in range(min(windows, len(packed)))}
+        )  # spread over voices
         return [model.calibration_batch(packed[i], references[i]) for i in picked]
 
     return batches

@@ -11,6 +11,7 @@ r < m*n/(m+n) (for 384 x 384 that is r < 192). Layers whose chosen rank would no
 and reported with a note. Only attention and feed-forward Linears are factorized: the token
 embedding (tied to the output projection) and the conv front-end are refused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,28 +44,40 @@ class LowRankConfig:
     def __post_init__(self):
         given = [k for k in ("rank_fraction", "rank", "energy") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("low_rank needs exactly one of low_rank.rank_fraction, low_rank.rank or "
-                             f"low_rank.energy, got {given or 'none'}")
+            raise ValueError(
+                "low_rank needs exactly one of low_rank.rank_fraction, low_rank.rank or "
+                f"low_rank.energy, got {given or 'none'}"
+            )
         for key in ("rank_fraction", "energy"):
             value = getattr(self, key)
             if value is not None:
                 if not _is_number(value) or not 0 < value <= 1:
                     raise ValueError(f"low_rank.{key} must be a number in (0, 1], got {value!r}")
                 object.__setattr__(self, key, float(value))
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
+        if self.rank is not None and (
+            isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1
+        ):
             raise ValueError(f"low_rank.rank must be an integer >= 1, got {self.rank!r}")
-        if isinstance(self.groups, str) or not isinstance(self.groups, (tuple, list)) or \
-                not all(isinstance(g, str) for g in self.groups):
-            raise ValueError(f"low_rank.groups must be a list of group names from {list(LOW_RANK_GROUPS)}, "
-                             f"got {self.groups!r}")
+        if (
+            isinstance(self.groups, str)
+            or not isinstance(self.groups, (tuple, list))
+            or not all(isinstance(g, str) for g in self.groups)
+        ):
+            raise ValueError(
+                f"low_rank.groups must be a list of group names from {list(LOW_RANK_GROUPS)}, "
+                f"got {self.groups!r}"
+            )
         object.__setattr__(self, "groups", tuple(self.groups))
         if not self.groups or any(g not in LOW_RANK_GROUPS for g in self.groups):
-            raise ValueError(f"low_rank.groups must be a non-empty subset of {list(LOW_RANK_GROUPS)} (the "
-                             f"embedding and conv groups cannot be factorized), got {list(self.groups)}")
+            raise ValueError(
+                f"low_rank.groups must be a non-empty subset of {list(LOW_RANK_GROUPS)} (the "
+                f"embedding and conv groups cannot be factorized), got {list(self.groups)}"
+            )
 
 
 class LowRankLinear(nn.Module):
-    """y = second(first(x)): a rank-r factorization of a Linear (first: in -> r, no bias; second: r -> out)."""
+    """y = second(first(x)): a rank-r factorization of a Linear (first: in -> r, no bias;
+    second: r -> out)."""
 
     layout_kind = "low_rank_linear"
 
@@ -75,13 +88,17 @@ class LowRankLinear(nn.Module):
         self.second = nn.Linear(rank, out_features, bias=bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int,
-                    svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> "LowRankLinear":
-        """The rank-`rank` truncated SVD of `linear`; `svd` = torch.linalg.svd(W, full_matrices=False) reuses one."""
+    def from_linear(
+        cls, linear: nn.Linear, rank: int, svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    ) -> LowRankLinear:
+        """The rank-`rank` truncated SVD of `linear`; `svd` = torch.linalg.svd(W, full_matrices=False)
+        reuses one."""
         weight = linear.weight.detach()
         u, s, vh = svd if svd is not None else torch.linalg.svd(weight.double(), full_matrices=False)
         if not 1 <= rank <= s.numel():
-            raise ValueError(f"rank must be in [1, {s.numel()}] for a {tuple(weight.shape)} weight, got {rank}")
+            raise ValueError(
+                f"rank must be in [1, {s.numel()}] for a {tuple(weight.shape)} weight, got {rank}"
+            )
         root = s[:rank].sqrt()
         module = cls(linear.in_features, linear.out_features, rank, linear.bias is not None)
         module.to(device=weight.device, dtype=weight.dtype)
@@ -103,7 +120,7 @@ class LowRankLinear(nn.Module):
         return {"in": self.in_features, "out": self.out_features, "rank": self.rank, "bias": self.has_bias}
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "LowRankLinear":
+    def from_layout(cls, layout: dict) -> LowRankLinear:
         return cls(layout["in"], layout["out"], layout["rank"], layout["bias"])
 
     def extra_repr(self) -> str:
@@ -134,7 +151,8 @@ def choose_rank(singular: torch.Tensor, config: LowRankConfig) -> int:
 
 
 def _shape_rank(full: int, config: LowRankConfig) -> int | None:
-    """The rank from the layer's full rank alone (rank, rank_fraction), or None if it needs the spectrum (energy)."""
+    """The rank from the layer's full rank alone (rank, rank_fraction), or None if it needs the spectrum
+    (energy)."""
     if config.rank is not None:
         return min(config.rank, full)
     if config.rank_fraction is not None:
@@ -143,7 +161,8 @@ def _shape_rank(full: int, config: LowRankConfig) -> int | None:
 
 
 def singular_values(model: nn.Module, layer_name: str) -> torch.Tensor:
-    """Singular values (float64, descending) of one layer's weight, for spectrum plots; a LowRankLinear's product."""
+    """Singular values (float64, descending) of one layer's weight, for spectrum plots;
+    a LowRankLinear's product."""
     module = model.get_submodule(layer_name)
     weight = module.dense_weight() if isinstance(module, LowRankLinear) else module.weight.detach()
     return torch.linalg.svdvals(weight.reshape(weight.shape[0], -1).double())
@@ -153,15 +172,21 @@ def singular_values(model: nn.Module, layer_name: str) -> torch.Tensor:
 
 
 def low_rank(model: nn.Module, config: LowRankConfig) -> tuple[nn.Module, list[LayerReport]]:
-    """A copy of `model` whose selected Linears are truncated-SVD pairs (LowRankLinear); the input is untouched."""
+    """A copy of `model` whose selected Linears are truncated-SVD pairs (LowRankLinear);
+    the input is untouched."""
     model = copy.deepcopy(model)
 
     def factorize(info, linear: nn.Module) -> tuple[nn.Module | None, LayerReport]:
         parent = info.name.rpartition(".")[0]
         if parent and isinstance(model.get_submodule(parent), LowRankLinear):
-            return None, LayerReport(name=info.name, group=info.group, technique="low_rank",
-                                     params_before=info.params, params_after=info.params,
-                                     note="left as is: already a factor of a low-rank pair")
+            return None, LayerReport(
+                name=info.name,
+                group=info.group,
+                technique="low_rank",
+                params_before=info.params,
+                params_after=info.params,
+                note="left as is: already a factor of a low-rank pair",
+            )
         m, n = linear.out_features, linear.in_features
         svd = None
         rank = _shape_rank(min(m, n), config)
@@ -170,13 +195,25 @@ def low_rank(model: nn.Module, config: LowRankConfig) -> tuple[nn.Module, list[L
             rank = choose_rank(svd[1], config)
         if not saves_parameters(m, n, rank):
             return None, LayerReport(
-                name=info.name, group=info.group, technique="low_rank", params_before=m * n, params_after=m * n,
-                rel_error=0.0, note=f"left dense: rank {rank} would need {rank * (m + n):,} >= {m * n:,} weights "
-                                    f"(saves only below rank {math.ceil(m * n / (m + n))})")
+                name=info.name,
+                group=info.group,
+                technique="low_rank",
+                params_before=m * n,
+                params_after=m * n,
+                rel_error=0.0,
+                note=f"left dense: rank {rank} would need {rank * (m + n):,} >= {m * n:,} weights "
+                f"(saves only below rank {math.ceil(m * n / (m + n))})",
+            )
         pair = LowRankLinear.from_linear(linear, rank, svd)
         return pair, LayerReport(
-            name=info.name, group=info.group, technique="low_rank", params_before=m * n,
-            params_after=rank * (m + n), rank=rank, rel_error=relative_error(linear.weight, pair.dense_weight()))
+            name=info.name,
+            group=info.group,
+            technique="low_rank",
+            params_before=m * n,
+            params_after=rank * (m + n),
+            rank=rank,
+            rel_error=relative_error(linear.weight, pair.dense_weight()),
+        )
 
     return model, swap_layers(model, config.groups, factorize)
 
@@ -192,6 +229,13 @@ def describe(config: LowRankConfig) -> str:
 
 
 TECHNIQUE = Technique(
-    name="low_rank", config=LowRankConfig, apply=low_rank, describe=describe,
-    knobs=("rank_fraction", "rank", "energy"), off={"energy": (1.0,), "rank_fraction": (1.0,), "rank": ()},
-    levels=("rank_fraction", (0.75, 0.5, 0.25)), position=20, modules=(LowRankLinear,))
+    name="low_rank",
+    config=LowRankConfig,
+    apply=low_rank,
+    describe=describe,
+    knobs=("rank_fraction", "rank", "energy"),
+    off={"energy": (1.0,), "rank_fraction": (1.0,), "rank": ()},
+    levels=("rank_fraction", (0.75, 0.5, 0.25)),
+    position=20,
+    modules=(LowRankLinear,),
+)

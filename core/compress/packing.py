@@ -5,13 +5,13 @@ byte, 8 codes of b bits in b bytes); `huffman_encode` stores bytes Huffman-coded
 string matching, with a checksum), which pays where codes are unevenly used (an embedding's 4-bit
 codes carry ~2.3 bits of entropy each).
 """
+
 from __future__ import annotations
 
 import zlib
 
 import torch
 import torch.nn.functional as F
-
 
 
 def packed_nbytes(count: int, bits: int) -> int:
@@ -47,8 +47,10 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     if not 1 <= bits <= 8:
         raise ValueError(f"unpack_bits: bits must be 1..8, got {bits}")
     if packed.dtype != torch.uint8 or packed.numel() != packed_nbytes(count, bits):
-        raise ValueError(f"unpack_bits: {count} codes of {bits} bits need {packed_nbytes(count, bits)} "
-                         f"uint8 bytes, got {packed.numel()} {packed.dtype}")
+        raise ValueError(
+            f"unpack_bits: {count} codes of {bits} bits need {packed_nbytes(count, bits)} "
+            f"uint8 bytes, got {packed.numel()} {packed.dtype}"
+        )
     if bits == 8:
         return packed.reshape(-1).clone()
     if 8 % bits == 0:
@@ -61,7 +63,6 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         word |= chunks[:, j] << (8 * j)
     codes = torch.stack([(word >> (bits * i)) & ((1 << bits) - 1) for i in range(8)], dim=1)
     return codes.reshape(-1)[:count].to(torch.uint8)
-
 
 
 def huffman_encode(data: bytes) -> bytes:

@@ -18,6 +18,7 @@ A weight shared by two layers (a token embedding tied to the output projection) 
 pruning it zeroes it in place, so both layers are pruned and the tie survives (copy.deepcopy keeps
 shared parameters shared).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,10 @@ from core.models import DEFAULT_GROUPS, GROUPS, attention_blocks, compressible_l
 
 SCOPES = ("layer", "global")
 STRUCTURES = ("unstructured", "heads", "neurons")
-STRUCTURED_GROUPS = {"heads": ("encoder.attention", "decoder.attention"),
-                     "neurons": ("encoder.ffn", "decoder.ffn")}
+STRUCTURED_GROUPS = {
+    "heads": ("encoder.attention", "decoder.attention"),
+    "neurons": ("encoder.ffn", "decoder.ffn"),
+}
 
 
 def _is_number(value) -> bool:
@@ -43,18 +46,25 @@ def _is_number(value) -> bool:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What to prune: a target `sparsity` or a magnitude `threshold` (exactly one), where, and in what units."""
+    """What to prune: a target `sparsity` or a magnitude `threshold` (exactly one), where,
+    and in what units."""
 
-    sparsity: float | None = None  # fraction of weights (or of heads/neurons, if structured) to remove, in [0, 1)
+    sparsity: float | None = (
+        None  # fraction of weights (or of heads/neurons, if structured) to remove, in [0, 1)
+    )
     threshold: float | None = None  # remove weights with |w| < threshold (weight units); unstructured only
-    scope: str = "layer"  # "layer": each layer hits the sparsity; "global": one ranking over all selected layers
+    scope: str = (
+        "layer"  # "layer": each layer hits the sparsity; "global": one ranking over all selected layers
+    )
     groups: tuple[str, ...] = DEFAULT_GROUPS
     structure: str = "unstructured"  # "unstructured" (zero weights), "heads" or "neurons" (remove units)
 
     def __post_init__(self):
         if (self.sparsity is None) == (self.threshold is None):
-            raise ValueError("prune needs exactly one of prune.sparsity or prune.threshold, got "
-                             f"sparsity={self.sparsity!r}, threshold={self.threshold!r}")
+            raise ValueError(
+                "prune needs exactly one of prune.sparsity or prune.threshold, got "
+                f"sparsity={self.sparsity!r}, threshold={self.threshold!r}"
+            )
         if self.sparsity is not None:
             if not _is_number(self.sparsity) or not 0 <= self.sparsity < 1:
                 raise ValueError(f"prune.sparsity must be a number in [0, 1), got {self.sparsity!r}")
@@ -67,29 +77,43 @@ class PruneConfig:
             raise ValueError(f"prune.scope must be one of {list(SCOPES)}, got {self.scope!r}")
         if self.structure not in STRUCTURES:
             raise ValueError(f"prune.structure must be one of {list(STRUCTURES)}, got {self.structure!r}")
-        if isinstance(self.groups, str) or not isinstance(self.groups, (tuple, list)) or \
-                not all(isinstance(g, str) for g in self.groups):
-            raise ValueError(f"prune.groups must be a list of group names from {list(GROUPS)}, got {self.groups!r}")
+        if (
+            isinstance(self.groups, str)
+            or not isinstance(self.groups, (tuple, list))
+            or not all(isinstance(g, str) for g in self.groups)
+        ):
+            raise ValueError(
+                f"prune.groups must be a list of group names from {list(GROUPS)}, got {self.groups!r}"
+            )
         object.__setattr__(self, "groups", tuple(self.groups))
         if not self.groups or any(g not in GROUPS for g in self.groups):
-            raise ValueError(f"prune.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}")
+            raise ValueError(
+                f"prune.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}"
+            )
         if self.structure != "unstructured":
             self._check_structured()
 
     def _check_structured(self) -> None:
         where = f"prune.structure {self.structure!r}"
         if self.threshold is not None:
-            raise ValueError(f"{where} needs prune.sparsity (the fraction of units to remove), not prune.threshold")
+            raise ValueError(
+                f"{where} needs prune.sparsity (the fraction of units to remove), not prune.threshold"
+            )
         if self.scope != "layer":
-            raise ValueError(f"{where} needs prune.scope 'layer' (units are ranked within each layer), "
-                             f"got {self.scope!r}")
+            raise ValueError(
+                f"{where} needs prune.scope 'layer' (units are ranked within each layer), got {self.scope!r}"
+            )
         odd = [g for g in self.groups if g in ("embedding", "conv")]
         if odd:
-            raise ValueError(f"{where} cannot remove units from {odd}; prune.groups may only hold "
-                             f"{list(DEFAULT_GROUPS)} (groups of the other kind are left as they are)")
+            raise ValueError(
+                f"{where} cannot remove units from {odd}; prune.groups may only hold "
+                f"{list(DEFAULT_GROUPS)} (groups of the other kind are left as they are)"
+            )
         if not set(self.groups) & set(STRUCTURED_GROUPS[self.structure]):
-            raise ValueError(f"{where} needs one of {list(STRUCTURED_GROUPS[self.structure])} in prune.groups, "
-                             f"got {list(self.groups)}")
+            raise ValueError(
+                f"{where} needs one of {list(STRUCTURED_GROUPS[self.structure])} in prune.groups, "
+                f"got {list(self.groups)}"
+            )
 
 
 # ----------------------------------------------------------------------------- magnitudes
@@ -122,25 +146,31 @@ def _weights(model: nn.Module, groups: tuple[str, ...]) -> list[tuple[str, str, 
     return out
 
 
-def threshold_sparsity_curve(model: nn.Module, groups: tuple[str, ...] = DEFAULT_GROUPS,
-                             thresholds: list[float] | tuple[float, ...] = ()) -> dict[str, list[float]]:
+def threshold_sparsity_curve(
+    model: nn.Module,
+    groups: tuple[str, ...] = DEFAULT_GROUPS,
+    thresholds: list[float] | tuple[float, ...] = (),
+) -> dict[str, list[float]]:
     """Per layer, the fraction of weights with |w| < t for each t: what a threshold prune would remove."""
     curve = {}
     for name, _, weight in _weights(model, tuple(groups)):
         magnitude = weight.detach().abs().flatten()
-        points = torch.tensor([float(t) for t in thresholds], dtype=magnitude.dtype)  # compared as prune compares
+        points = torch.tensor(
+            [float(t) for t in thresholds], dtype=magnitude.dtype
+        )  # compared as prune compares
         ordered, order = points.sort()
         # bucket i holds ordered[i-1] <= |w| < ordered[i], so |w| < ordered[j] for buckets 0..j
         buckets = torch.bucketize(magnitude, ordered, right=True)
-        below = torch.bincount(buckets, minlength=len(points) + 1).cumsum(0)[:len(points)]
+        below = torch.bincount(buckets, minlength=len(points) + 1).cumsum(0)[: len(points)]
         counts = torch.empty_like(below)
         counts[order] = below
         curve[name] = (counts.double() / max(1, magnitude.numel())).tolist()
     return curve
 
 
-def threshold_for_sparsity(model: nn.Module, sparsity: float, groups: tuple[str, ...] = DEFAULT_GROUPS,
-                           layer: str | None = None) -> float:
+def threshold_for_sparsity(
+    model: nn.Module, sparsity: float, groups: tuple[str, ...] = DEFAULT_GROUPS, layer: str | None = None
+) -> float:
     """The threshold t whose |w| < t prune removes round(sparsity x n) weights (fewer only if |w| ties at t).
 
     Over all weights of `groups` (one global ranking), or of the one layer named `layer`."""
@@ -182,10 +212,18 @@ def _prune_unstructured(model: nn.Module, config: PruneConfig) -> list[LayerRepo
         with torch.no_grad():
             weight.masked_fill_(mask.view(weight.shape), 0.0)  # +0.0 (w * 0 would give -0.0 for w < 0)
         note = f"{', '.join(tied[id(weight)])} shares this weight (pruned too)" if id(weight) in tied else ""
-        reports.append(LayerReport(
-            name=name, group=group, technique="prune", params_before=weight.numel(), params_after=weight.numel(),
-            sparsity=float((weight == 0).sum()) / max(1, weight.numel()),
-            rel_error=removed / norm if norm else 0.0, note=note))
+        reports.append(
+            LayerReport(
+                name=name,
+                group=group,
+                technique="prune",
+                params_before=weight.numel(),
+                params_after=weight.numel(),
+                sparsity=float((weight == 0).sum()) / max(1, weight.numel()),
+                rel_error=removed / norm if norm else 0.0,
+                note=note,
+            )
+        )
     return reports
 
 
@@ -204,12 +242,16 @@ def _tied_names(model: nn.Module) -> dict[int, list[str]]:
 
 def _plain_linear(module: nn.Module, where: str) -> nn.Linear:
     if type(module) is not nn.Linear:
-        raise ValueError(f"structured pruning needs plain nn.Linear layers, but {where} is a "
-                         f"{type(module).__name__}; prune structurally before low_rank or quantize")
+        raise ValueError(
+            f"structured pruning needs plain nn.Linear layers, but {where} is a "
+            f"{type(module).__name__}; prune structurally before low_rank or quantize"
+        )
     return module
 
 
-def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def _sliced_linear(
+    linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+) -> nn.Linear:
     """A new nn.Linear keeping the output rows `rows` and input columns `cols` (None: all) of `linear`."""
     weight = linear.weight.detach()
     bias = None if linear.bias is None else linear.bias.detach()
@@ -218,8 +260,9 @@ def _sliced_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: to
         bias = None if bias is None else bias[rows]
     if cols is not None:
         weight = weight[:, cols]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                    dtype=weight.dtype)
+    new = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype
+    )
     with torch.no_grad():
         new.weight.copy_(weight)
         if bias is not None:
@@ -245,10 +288,18 @@ def _removed_fraction(weight: torch.Tensor, kept: torch.Tensor, dim: int) -> flo
     return math.sqrt(max(0.0, total**2 - kept_norm**2)) / total if total else 0.0
 
 
-def _structured_report(name: str, group: str, before: nn.Linear, after: nn.Linear, rel_error: float,
-                       note: str) -> LayerReport:
-    return LayerReport(name=name, group=group, technique="prune", params_before=before.weight.numel(),
-                       params_after=after.weight.numel(), rel_error=rel_error, note=note)
+def _structured_report(
+    name: str, group: str, before: nn.Linear, after: nn.Linear, rel_error: float, note: str
+) -> LayerReport:
+    return LayerReport(
+        name=name,
+        group=group,
+        technique="prune",
+        params_before=before.weight.numel(),
+        params_after=after.weight.numel(),
+        rel_error=rel_error,
+        note=note,
+    )
 
 
 def _prune_neurons(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
@@ -287,9 +338,12 @@ def _prune_heads(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
         parts = (*inputs, block.out)
         linears = {p: _plain_linear(getattr(attn, p), f"{block.name}.{p}") for p in parts}
         heads, head_dim = block.heads, block.head_dim
-        squares = sum(linears[p].weight.detach().double().square().sum(1).view(heads, head_dim).sum(1)
-                      for p in inputs)
-        squares = squares + linears[block.out].weight.detach().double().square().sum(0).view(heads, head_dim).sum(1)
+        squares = sum(
+            linears[p].weight.detach().double().square().sum(1).view(heads, head_dim).sum(1) for p in inputs
+        )
+        squares = squares + linears[block.out].weight.detach().double().square().sum(0).view(
+            heads, head_dim
+        ).sum(1)
         kept_heads = _units_to_keep(squares.sqrt(), config.sparsity)
         kept = (kept_heads[:, None] * head_dim + torch.arange(head_dim, device=kept_heads.device)).flatten()
         new = {p: _sliced_linear(linears[p], rows=kept) for p in inputs}
@@ -297,7 +351,9 @@ def _prune_heads(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
         note = f"kept {kept_heads.numel()} of {heads} heads (head_dim {head_dim}): {kept_heads.tolist()}"
         for p in parts:
             error = _removed_fraction(linears[p].weight, kept, 1 if p == block.out else 0)
-            reports.append(_structured_report(f"{block.name}.{p}", block.group, linears[p], new[p], error, note))
+            reports.append(
+                _structured_report(f"{block.name}.{p}", block.group, linears[p], new[p], error, note)
+            )
         if kept_heads.numel() < heads:
             for p in parts:
                 setattr(attn, p, new[p])
@@ -311,7 +367,8 @@ def _prune_heads(model: nn.Module, config: PruneConfig) -> list[LayerReport]:
 
 
 def prune(model: nn.Module, config: PruneConfig) -> tuple[nn.Module, list[LayerReport]]:
-    """A copy of `model` pruned as `config` says, with one report per touched layer; the input is left untouched."""
+    """A copy of `model` pruned as `config` says, with one report per touched layer;
+    the input is left untouched."""
     model = copy.deepcopy(model)
     if config.structure == "neurons":
         return model, _prune_neurons(model, config)
@@ -337,6 +394,13 @@ def _check_order(config: PruneConfig, earlier: tuple[str, ...]) -> str | None:
 
 
 TECHNIQUE = Technique(
-    name="prune", config=PruneConfig, apply=prune, describe=describe, knobs=("sparsity", "threshold"),
-    off={"sparsity": (0,), "threshold": (0,)}, levels=("sparsity", (0.25, 0.5, 0.75)), position=10,
-    check_order=_check_order)
+    name="prune",
+    config=PruneConfig,
+    apply=prune,
+    describe=describe,
+    knobs=("sparsity", "threshold"),
+    off={"sparsity": (0,), "threshold": (0,)},
+    levels=("sparsity", (0.25, 0.5, 0.75)),
+    position=10,
+    check_order=_check_order,
+)

@@ -26,14 +26,15 @@ Quantizing the embedding (group "embedding") keeps the tie and stores the table 
     `codes`/`scale` buffers are non-persistent aliases of the QuantEmbedding's, prepacked once.
 core.io.artifact records such aliases as "ties" in layout.json and restores them on load.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,8 @@ class QuantConfig:
     groups: tuple[str, ...] = DEFAULT_GROUPS + ("embedding",)
     backend: str = "fake"  # "fake": fp32 dequantized forward; "int8_dynamic": int8 kernels for Linear
     scale_dtype: str = "float32"  # how scales are stored: "float32" or "float16" (half the bytes per scale)
-    gptq: bool = False  # round with GPTQ error compensation (core.compress.gptq) instead of to nearest: needs calibration
+    # round with GPTQ error compensation (core.compress.gptq) instead of to nearest: needs calibration
+    gptq: bool = False
     calibration: str = "train"  # dataset whose packed windows calibrate GPTQ (a bundled name or a path)
     calibration_windows: int = 16  # 30 s windows of it, spread over the set
     entropy_code: bool = False  # store codes and zero points Huffman-coded: a smaller file, the same model
@@ -77,41 +79,67 @@ class QuantConfig:
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"quantize.symmetric must be true or false, got {self.symmetric!r}")
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"quantize.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+            raise ValueError(
+                f"quantize.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}"
+            )
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"quantize.group_size must be a positive integer, got {self.group_size!r}")
         if self.method not in METHODS:
             raise ValueError(f"quantize.method must be one of {list(METHODS)}, got {self.method!r}")
         if isinstance(self.groups, str) or not all(isinstance(g, str) for g in self.groups):
-            raise ValueError(f"quantize.groups must be a list of group names from {list(GROUPS)}, got {self.groups!r}")
+            raise ValueError(
+                f"quantize.groups must be a list of group names from {list(GROUPS)}, got {self.groups!r}"
+            )
         object.__setattr__(self, "groups", tuple(self.groups))
         unknown = [g for g in self.groups if g not in GROUPS]
         if unknown or not self.groups:
-            raise ValueError(f"quantize.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}")
+            raise ValueError(
+                f"quantize.groups must be a non-empty subset of {list(GROUPS)}, got {list(self.groups)}"
+            )
         if self.scale_dtype not in SCALE_DTYPES:
-            raise ValueError(f"quantize.scale_dtype must be one of {list(SCALE_DTYPES)}, got {self.scale_dtype!r}")
+            raise ValueError(
+                f"quantize.scale_dtype must be one of {list(SCALE_DTYPES)}, got {self.scale_dtype!r}"
+            )
         if not isinstance(self.gptq, bool):
             raise ValueError(f"quantize.gptq must be true or false, got {self.gptq!r}")
-        if isinstance(self.outlier_columns, bool) or not isinstance(self.outlier_columns, int) \
-                or not 0 <= self.outlier_columns <= 64:
-            raise ValueError(f"quantize.outlier_columns must be an integer from 0 to 64, got {self.outlier_columns!r}")
+        if (
+            isinstance(self.outlier_columns, bool)
+            or not isinstance(self.outlier_columns, int)
+            or not 0 <= self.outlier_columns <= 64
+        ):
+            raise ValueError(
+                f"quantize.outlier_columns must be an integer from 0 to 64, got {self.outlier_columns!r}"
+            )
         if not isinstance(self.entropy_code, bool):
             raise ValueError(f"quantize.entropy_code must be true or false, got {self.entropy_code!r}")
         if not isinstance(self.calibration, str) or not self.calibration:
             raise ValueError(f"quantize.calibration must be a dataset name or path, got {self.calibration!r}")
-        if isinstance(self.calibration_windows, bool) or not isinstance(self.calibration_windows, int) \
-                or self.calibration_windows < 1:
-            raise ValueError(f"quantize.calibration_windows must be a positive integer, got {self.calibration_windows!r}")
+        if (
+            isinstance(self.calibration_windows, bool)
+            or not isinstance(self.calibration_windows, int)
+            or self.calibration_windows < 1
+        ):
+            raise ValueError(
+                f"quantize.calibration_windows must be a positive integer, got {self.calibration_windows!r}"
+            )
         if self.backend not in BACKENDS:
             raise ValueError(f"quantize.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         if self.backend == "int8_dynamic" and self.outlier_columns:
-            raise ValueError("quantize.backend 'int8_dynamic' runs whole int8 weights: outlier_columns must be 0")
-        if self.backend == "int8_dynamic" and (self.bits != 8 or not self.symmetric or self.granularity == "group"
-                                               or self.scale_dtype != "float32"):
-            raise ValueError("quantize.backend 'int8_dynamic' needs bits=8, symmetric=true, granularity "
-                             f"'channel' or 'tensor' and float32 scales, got bits={self.bits}, "
-                             f"symmetric={self.symmetric}, granularity={self.granularity!r}, "
-                             f"scale_dtype={self.scale_dtype!r}")
+            raise ValueError(
+                "quantize.backend 'int8_dynamic' runs whole int8 weights: outlier_columns must be 0"
+            )
+        if self.backend == "int8_dynamic" and (
+            self.bits != 8
+            or not self.symmetric
+            or self.granularity == "group"
+            or self.scale_dtype != "float32"
+        ):
+            raise ValueError(
+                "quantize.backend 'int8_dynamic' needs bits=8, symmetric=true, granularity "
+                f"'channel' or 'tensor' and float32 scales, got bits={self.bits}, "
+                f"symmetric={self.symmetric}, granularity={self.granularity!r}, "
+                f"scale_dtype={self.scale_dtype!r}"
+            )
 
 
 # ----------------------------------------------------------------------------- codes and scales
@@ -126,7 +154,8 @@ def _scale_shape(rows: int, cols: int, granularity: str, group_size: int) -> tup
 
 
 def _blocks(w: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor:
-    """View a (rows, cols) matrix as (scale rows, scale columns, values per scale); the last group is zero-padded."""
+    """View a (rows, cols) matrix as (scale rows, scale columns, values per scale);
+    the last group is zero-padded."""
     rows, cols = w.shape
     if granularity == "tensor":
         return w.reshape(1, 1, -1)
@@ -178,12 +207,14 @@ def _search_qparams(x: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor,
     return best_scale, best_zero
 
 
-def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def quantize_tensor(
+    weight: torch.Tensor, config: QuantConfig, hessian: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Codes (uint8, weight viewed as rows x cols), scales (fp32 tensor; values fp16-exact with scale_dtype
     "float16") and zero points (uint8; None if symmetric).
 
-    With `hessian` (the layer's input statistics, see core.compress.gptq) the codes are GPTQ's; else round-to-nearest."""
+    With `hessian` (the layer's input statistics, see core.compress.gptq) the codes are GPTQ's;
+    else round-to-nearest."""
     if config.bits == 16:
         raise ValueError("quantize_tensor: 16 bits is stored as fp16, it has no integer codes")
     w = weight.detach().float().reshape(weight.shape[0], -1)
@@ -191,18 +222,31 @@ def quantize_tensor(weight: torch.Tensor, config: QuantConfig, hessian: torch.Te
     scale, zero = _search_qparams(x, config)
     if config.scale_dtype == "float16":  # round first, so the codes fit the scales as stored
         scale = scale.half().float()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a block too small for fp16 decodes to 0
+        scale = torch.where(
+            scale > 0, scale, torch.ones_like(scale)
+        )  # a block too small for fp16 decodes to 0
     if hessian is None:
         codes = _unblock(_round(x, scale, zero, config.bits), *w.shape).to(torch.uint8)
     else:
         group_size = config.group_size if config.granularity == "group" else None
         codes = gptq_codes(w, hessian, scale, zero, config.bits, group_size)
-    return codes, scale.squeeze(-1).contiguous(), None if config.symmetric else zero.squeeze(-1).to(torch.uint8)
+    return (
+        codes,
+        scale.squeeze(-1).contiguous(),
+        None if config.symmetric else zero.squeeze(-1).to(torch.uint8),
+    )
 
 
-def dequantize_tensor(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int,
-                      granularity: str, group_size: int) -> torch.Tensor:
-    """fp32 (rows, cols) weight from codes (rows, cols), scales and zero points (None: symmetric, 2**(bits-1))."""
+def dequantize_tensor(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    granularity: str,
+    group_size: int,
+) -> torch.Tensor:
+    """fp32 (rows, cols) weight from codes (rows, cols), scales and zero points
+    (None: symmetric, 2**(bits-1))."""
     rows, cols = codes.shape
     x = _blocks(codes.float(), granularity, group_size)
     z = torch.full_like(scale, 2 ** (bits - 1)) if zero is None else zero.float()
@@ -256,16 +300,19 @@ def quantize_row(weight_row: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 
 @contextmanager
 def quiet_torch_quantization() -> Iterator[None]:
-    """Silence torch 2.14's deprecation warnings for torch.ao / quantized tensors: the one place we use them."""
+    """Silence torch 2.14's deprecation warnings for torch.ao / quantized tensors:
+    the one place we use them."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*quantiz.*deprecated")
         yield
 
 
 class FbgemmInt8:
-    """int8 weight x dynamically quantized activation Linear on torch's quantized ops (what quantize_dynamic runs).
+    """int8 weight x dynamically quantized activation Linear on torch's quantized ops (what
+    quantize_dynamic runs).
 
-    Give Int8DynamicLinear another `kernel` (a class attribute) with the same two methods to change the backend.
+    Give Int8DynamicLinear another `kernel` (a class attribute) with the same two methods to change the
+    backend.
     """
 
     @staticmethod
@@ -276,8 +323,12 @@ class FbgemmInt8:
                 qweight = torch._make_per_tensor_quantized_tensor(codes, float(scale), 0)
             else:
                 zeros = torch.zeros(scale.numel(), dtype=torch.long)
-                qweight = torch._make_per_channel_quantized_tensor(codes, scale.reshape(-1).double(), zeros, 0)
-            return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+                qweight = torch._make_per_channel_quantized_tensor(
+                    codes, scale.reshape(-1).double(), zeros, 0
+                )
+            return torch.ops.quantized.linear_prepack(
+                qweight, None if bias is None else bias.detach().float()
+            )
 
     @staticmethod
     def linear(x: torch.Tensor, packed) -> torch.Tensor:
@@ -285,11 +336,10 @@ class FbgemmInt8:
         return torch.ops.quantized.linear_dynamic(x.float(), packed, True).to(x.dtype)
 
 
-
 # ----------------------------------------------------------------------------- modules
 
 
-def _refresh_after_load(module: "QuantWeight", incompatible_keys) -> None:
+def _refresh_after_load(module: QuantWeight, incompatible_keys) -> None:
     module.refresh()
 
 
@@ -298,14 +348,35 @@ class QuantWeight(nn.Module):
 
     float_class: type[nn.Module] = nn.Module  # the float module kind it replaces (for group lookup)
 
-    def __init__(self, shape: tuple[int, ...], bits: int, symmetric: bool = True, granularity: str = "channel",
-                 group_size: int = 64, scale_dtype: str = "float32", entropy_code: bool = False,
-                 outlier_columns: int = 0, cache_weight: bool = True):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        bits: int,
+        symmetric: bool = True,
+        granularity: str = "channel",
+        group_size: int = 64,
+        scale_dtype: str = "float32",
+        entropy_code: bool = False,
+        outlier_columns: int = 0,
+        cache_weight: bool = True,
+    ):
         super().__init__()
-        QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
-                    scale_dtype=scale_dtype, entropy_code=entropy_code, outlier_columns=outlier_columns)  # validates
+        QuantConfig(
+            bits=bits,
+            symmetric=symmetric,
+            granularity=granularity,
+            group_size=group_size,
+            scale_dtype=scale_dtype,
+            entropy_code=entropy_code,
+            outlier_columns=outlier_columns,
+        )  # validates
         self.weight_shape = tuple(int(s) for s in shape)
-        self.bits, self.symmetric, self.granularity, self.group_size = bits, symmetric, granularity, group_size
+        self.bits, self.symmetric, self.granularity, self.group_size = (
+            bits,
+            symmetric,
+            granularity,
+            group_size,
+        )
         self.scale_dtype, self.entropy_code = scale_dtype, entropy_code
         self.outlier_columns = outlier_columns if bits != 16 else 0
         rows, cols = self.weight_shape[0], math.prod(self.weight_shape[1:])
@@ -326,13 +397,19 @@ class QuantWeight(nn.Module):
 
     @property
     def coded_buffers(self) -> tuple[str, ...]:
-        """The uint8 buffers core.io.artifact stores Huffman-coded (lossless; see QuantConfig.entropy_code)."""
+        """The uint8 buffers core.io.artifact stores Huffman-coded
+        (lossless; see QuantConfig.entropy_code)."""
         return ("codes", "zero") if self.entropy_code and self.bits != 16 else ()
 
     def _quant_layout(self) -> dict:
-        """Constructor facts for layout.json; keys at their old defaults are left out, so old files read the same."""
-        layout = {"bits": self.bits, "symmetric": self.symmetric, "granularity": self.granularity,
-                  "group_size": self.group_size}
+        """Constructor facts for layout.json; keys at their old defaults are left out,
+        so old files read the same."""
+        layout = {
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "granularity": self.granularity,
+            "group_size": self.group_size,
+        }
         if self.scale_dtype != "float32":
             layout["scale_dtype"] = self.scale_dtype
         if self.entropy_code:
@@ -367,11 +444,14 @@ class QuantWeight(nn.Module):
         """The fp32 weight these codes stand for."""
         if self.bits == 16:
             return self.weight_fp16.float()
-        w = dequantize_tensor(self.unpacked_codes(), self.scale, self.zero, self.bits, self.granularity,
-                              self.group_size)
+        w = dequantize_tensor(
+            self.unpacked_codes(), self.scale, self.zero, self.bits, self.granularity, self.group_size
+        )
         if self.outlier_columns:
             if not bool(((self.outlier_index >= 0) & (self.outlier_index < w.shape[1])).all()):
-                raise ValueError(f"outlier_index holds columns outside 0..{w.shape[1] - 1}: not a valid saved weight")
+                raise ValueError(
+                    f"outlier_index holds columns outside 0..{w.shape[1] - 1}: not a valid saved weight"
+                )
             w[:, self.outlier_index] = self.outlier_values.float()
         return w.reshape(self.weight_shape)
 
@@ -394,7 +474,9 @@ class QuantLinear(QuantWeight):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None) -> "QuantLinear":
+    def from_float(
+        cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None
+    ) -> QuantLinear:
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, **_quant_args(config))
         module._encode(linear.weight, config, hessian)
         if linear.bias is not None:
@@ -403,10 +485,15 @@ class QuantLinear(QuantWeight):
         return module
 
     def layout(self) -> dict:
-        return {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None, **self._quant_layout()}
+        return {
+            "in": self.in_features,
+            "out": self.out_features,
+            "bias": self.bias is not None,
+            **self._quant_layout(),
+        }
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "QuantLinear":
+    def from_layout(cls, layout: dict) -> QuantLinear:
         return cls(layout["in"], layout["out"], layout["bias"], **_quant_args(layout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -427,27 +514,35 @@ class QuantEmbedding(QuantWeight):
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantEmbedding":
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> QuantEmbedding:
         if embedding.max_norm is not None:
             raise ValueError("quantize: embeddings with max_norm are not supported")
-        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, **_quant_args(config))
+        module = cls(
+            embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, **_quant_args(config)
+        )
         module._encode(embedding.weight, config)
         module.refresh()
         return module
 
     def layout(self) -> dict:
-        return {"num": self.num_embeddings, "dim": self.embedding_dim, "padding_idx": self.padding_idx,
-                **self._quant_layout()}
+        return {
+            "num": self.num_embeddings,
+            "dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+            **self._quant_layout(),
+        }
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "QuantEmbedding":
+    def from_layout(cls, layout: dict) -> QuantEmbedding:
         return cls(layout["num"], layout["dim"], layout["padding_idx"], **_quant_args(layout))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, {_describe(self)}"
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, {_describe(self)}"
+        )
 
 
 class QuantPositions(QuantEmbedding):
@@ -461,7 +556,7 @@ class QuantPositions(QuantEmbedding):
     forward_like: type[nn.Embedding] | None = None
 
     @classmethod
-    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> "QuantPositions":
+    def from_float(cls, embedding: nn.Embedding, config: QuantConfig) -> QuantPositions:
         module = super().from_float(embedding, config)
         module.adopt(embedding)
         return module
@@ -483,8 +578,18 @@ class QuantConv1d(QuantWeight):
     layout_kind = "quant_conv1d"
     float_class = nn.Conv1d
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding=0,
-                 dilation: int = 1, groups: int = 1, bias: bool = True, **quant):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding=0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        **quant,
+    ):
         super().__init__((out_channels, in_channels // groups, kernel_size), **quant)
         # tuples, as nn.Conv1d keeps them (Hugging Face reads conv.stride[0])
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kernel_size,)
@@ -493,12 +598,20 @@ class QuantConv1d(QuantWeight):
         self.bias = nn.Parameter(torch.zeros(out_channels), requires_grad=False) if bias else None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv1d, config: QuantConfig) -> "QuantConv1d":
+    def from_float(cls, conv: nn.Conv1d, config: QuantConfig) -> QuantConv1d:
         if conv.padding_mode != "zeros":
             raise ValueError(f"quantize: Conv1d padding_mode {conv.padding_mode!r} is not supported")
-        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
-                     conv.padding if isinstance(conv.padding, str) else conv.padding[0], conv.dilation[0],
-                     conv.groups, conv.bias is not None, **_quant_args(config))
+        module = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size[0],
+            conv.stride[0],
+            conv.padding if isinstance(conv.padding, str) else conv.padding[0],
+            conv.dilation[0],
+            conv.groups,
+            conv.bias is not None,
+            **_quant_args(config),
+        )
         module._encode(conv.weight, config)
         if conv.bias is not None:
             module.bias.data.copy_(conv.bias.detach())
@@ -507,21 +620,40 @@ class QuantConv1d(QuantWeight):
 
     def layout(self) -> dict:
         padding = self.padding if isinstance(self.padding, str) else self.padding[0]
-        return {"in": self.in_channels, "out": self.out_channels, "kernel": self.kernel_size[0],
-                "stride": self.stride[0], "padding": padding, "dilation": self.dilation[0], "groups": self.groups,
-                "bias": self.bias is not None, **self._quant_layout()}
+        return {
+            "in": self.in_channels,
+            "out": self.out_channels,
+            "kernel": self.kernel_size[0],
+            "stride": self.stride[0],
+            "padding": padding,
+            "dilation": self.dilation[0],
+            "groups": self.groups,
+            "bias": self.bias is not None,
+            **self._quant_layout(),
+        }
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "QuantConv1d":
-        return cls(layout["in"], layout["out"], layout["kernel"], layout["stride"], layout["padding"],
-                   layout["dilation"], layout["groups"], layout["bias"], **_quant_args(layout))
+    def from_layout(cls, layout: dict) -> QuantConv1d:
+        return cls(
+            layout["in"],
+            layout["out"],
+            layout["kernel"],
+            layout["stride"],
+            layout["padding"],
+            layout["dilation"],
+            layout["groups"],
+            layout["bias"],
+            **_quant_args(layout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"{_describe(self)}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"{_describe(self)}"
+        )
 
 
 class Int8DynamicLinear(QuantWeight):
@@ -535,21 +667,41 @@ class Int8DynamicLinear(QuantWeight):
     float_class = nn.Linear
     kernel = FbgemmInt8
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, granularity: str = "channel",
-                 entropy_code: bool = False):
-        super().__init__((out_features, in_features), bits=8, symmetric=True, granularity=granularity,
-                         entropy_code=entropy_code, cache_weight=False)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        granularity: str = "channel",
+        entropy_code: bool = False,
+    ):
+        super().__init__(
+            (out_features, in_features),
+            bits=8,
+            symmetric=True,
+            granularity=granularity,
+            entropy_code=entropy_code,
+            cache_weight=False,
+        )
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed = None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, config: QuantConfig,
-                   hessian: torch.Tensor | None = None) -> "Int8DynamicLinear":
+    def from_float(
+        cls, linear: nn.Linear, config: QuantConfig, hessian: torch.Tensor | None = None
+    ) -> Int8DynamicLinear:
         if config.bits != 8 or not config.symmetric or config.granularity == "group":
-            raise ValueError("Int8DynamicLinear needs bits=8, symmetric=true, granularity 'channel' or 'tensor'")
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config.granularity,
-                     config.entropy_code)
+            raise ValueError(
+                "Int8DynamicLinear needs bits=8, symmetric=true, granularity 'channel' or 'tensor'"
+            )
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            config.granularity,
+            config.entropy_code,
+        )
         module._encode(linear.weight, config, hessian)
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
@@ -557,11 +709,16 @@ class Int8DynamicLinear(QuantWeight):
         return module
 
     @classmethod
-    def tied_to(cls, embedding: QuantEmbedding, bias: torch.Tensor | None = None) -> "Int8DynamicLinear":
-        """An output projection sharing an 8-bit symmetric QuantEmbedding's codes and scales (stored once there)."""
+    def tied_to(cls, embedding: QuantEmbedding, bias: torch.Tensor | None = None) -> Int8DynamicLinear:
+        """An output projection sharing an 8-bit symmetric QuantEmbedding's codes and scales
+        (stored once there)."""
         if embedding.bits != 8 or not embedding.symmetric or embedding.granularity == "group":
-            raise ValueError("Int8DynamicLinear.tied_to needs an 8-bit symmetric channel/tensor QuantEmbedding")
-        module = cls(embedding.embedding_dim, embedding.num_embeddings, bias is not None, embedding.granularity)
+            raise ValueError(
+                "Int8DynamicLinear.tied_to needs an 8-bit symmetric channel/tensor QuantEmbedding"
+            )
+        module = cls(
+            embedding.embedding_dim, embedding.num_embeddings, bias is not None, embedding.granularity
+        )
         for name in ("codes", "scale"):
             del module._buffers[name]
             module.register_buffer(name, getattr(embedding, name), persistent=False)
@@ -571,14 +728,23 @@ class Int8DynamicLinear(QuantWeight):
         return module
 
     def layout(self) -> dict:
-        layout = {"in": self.in_features, "out": self.out_features, "bias": self.bias is not None,
-                  "granularity": self.granularity}
+        layout = {
+            "in": self.in_features,
+            "out": self.out_features,
+            "bias": self.bias is not None,
+            "granularity": self.granularity,
+        }
         return {**layout, "entropy_code": True} if self.entropy_code else layout
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "Int8DynamicLinear":
-        return cls(layout["in"], layout["out"], layout["bias"], layout["granularity"],
-                   layout.get("entropy_code", False))
+    def from_layout(cls, layout: dict) -> Int8DynamicLinear:
+        return cls(
+            layout["in"],
+            layout["out"],
+            layout["bias"],
+            layout["granularity"],
+            layout.get("entropy_code", False),
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -595,7 +761,9 @@ class Int8DynamicLinear(QuantWeight):
         return self.kernel.linear(x, self._packed)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int8 {self.granularity}"
+        return (
+            f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int8 {self.granularity}"
+        )
 
 
 QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantPositions, QuantConv1d, Int8DynamicLinear)
@@ -604,9 +772,12 @@ QUANT_MODULES = (QuantLinear, QuantEmbedding, QuantPositions, QuantConv1d, Int8D
 def _quant_args(source: QuantConfig | dict) -> dict:
     keys = ("bits", "symmetric", "granularity", "group_size")
     if isinstance(source, dict):  # a layout.json entry: a key it lacks predates that key and had its default
-        return {**{k: source[k] for k in keys}, "scale_dtype": source.get("scale_dtype", "float32"),
-                "entropy_code": source.get("entropy_code", False),
-                "outlier_columns": source.get("outlier_columns", 0)}
+        return {
+            **{k: source[k] for k in keys},
+            "scale_dtype": source.get("scale_dtype", "float32"),
+            "entropy_code": source.get("entropy_code", False),
+            "outlier_columns": source.get("outlier_columns", 0),
+        }
     return {k: getattr(source, k) for k in keys + ("scale_dtype", "entropy_code", "outlier_columns")}
 
 
@@ -617,14 +788,18 @@ def _describe(module: QuantWeight) -> str:
     scales = " fp16 scales" if module.scale_dtype == "float16" else ""
     coded = " entropy-coded" if module.entropy_code else ""
     outliers = f" +{module.outlier_columns} fp16 columns" if module.outlier_columns else ""
-    return (f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}{scales}"
-            f"{outliers}{coded}")
+    return (
+        f"{module.bits}-bit {module.granularity}{group} {'sym' if module.symmetric else 'asym'}{scales}"
+        f"{outliers}{coded}"
+    )
 
 
 # ----------------------------------------------------------------------------- the verb
 
 
-def _quantized(module: nn.Module, kind: str, config: QuantConfig, hessian: torch.Tensor | None) -> QuantWeight:
+def _quantized(
+    module: nn.Module, kind: str, config: QuantConfig, hessian: torch.Tensor | None
+) -> QuantWeight:
     if kind == "embedding":
         own_forward = type(module).forward is not nn.Embedding.forward  # e.g. a position table
         return (QuantPositions if own_forward else QuantEmbedding).from_float(module, config)
@@ -645,24 +820,31 @@ def _tie_output(model: nn.Module, name: str, embedding: QuantEmbedding, config: 
         linear.register_buffer("weight", embedding.weight, persistent=False)
 
 
-def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
-             calibration: "Calibration | None" = None) -> tuple[nn.Module, list[LayerReport]]:
+def quantize(
+    model: nn.Module, config: QuantConfig = QuantConfig(), calibration: Calibration | None = None
+) -> tuple[nn.Module, list[LayerReport]]:
     """A copy of `model` with the layers of `config.groups` quantized; the input model is left untouched.
 
-    `config.gptq` needs `calibration` (core.compress.gptq.calibration_for(model)): the Linear layers' inputs on it
-    weight the rounding. Embeddings and convolutions are rounded to nearest: GPTQ would tune a tied table
-    for the output projection and spoil it as a lookup (measured on tiny.en: 3-bit 52% WER -> 225%)."""
+    `config.gptq` needs `calibration` (core.compress.gptq.calibration_for(model)): the Linear layers'
+    inputs on it weight the rounding. Embeddings and convolutions are rounded to nearest: GPTQ would tune
+    a tied table for the output projection and spoil it as a lookup
+    (measured on tiny.en: 3-bit 52% WER -> 225%)."""
     hessians = {}
     if config.gptq and config.bits != 16:
         if calibration is None:
-            raise ValueError("quantize.gptq needs calibration data: apply the recipe with "
-                             "calibration=core.compress.gptq.calibration_for(model)")
+            raise ValueError(
+                "quantize.gptq needs calibration data: apply the recipe with "
+                "calibration=core.compress.gptq.calibration_for(model)"
+            )
         hessians = input_hessians(model, calibration(config.calibration, config.calibration_windows))
     model = copy.deepcopy(model)
 
     def replace(info, old: nn.Module) -> tuple[nn.Module, LayerReport]:
-        tied = [name for name, m in model.named_modules()
-                if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight]
+        tied = [
+            name
+            for name, m in model.named_modules()
+            if info.kind == "embedding" and isinstance(m, nn.Linear) and m.weight is old.weight
+        ]
         hessian = hessians.get(info.name) if info.kind == "linear" else None
         new = _quantized(old, info.kind, config, hessian)
         for name in tied:
@@ -676,9 +858,15 @@ def quantize(model: nn.Module, config: QuantConfig = QuantConfig(),
         if tied:
             note += f"; {', '.join(tied)} shares this table"
         return new, LayerReport(
-            name=info.name, group=info.group, technique="quantize", params_before=info.params,
-            params_after=info.params, bits=config.bits, rel_error=relative_error(old.weight, new.weight),
-            note=note)
+            name=info.name,
+            group=info.group,
+            technique="quantize",
+            params_before=info.params,
+            params_after=info.params,
+            bits=config.bits,
+            rel_error=relative_error(old.weight, new.weight),
+            note=note,
+        )
 
     return model, swap_layers(model, config.groups, replace)
 
@@ -708,6 +896,16 @@ def describe(config: QuantConfig) -> str:
 
 
 TECHNIQUE = Technique(
-    name="quantize", config=QuantConfig, apply=quantize, describe=describe, knobs=("bits",),
-    off={"bits": (16, 32)}, aliases={("bits", "fp16"): 16}, levels=("bits", (8, 6, 5, 4, 3)), position=30,
-    keeps_float=False, calibrated=True, modules=QUANT_MODULES)
+    name="quantize",
+    config=QuantConfig,
+    apply=quantize,
+    describe=describe,
+    knobs=("bits",),
+    off={"bits": (16, 32)},
+    aliases={("bits", "fp16"): 16},
+    levels=("bits", (8, 6, 5, 4, 3)),
+    position=30,
+    keeps_float=False,
+    calibrated=True,
+    modules=QUANT_MODULES,
+)

@@ -15,14 +15,16 @@ Steps run in order, each on the previous step's output. A step that needs float 
 that leaves none (quantize comes last), and a technique may add its own rule (structured pruning comes
 before low_rank).
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -30,7 +32,6 @@ from core.compress.gptq import calibration_for
 from core.compress.registry import technique
 from core.compress.technique import field_default
 from core.models import SpeechModel
-
 
 # ----------------------------------------------------------------------------- JSON <-> configs
 
@@ -64,7 +65,9 @@ def _build_config(name: str, options, where: str):
     allowed = [f.name for f in dataclasses.fields(config_class) if f.init]
     for key in options:
         if key not in allowed:
-            raise ValueError(f"{where}: unknown key {name}.{key}; allowed keys for {name}: {', '.join(allowed)}")
+            raise ValueError(
+                f"{where}: unknown key {name}.{key}; allowed keys for {name}: {', '.join(allowed)}"
+            )
     try:
         return config_class(**{key: _from_json_value(value) for key, value in options.items()})
     except (ValueError, TypeError) as exc:
@@ -72,7 +75,8 @@ def _build_config(name: str, options, where: str):
 
 
 def _default_keys(config) -> tuple[str, ...]:
-    """The keys written for a config built in Python: its main (first) field if set, and every non-default field."""
+    """The keys written for a config built in Python: its main (first) field if set,
+    and every non-default field."""
     keys = []
     for i, f in enumerate(f for f in dataclasses.fields(config) if f.init):
         value = getattr(config, f.name)
@@ -105,18 +109,25 @@ class Recipe:
             name, config = step
             config_class = technique(name, where).config
             if not isinstance(config, config_class):
-                raise ValueError(f"{where}: {name} needs a {config_class.__name__}, got {type(config).__name__}")
+                raise ValueError(
+                    f"{where}: {name} needs a {config_class.__name__}, got {type(config).__name__}"
+                )
             steps.append((name, config))
         object.__setattr__(self, "steps", tuple(steps))
-        keys = tuple(_default_keys(config) for _, config in steps) if self.keys is None else \
-            tuple(tuple(k) for k in self.keys)
+        keys = (
+            tuple(_default_keys(config) for _, config in steps)
+            if self.keys is None
+            else tuple(tuple(k) for k in self.keys)
+        )
         if len(keys) != len(steps):
             raise ValueError(f"Recipe.keys needs one entry per step ({len(steps)}), got {len(keys)}")
         for i, ((name, config), names) in enumerate(zip(steps, keys), 1):
             allowed = [f.name for f in dataclasses.fields(config) if f.init]
             if any(key not in allowed for key in names):
-                raise ValueError(f"recipe step {i}: Recipe.keys {list(names)} must be fields of {name}: "
-                                 f"{', '.join(allowed)}")
+                raise ValueError(
+                    f"recipe step {i}: Recipe.keys {list(names)} must be fields of {name}: "
+                    f"{', '.join(allowed)}"
+                )
         object.__setattr__(self, "keys", keys)
         self._check_order()
 
@@ -128,14 +139,16 @@ class Recipe:
             step, earlier = technique(name), names[:i]
             blocker = next((e for e in earlier if e != name and not technique(e).keeps_float), None)
             if step.needs_float and blocker is not None:
-                raise ValueError(f"recipe step {i + 1}: {name} after {blocker} has no float layers to act on; "
-                                 f"put {blocker} last")
+                raise ValueError(
+                    f"recipe step {i + 1}: {name} after {blocker} has no float layers to act on; "
+                    f"put {blocker} last"
+                )
             problem = step.check_order(config, earlier) if step.check_order else None
             if problem:
                 raise ValueError(f"recipe step {i + 1}: {problem}")
 
     @classmethod
-    def from_json(cls, obj) -> "Recipe":
+    def from_json(cls, obj) -> Recipe:
         """A recipe from {"steps": [...]}, a bare list of steps, or the JSON text of either."""
         if isinstance(obj, Recipe):
             return obj
@@ -147,7 +160,7 @@ class Recipe:
         if isinstance(obj, dict):
             unknown = [k for k in obj if k != "steps"]
             if unknown or "steps" not in obj:
-                raise ValueError(f"recipe: expected {{\"steps\": [...]}}, got keys {list(obj)}")
+                raise ValueError(f'recipe: expected {{"steps": [...]}}, got keys {list(obj)}')
             obj = obj["steps"]
         if not isinstance(obj, (list, tuple)):
             raise ValueError(f"recipe: steps must be a list of {{name: settings}} objects, got {obj!r}")
@@ -155,15 +168,17 @@ class Recipe:
         for i, step in enumerate(obj, 1):
             where = f"recipe step {i}"
             if not isinstance(step, dict) or len(step) != 1:
-                raise ValueError(f"{where}: expected one {{name: settings}} object such as "
-                                 f"{{\"prune\": {{\"sparsity\": 0.3}}}}, got {step!r}")
-            (name, options), = step.items()
+                raise ValueError(
+                    f"{where}: expected one {{name: settings}} object such as "
+                    f'{{"prune": {{"sparsity": 0.3}}}}, got {step!r}'
+                )
+            ((name, options),) = step.items()
             steps.append((name, _build_config(name, options, where)))
             keys.append(tuple(options or ()))
         return cls(tuple(steps), tuple(keys))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         """Read a recipe JSON file; ValueError naming the file if it is missing or malformed."""
         path = Path(path)
         try:
@@ -179,9 +194,14 @@ class Recipe:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
     def to_json(self) -> dict:
-        """{"steps": [{name: {key: value}}]}, JSON-serializable (lists for tuples); see `keys` for which keys."""
-        return {"steps": [{name: {key: _to_json_value(getattr(config, key)) for key in keys}}
-                          for (name, config), keys in zip(self.steps, self.keys)]}
+        """{"steps": [{name: {key: value}}]}, JSON-serializable (lists for tuples);
+        see `keys` for which keys."""
+        return {
+            "steps": [
+                {name: {key: _to_json_value(getattr(config, key)) for key in keys}}
+                for (name, config), keys in zip(self.steps, self.keys)
+            ]
+        }
 
     @property
     def is_empty(self) -> bool:
@@ -196,7 +216,8 @@ class Recipe:
     def apply(self, model: nn.Module, calibration: Callable | None = None) -> tuple[nn.Module, list]:
         """Run the steps in order on a copy of `model`; returns the new model and every step's LayerReports.
 
-        `calibration` (core.compress.gptq.calibration_for(speech_model)) feeds the steps that need data (GPTQ)."""
+        `calibration` (core.compress.gptq.calibration_for(speech_model)) feeds the steps that need
+        data (GPTQ)."""
         if self.is_empty:
             return copy.deepcopy(model), []
         reports = []

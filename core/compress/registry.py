@@ -4,10 +4,11 @@ The built-in techniques are listed here explicitly (no import side effects). A p
 own `Technique` record with `register`; from then on recipes accept its step, sweeps and sensitivity
 offer its knobs and levels, and saved models with its layers load (see core.compress.technique).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 
@@ -29,7 +30,9 @@ def register(technique: Technique) -> Technique:
         taken = kinds.get(cls.layout_kind)
         if cls.layout_kind in BUILTIN_KINDS or (taken is not None and taken is not cls):
             owner = f"{taken.__module__}.{taken.__qualname__}" if taken else "a builtin torch layer"
-            raise ValueError(f"layout kind {cls.layout_kind!r} of {cls.__qualname__} is already taken by {owner}")
+            raise ValueError(
+                f"layout kind {cls.layout_kind!r} of {cls.__qualname__} is already taken by {owner}"
+            )
     TECHNIQUES[technique.name] = technique
     return technique
 

@@ -1,8 +1,9 @@
 """What every technique reports per layer, and the one module-swap walk they share."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
@@ -37,10 +38,14 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def swap_layers(model: nn.Module, groups: tuple[str, ...],
-                replace: Callable[[LayerInfo, nn.Module], tuple[nn.Module | None, LayerReport]]) -> list[LayerReport]:
+def swap_layers(
+    model: nn.Module,
+    groups: tuple[str, ...],
+    replace: Callable[[LayerInfo, nn.Module], tuple[nn.Module | None, LayerReport]],
+) -> list[LayerReport]:
     """The module-swap walk every technique shares: for each compressible layer of `groups`, in module order,
-    `replace(info, layer)` gives a new module (None: keep the layer) and a report. `model` changes in place."""
+    `replace(info, layer)` gives a new module (None: keep the layer) and a report.
+    `model` changes in place."""
     reports = []
     for info in compressible_layers(model, groups):
         new, report = replace(info, model.get_submodule(info.name))

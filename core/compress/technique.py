@@ -6,16 +6,25 @@ steps with it, sweeps read its knobs and their "off" values, sensitivity its lev
 loader the layer classes it writes, the Compress page its label. Registering the record
 (core.compress.registry) is all a new technique needs.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-SHORT_GROUPS = {"encoder.attention": "enc.attn", "encoder.ffn": "enc.ffn", "decoder.attention": "dec.attn",
-                "decoder.ffn": "dec.ffn", "embedding": "emb", "conv": "conv", "positions": "pos"}
+SHORT_GROUPS = {
+    "encoder.attention": "enc.attn",
+    "encoder.ffn": "enc.ffn",
+    "decoder.attention": "dec.attn",
+    "decoder.ffn": "dec.ffn",
+    "embedding": "emb",
+    "conv": "conv",
+    "positions": "pos",
+}
 
 
 @dataclass(frozen=True)
@@ -27,29 +36,46 @@ class Technique:
     apply: Callable  # apply(module, config[, calibration]) -> (a compressed copy, [LayerReport, ...])
     describe: Callable[[Any], str]  # a short label of a config, e.g. "4-bit group 64"
     knobs: tuple[str, ...]  # main config fields: a sweep grid turns the step on by setting one of them
-    off: dict[str, tuple] = field(default_factory=dict)  # knob -> values that mean "this step is off" in a grid
+    off: dict[str, tuple] = field(
+        default_factory=dict
+    )  # knob -> values that mean "this step is off" in a grid
     aliases: dict[tuple[str, Any], Any] = field(default_factory=dict)  # (knob, grid value) -> config value
     levels: tuple[str, tuple] | None = None  # sensitivity probes: (knob, values from mild to strong)
     position: int = 50  # where a sweep puts the step among the others (lower runs first)
     keeps_float: bool = True  # layers are still float Linear/Embedding/Conv after it
-    needs_float: bool = True  # it acts on float layers, so it must run before any step that does not keep them
-    check_order: Callable[[Any, tuple[str, ...]], str | None] | None = None  # extra rule: (config, earlier step
+    needs_float: bool = (
+        True  # it acts on float layers, so it must run before any step that does not keep them
+    )
+    check_order: Callable[[Any, tuple[str, ...]], str | None] | None = (
+        None  # extra rule: (config, earlier step
+    )
     # names) -> an error message, or None when the order is fine
     modules: tuple[type[nn.Module], ...] = ()  # layer classes it writes (layout_kind/layout()/from_layout())
-    calibrated: bool = False  # apply takes a third argument: calibration data (core.compress.gptq.Calibration)
+    calibrated: bool = (
+        False  # apply takes a third argument: calibration data (core.compress.gptq.Calibration)
+    )
 
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.config):
-            raise ValueError(f"technique {self.name!r}: the config class must be a dataclass, got {self.config!r}")
+            raise ValueError(
+                f"technique {self.name!r}: the config class must be a dataclass, got {self.config!r}"
+            )
         fields = {f.name for f in dataclasses.fields(self.config)}
         unknown = [k for k in (*self.knobs, *self.off, *(self.levels or ())[:1]) if k not in fields]
         if not self.knobs or unknown:
-            raise ValueError(f"technique {self.name!r}: knobs {list(self.knobs)} must be non-empty fields of "
-                             f"{self.config.__name__}; unknown: {unknown}")
+            raise ValueError(
+                f"technique {self.name!r}: knobs {list(self.knobs)} must be non-empty fields of "
+                f"{self.config.__name__}; unknown: {unknown}"
+            )
         for cls in self.modules:
-            if not isinstance(getattr(cls, "layout_kind", None), str) or not callable(getattr(cls, "layout", None)) \
-                    or not callable(getattr(cls, "from_layout", None)):
-                raise ValueError(f"{cls.__name__} needs a str layout_kind, layout() and a from_layout() classmethod")
+            if (
+                not isinstance(getattr(cls, "layout_kind", None), str)
+                or not callable(getattr(cls, "layout", None))
+                or not callable(getattr(cls, "from_layout", None))
+            ):
+                raise ValueError(
+                    f"{cls.__name__} needs a str layout_kind, layout() and a from_layout() classmethod"
+                )
 
     def run(self, module: nn.Module, config, calibration=None):
         """apply() with the calibration argument only for techniques that take one."""
@@ -72,7 +98,7 @@ def percent(fraction: float) -> str:
 
 
 def groups_suffix(config) -> str:
-    """" [enc.ffn, dec.ffn]" when the config's groups are not its class's default, else ""."""
+    """ " [enc.ffn, dec.ffn]" when the config's groups are not its class's default, else ""."""
     groups = tuple(getattr(config, "groups", ()) or ())
     if not groups or groups == field_default(type(config), "groups"):
         return ""

@@ -10,7 +10,8 @@ A folder holds
   layout.json        {"format": "speech-lab-layout", "version": 1,
                       "modules": {path: {"kind": kind, **layout}},  # modules the base model would not build
                       "attrs":   {path: {name: value}},             # plain attributes to restore
-                      "ties":    {alias: source},                   # e.g. proj_out.weight -> ...embed_tokens.weight
+                      "ties":    {alias: source},                   # e.g. proj_out.weight ->
+                                                                    # ...embed_tokens.weight
                       "sparse":  {name: shape},
                       "coded":   {name: shape}}                # optional: files written before it have none
 
@@ -23,7 +24,8 @@ Contract for module classes that replace layers (listed in their technique's `mo
       layout_kind = "low_rank_linear"            # unique name, written as "kind"
       def layout(self) -> dict: ...              # JSON-able constructor facts: shapes, rank, bits; no tensors
       @classmethod
-      def from_layout(cls, layout: dict): ...    # an empty module whose state_dict has the same keys/shapes/dtypes
+      def from_layout(cls, layout: dict): ...    # an empty module whose state_dict has the same
+                                                 # keys/shapes/dtypes
       def refresh(self): ...                     # optional: rebuild non-persistent caches after loading
       def adopt(self, original): ...             # optional: learn from the skeleton's module it replaces
 Classes are found by `layout_kind` among the registered techniques' modules (core.compress.registry).
@@ -34,12 +36,13 @@ structurally pruned Linear) are recorded as builtin kinds: {"kind": "linear", "i
 "embedding", "conv1d", "layer_norm". A module may carry `layout_attrs = {"num_heads": 4}` (JSON
 scalars) to have those attributes set on the skeleton's module at the same path (e.g. pruned attention).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -56,12 +59,17 @@ SPARSE_MARGIN = 64  # bytes a sparse pair must save over dense (it costs an extr
 
 
 def _has_layout(module: nn.Module) -> bool:
-    """True for a layer class that follows the contract above (its own layout_kind, layout(), from_layout())."""
+    """True for a layer class that follows the contract above
+    (its own layout_kind, layout(), from_layout())."""
     kind = type(module).__dict__.get("layout_kind")
     if not isinstance(kind, str):
         return False
-    if not callable(getattr(module, "layout", None)) or not callable(getattr(type(module), "from_layout", None)):
-        raise ValueError(f"{type(module).__name__} needs a str layout_kind, layout() and a from_layout() classmethod")
+    if not callable(getattr(module, "layout", None)) or not callable(
+        getattr(type(module), "from_layout", None)
+    ):
+        raise ValueError(
+            f"{type(module).__name__} needs a str layout_kind, layout() and a from_layout() classmethod"
+        )
     return True
 
 
@@ -74,28 +82,52 @@ def _linear_layout(m: nn.Linear) -> dict:
 
 def _conv1d_layout(m: nn.Conv1d) -> dict:
     padding = m.padding if isinstance(m.padding, str) else m.padding[0]
-    return {"in": m.in_channels, "out": m.out_channels, "kernel": m.kernel_size[0], "stride": m.stride[0],
-            "padding": padding, "dilation": m.dilation[0], "groups": m.groups, "bias": m.bias is not None}
+    return {
+        "in": m.in_channels,
+        "out": m.out_channels,
+        "kernel": m.kernel_size[0],
+        "stride": m.stride[0],
+        "padding": padding,
+        "dilation": m.dilation[0],
+        "groups": m.groups,
+        "bias": m.bias is not None,
+    }
 
 
 _BUILTIN: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {
     "linear": (nn.Linear, _linear_layout, lambda d: nn.Linear(d["in"], d["out"], d["bias"])),
-    "embedding": (nn.Embedding, lambda m: {"num": m.num_embeddings, "dim": m.embedding_dim,
-                                            "padding_idx": m.padding_idx},
-                  lambda d: nn.Embedding(d["num"], d["dim"], d["padding_idx"])),
-    "conv1d": (nn.Conv1d, _conv1d_layout,
-               lambda d: nn.Conv1d(d["in"], d["out"], d["kernel"], d["stride"], d["padding"], d["dilation"],
-                                   d["groups"], d["bias"])),
-    "layer_norm": (nn.LayerNorm, lambda m: {"shape": list(m.normalized_shape), "eps": m.eps,
-                                             "affine": m.elementwise_affine, "bias": m.bias is not None},
-                   lambda d: nn.LayerNorm(d["shape"], d["eps"], d["affine"], bias=d["bias"])),
+    "embedding": (
+        nn.Embedding,
+        lambda m: {"num": m.num_embeddings, "dim": m.embedding_dim, "padding_idx": m.padding_idx},
+        lambda d: nn.Embedding(d["num"], d["dim"], d["padding_idx"]),
+    ),
+    "conv1d": (
+        nn.Conv1d,
+        _conv1d_layout,
+        lambda d: nn.Conv1d(
+            d["in"], d["out"], d["kernel"], d["stride"], d["padding"], d["dilation"], d["groups"], d["bias"]
+        ),
+    ),
+    "layer_norm": (
+        nn.LayerNorm,
+        lambda m: {
+            "shape": list(m.normalized_shape),
+            "eps": m.eps,
+            "affine": m.elementwise_affine,
+            "bias": m.bias is not None,
+        },
+        lambda d: nn.LayerNorm(d["shape"], d["eps"], d["affine"], bias=d["bias"]),
+    ),
 }
 _BUILTIN_KIND = {cls: kind for kind, (cls, _, _) in _BUILTIN.items()}
 
 
 def _tensor_shapes(module: nn.Module) -> dict:
-    return {name: tuple(t.shape) for name, t in list(module._parameters.items()) + list(module._buffers.items())
-            if t is not None}
+    return {
+        name: tuple(t.shape)
+        for name, t in list(module._parameters.items()) + list(module._buffers.items())
+        if t is not None
+    }
 
 
 def _reference(model: nn.Module) -> dict[str, nn.Module] | None:
@@ -122,13 +154,18 @@ def _layout_entries(model: nn.Module) -> dict[str, dict]:
             covered.append(path)
         elif type(module) in _BUILTIN_KIND:
             base = None if reference is None else reference.get(path)
-            if not inside and (base is None or type(base) is not type(module)
-                               or _tensor_shapes(base) != _tensor_shapes(module)):
+            if not inside and (
+                base is None
+                or type(base) is not type(module)
+                or _tensor_shapes(base) != _tensor_shapes(module)
+            ):
                 kind = _BUILTIN_KIND[type(module)]
                 entries[path] = {"kind": kind, **_BUILTIN[kind][1](module)}
         elif reference is not None and not inside and type(reference.get(path)) is not type(module):
-            raise ValueError(f"cannot save module {path} ({type(module).__name__}): its class has no layout; "
-                             "give it layout_kind, layout() and from_layout() (see core.artifact)")
+            raise ValueError(
+                f"cannot save module {path} ({type(module).__name__}): its class has no layout; "
+                "give it layout_kind, layout() and from_layout() (see core.artifact)"
+            )
     return entries
 
 
@@ -144,7 +181,8 @@ def _build(kind: str, layout: dict, classes: dict[str, type[nn.Module]]) -> nn.M
 
 
 def _tensors(model: nn.Module):
-    """(qualified name, owner module, attribute, tensor, persistent) for every parameter and buffer, ties repeated."""
+    """(qualified name, owner module, attribute, tensor, persistent) for every parameter and buffer,
+    ties repeated."""
     for path, module in model.named_modules(remove_duplicate=False):
         prefix = f"{path}." if path else ""
         for attr, tensor in module._parameters.items():
@@ -169,7 +207,8 @@ def _find_ties(model: nn.Module) -> dict[str, str]:
 
 
 def _tie(model: nn.Module, alias: str, source: str) -> None:
-    """Make `alias` the very tensor `source` is: a parameter stays a parameter, a buffer becomes non-persistent."""
+    """Make `alias` the very tensor `source` is: a parameter stays a parameter,
+    a buffer becomes non-persistent."""
     tensors = {name: tensor for name, _, _, tensor, _ in _tensors(model)}
     if source not in tensors:
         raise ValueError(f"{LAYOUT_FILE}: tie source {source} is not a tensor of the model")
@@ -195,7 +234,8 @@ def _tie(model: nn.Module, alias: str, source: str) -> None:
 
 
 def _zero_mask(tensor: torch.Tensor) -> torch.Tensor:
-    """True where the value is exactly +0.0 (bit pattern zero), so decoding is bitwise exact (-0.0 stays dense)."""
+    """True where the value is exactly +0.0 (bit pattern zero), so decoding is bitwise exact
+    (-0.0 stays dense)."""
     ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
     return tensor.reshape(-1).view(ints) == 0
 
@@ -226,8 +266,10 @@ def _sparse_decode(name: str, mask: torch.Tensor, values: torch.Tensor, shape: l
     except ValueError as exc:
         raise ValueError(f"{WEIGHTS_FILE}: sparse tensor {name}: {exc}") from None
     if int(nonzero.sum()) != values.numel() or values.dim() != 1:
-        raise ValueError(f"{WEIGHTS_FILE}: sparse tensor {name}: mask has {int(nonzero.sum())} nonzeros, "
-                         f"values has {values.numel()}")
+        raise ValueError(
+            f"{WEIGHTS_FILE}: sparse tensor {name}: mask has {int(nonzero.sum())} nonzeros, "
+            f"values has {values.numel()}"
+        )
     dense = torch.zeros(numel, dtype=values.dtype)
     dense[nonzero] = values
     return dense.reshape(shape)
@@ -265,7 +307,9 @@ def _group_and_kind(model: nn.Module, name: str) -> tuple[str, str]:
     """The layer group (or "other") and module kind that own a state_dict entry, for the size breakdown."""
     path = name.rpartition(".")[0]
     module = model.get_submodule(path)
-    kind = getattr(type(module), "layout_kind", None) or _BUILTIN_KIND.get(type(module), type(module).__name__)
+    kind = getattr(type(module), "layout_kind", None) or _BUILTIN_KIND.get(
+        type(module), type(module).__name__
+    )
     probe = _PROXIES.get(getattr(module, "float_class", None))
     if probe is None and getattr(type(module), "layout_kind", None):
         probe = _PROXIES[nn.Linear]  # a replacement module with its own weights stands for a Linear
@@ -273,7 +317,8 @@ def _group_and_kind(model: nn.Module, name: str) -> tuple[str, str]:
 
 
 def save_weights(model: nn.Module, folder: str | Path) -> dict:
-    """Write model.safetensors + layout.json into `folder`; returns the byte sizes (total, files, groups, kinds)."""
+    """Write model.safetensors + layout.json into `folder`; returns the byte sizes
+    (total, files, groups, kinds)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -304,8 +349,14 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
             tensors[name] = tensor
             stored[name] = tensor.numel() * tensor.element_size()
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
-    layout = {"format": FORMAT, "version": VERSION, "modules": entries, "attrs": attrs, "ties": ties,
-              "sparse": sparse}
+    layout = {
+        "format": FORMAT,
+        "version": VERSION,
+        "modules": entries,
+        "attrs": attrs,
+        "ties": ties,
+        "sparse": sparse,
+    }
     if coded:
         layout["coded"] = coded
     (folder / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
@@ -317,10 +368,15 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
         group, kind = _group_and_kind(model, name)
         groups[group] = groups.get(group, 0) + size
         kinds[kind] = kinds.get(kind, 0) + size
-    return {"total": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-            "files": files, "overhead": sum(files.values()) - sum(stored.values()),
-            "groups": groups, "kinds": kinds, "sparse_tensors": len(sparse),
-            "coded_tensors": len(coded)}
+    return {
+        "total": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+        "files": files,
+        "overhead": sum(files.values()) - sum(stored.values()),
+        "groups": groups,
+        "kinds": kinds,
+        "sparse_tensors": len(sparse),
+        "coded_tensors": len(coded),
+    }
 
 
 def _read_layout(folder: Path) -> dict:
@@ -361,7 +417,8 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
-    """Rebuild replaced modules per layout.json in `skeleton_model` (in place), re-tie, load the weights strictly."""
+    """Rebuild replaced modules per layout.json in `skeleton_model` (in place), re-tie,
+    load the weights strictly."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -379,11 +436,14 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
         except KeyError as exc:
             if exc.args == (entry["kind"],):
                 known = sorted(set(_BUILTIN) | set(classes))
-                raise ValueError(f"{LAYOUT_FILE}: module {path} has unknown kind {entry['kind']!r}; "
-                                 f"known: {known}") from None
+                raise ValueError(
+                    f"{LAYOUT_FILE}: module {path} has unknown kind {entry['kind']!r}; known: {known}"
+                ) from None
             raise ValueError(f"{LAYOUT_FILE}: module {path} ({entry['kind']}) lacks {exc}") from None
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{LAYOUT_FILE}: module {path} ({entry['kind']}) has a bad layout: {exc}") from None
+            raise ValueError(
+                f"{LAYOUT_FILE}: module {path} ({entry['kind']}) has a bad layout: {exc}"
+            ) from None
         _replace(model, path, module)
     for path, values in layout["attrs"].items():
         try:
@@ -392,10 +452,14 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
             raise ValueError(f"{LAYOUT_FILE}: attrs for {path}, which does not exist") from None
         for attr, value in values.items():
             scalar = (int, float, str, bool, type(None))
-            if attr.startswith("_") or not isinstance(getattr(owner, attr, ()), scalar) or \
-                    not isinstance(value, scalar):
-                raise ValueError(f"{LAYOUT_FILE}: attrs may only set existing plain attributes; "
-                                 f"{path}.{attr} is not one")
+            if (
+                attr.startswith("_")
+                or not isinstance(getattr(owner, attr, ()), scalar)
+                or not isinstance(value, scalar)
+            ):
+                raise ValueError(
+                    f"{LAYOUT_FILE}: attrs may only set existing plain attributes; {path}.{attr} is not one"
+                )
             setattr(owner, attr, value)
     for alias, source in layout["ties"].items():
         _tie(model, alias, source)
@@ -420,11 +484,16 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
             state[alias] = state[source]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} {state[k].dtype} (expected {tuple(v.shape)} {v.dtype})"
-             for k, v in expected.items() if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} {state[k].dtype} (expected {tuple(v.shape)} {v.dtype})"
+        for k, v in expected.items()
+        if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)
+    ]
     if missing or unexpected or wrong:
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not match {LAYOUT_FILE} and the model: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape/dtype {wrong[:3]}")
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} does not match {LAYOUT_FILE} and the model: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape/dtype {wrong[:3]}"
+        )
     model.load_state_dict(state, strict=True)  # quantized modules refresh their caches in a post-hook
     aliased = {alias.rpartition(".")[0] for alias in layout["ties"]}
     for path in aliased:  # caches built from a tied tensor: rebuild now that every tensor is loaded
@@ -432,4 +501,3 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
         if callable(getattr(module, "refresh", None)):
             module.refresh()
     return model
-

@@ -5,6 +5,7 @@ A lab folder holds the family's own files (config.json, tokenizer or processor f
 (family, decoding facts, name, recipe) and the weights, either a plain model.safetensors (a converted
 model) or model.safetensors + layout.json as written by core.io.artifact (a compressed model).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
         if (path / META_FILE).exists():
             return load_folder(path, name)
         if not (path / "config.json").exists():
-            raise ValueError(f"folder {name} has no config.json: it is neither a Hugging Face model folder "
-                             "nor a model exported by this lab")
+            raise ValueError(
+                f"folder {name} has no config.json: it is neither a Hugging Face model folder "
+                "nor a model exported by this lab"
+            )
         return load_hf(str(path), name)
     if path.exists():
         raise ValueError(f"{name} is a file; give a model folder, a Hugging Face id or '{DEFAULT_MODEL}'")
@@ -56,7 +59,12 @@ def save_model(model: SpeechModel, folder: str | Path, extra_meta: dict | None =
     the weights as written by `core.io.artifact.save_weights` (packed integers, sparse where smaller)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"kind": model.kind, "name": model.name, **model.family.save_files(model, folder), **(extra_meta or {})}
+    meta = {
+        "kind": model.kind,
+        "name": model.name,
+        **model.family.save_files(model, folder),
+        **(extra_meta or {}),
+    }
     save_weights(model.module, folder)
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
@@ -75,9 +83,13 @@ def load_hf(name: str, label: str) -> SpeechModel:
         config = AutoConfig.from_pretrained(name)
         processor = AutoProcessor.from_pretrained(name)
     except OSError as exc:
-        raise ValueError(f"cannot load model '{name}': it is not a local folder, not in the Hugging "
-                         f"Face cache, and the hub is unreachable or has no such model ({exc})") from exc
+        raise ValueError(
+            f"cannot load model '{name}': it is not a local folder, not in the Hugging "
+            f"Face cache, and the hub is unreachable or has no such model ({exc})"
+        ) from exc
     for family in FAMILIES:
         if family.accepts(config):
             return family.from_hf(name, label, config, processor)
-    raise ValueError(f"model '{name}' is a {config.model_type}; supported: Whisper and wav2vec2-style CTC models")
+    raise ValueError(
+        f"model '{name}' is a {config.model_type}; supported: Whisper and wav2vec2-style CTC models"
+    )

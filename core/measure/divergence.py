@@ -10,13 +10,14 @@ The base side is kept coarsened to its `TOP_K` most likely tokens plus one bucke
 of the coarsened distributions is a lower bound of the full KL and misses only mass the base model
 never gives its likely tokens (tested against the full-vocabulary KL).
 """
+
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ class Reference:
     first: int  # position of the first scored prediction (the prompt's last token predicts the text)
     top_index: list[torch.Tensor]  # (T - first, TOP_K) the base model's likeliest tokens
     top_log_probs: list[torch.Tensor]  # (T - first, TOP_K + 1) their log-probabilities, then the rest's
-    encoder_states: list[torch.Tensor]  # the base encoder's outputs, reused while a variant's encoder is equal
+    encoder_states: list[
+        torch.Tensor
+    ]  # the base encoder's outputs, reused while a variant's encoder is equal
     encoder_id: str
     tokens: int  # scored positions in all
 
@@ -58,7 +61,9 @@ def _coarsen(log_probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, rest[..., None]], dim=-1)
 
 
-def _decoder_log_probs(model: SpeechModel, states: torch.Tensor, inputs: torch.Tensor, first: int) -> torch.Tensor:
+def _decoder_log_probs(
+    model: SpeechModel, states: torch.Tensor, inputs: torch.Tensor, first: int
+) -> torch.Tensor:
     return F.log_softmax(model.decoder_logits(states, inputs)[0, first:].float(), dim=-1)
 
 
@@ -73,7 +78,7 @@ def reference_outputs(model: SpeechModel, windows: list[np.ndarray]) -> Referenc
         feats = model.features([window])
         encoded = model.encode(feats)
         tokens = model.greedy(encoded, room)[0]
-        ids = torch.tensor([prompt + tokens[:room - 1]])
+        ids = torch.tensor([prompt + tokens[: room - 1]])
         log_probs = _decoder_log_probs(model, encoded, ids, first)
         index = log_probs.topk(min(TOP_K, log_probs.shape[-1]), dim=-1).indices
         features.append(feats)
@@ -81,9 +86,16 @@ def reference_outputs(model: SpeechModel, windows: list[np.ndarray]) -> Referenc
         indices.append(index)
         coarse.append(_coarsen(log_probs, index))
         states.append(encoded)
-    return Reference(features=features, inputs=inputs, first=first, top_index=indices, top_log_probs=coarse,
-                     encoder_states=states, encoder_id=encoder_identity(model),
-                     tokens=sum(len(i) for i in indices))
+    return Reference(
+        features=features,
+        inputs=inputs,
+        first=first,
+        top_index=indices,
+        top_log_probs=coarse,
+        encoder_states=states,
+        encoder_id=encoder_identity(model),
+        tokens=sum(len(i) for i in indices),
+    )
 
 
 @torch.inference_mode()
@@ -91,8 +103,13 @@ def divergence(variant: SpeechModel, reference: Reference) -> float:
     """Mean KL(p_base ‖ p_variant) per scored token, in nats (0 for the base model itself)."""
     same_encoder = encoder_identity(variant) == reference.encoder_id
     total = 0.0
-    for feats, ids, index, base, states in zip(reference.features, reference.inputs, reference.top_index,
-                                               reference.top_log_probs, reference.encoder_states):
+    for feats, ids, index, base, states in zip(
+        reference.features,
+        reference.inputs,
+        reference.top_index,
+        reference.top_log_probs,
+        reference.encoder_states,
+    ):
         if not same_encoder:
             states = variant.encode(feats)
         log_q = _coarsen(_decoder_log_probs(variant, states, ids, reference.first), index)
@@ -104,9 +121,16 @@ def divergence(variant: SpeechModel, reference: Reference) -> float:
 
 
 def measure_settings() -> dict:
-    """What a stored divergence depends on besides model, recipe and data: this method and the engine's code."""
+    """What a stored divergence depends on besides model, recipe and data:
+    this method and the engine's code."""
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return {"metric": "divergence", "method": METHOD, "top_k": TOP_K, "code": code_version(), "source": source}
+    return {
+        "metric": "divergence",
+        "method": METHOD,
+        "top_k": TOP_K,
+        "code": code_version(),
+        "source": source,
+    }
 
 
 def dataset_windows(dataset, waves: list | None = None) -> list[np.ndarray]:
@@ -116,8 +140,14 @@ def dataset_windows(dataset, waves: list | None = None) -> list[np.ndarray]:
     return pack_utterances(waves, [u.text for u in utterances], [u.id for u in utterances])[0]
 
 
-def run_divergence(model: SpeechModel, dataset, recipes: list, store, waves: list | None = None,
-                   reference: dict | None = None) -> Iterator[dict]:
+def run_divergence(
+    model: SpeechModel,
+    dataset,
+    recipes: list,
+    store,
+    waves: list | None = None,
+    reference: dict | None = None,
+) -> Iterator[dict]:
     """Yield {key, recipe, label, divergence, size_bytes, seconds, cached} per distinct recipe: stored ones
     first and at once, then each new one as it is measured (and stored). The base model's reference is
     computed only when something is missing; pass the same `reference` dict to share it between calls."""
@@ -140,9 +170,13 @@ def run_divergence(model: SpeechModel, dataset, recipes: list, store, waves: lis
             reference.clear()
             reference[(model_id, fingerprint)] = reference_outputs(model, dataset_windows(dataset, waves))
         variant = apply_reusing(model, recipe, reuse)
-        value = {"recipe": recipe.to_json(), "label": recipe.describe(), "dataset": dataset.name,
-                 "divergence": divergence(variant, reference[(model_id, fingerprint)]),
-                 "size_bytes": model_size_bytes(variant)}
+        value = {
+            "recipe": recipe.to_json(),
+            "label": recipe.describe(),
+            "dataset": dataset.name,
+            "divergence": divergence(variant, reference[(model_id, fingerprint)]),
+            "size_bytes": model_size_bytes(variant),
+        }
         value["seconds"] = time.perf_counter() - start
         store.put_measure(key, value)
         yield {**value, "key": key, "cached": False}

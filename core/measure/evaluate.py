@@ -9,15 +9,16 @@ short silences into 30 s windows and each window is scored against the joined re
 always encodes a 30 s window, so this runs the encoder ~8x less on short clips; WER differs from the
 one-clip-per-window mode (more context), so only compare numbers measured in the same mode.
 """
+
 from __future__ import annotations
 
 import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ LATENCY_CLIP = Path(__file__).resolve().parents[2] / "assets" / "samples" / "hel
 
 @dataclass
 class Latency:
+    """Wall time of transcribing one fixed clip: median and range over timed runs, and the thread count."""
+
     median_ms: float
     min_ms: float
     max_ms: float
@@ -40,10 +43,22 @@ class Latency:
     threads: int
     clip_seconds: float
 
+    @classmethod
+    def from_json(cls, data: dict) -> Latency:
+        """From `asdict(latency)` as evaluation results and stored points keep it (extra keys ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
     @property
     def real_time_factor(self) -> float:
         """Processing time / audio duration (below 1 is faster than real time)."""
         return self.median_ms / 1000 / self.clip_seconds
+
+    def describe(self) -> str:
+        """How it was measured: "median of 5 runs (min 80, max 95 ms) on a 2.1 s clip, 2 threads"."""
+        return (
+            f"median of {self.runs} runs (min {self.min_ms:.0f}, max {self.max_ms:.0f} ms) on a "
+            f"{self.clip_seconds:.1f} s clip, {self.threads} threads"
+        )
 
 
 @dataclass
@@ -63,21 +78,34 @@ class EvalResult:
         scores = self.scores.to_dict()
         latency = asdict(self.latency) if self.latency else None
         return {
-            "model": self.model, "dataset": self.dataset,
-            "wer": scores["wer"], "cer": scores["cer"], "raw_wer": scores["raw_wer"],
-            "wer_ci95": scores["wer_ci95"], "n_utterances": scores["n_utterances"],
-            "n_words": scores["n_words"], "size_bytes": self.size_bytes, "parameters": self.parameters,
-            "latency_ms": latency["median_ms"] if latency else None, "latency": latency,
+            "model": self.model,
+            "dataset": self.dataset,
+            "wer": scores["wer"],
+            "cer": scores["cer"],
+            "raw_wer": scores["raw_wer"],
+            "wer_ci95": scores["wer_ci95"],
+            "n_utterances": scores["n_utterances"],
+            "n_words": scores["n_words"],
+            "size_bytes": self.size_bytes,
+            "parameters": self.parameters,
+            "latency_ms": latency["median_ms"] if latency else None,
+            "latency": latency,
             "real_time_factor": self.latency.real_time_factor if self.latency else None,
-            "eval_seconds": self.eval_seconds, "machine": self.machine, "packed": self.packed,
+            "eval_seconds": self.eval_seconds,
+            "machine": self.machine,
+            "packed": self.packed,
             "rows": scores["rows"],
         }
 
 
 def machine_facts() -> dict:
     """What a timing depends on: CPU, thread count, torch version."""
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def transcribe_dataset(model: SpeechModel, waves: list[np.ndarray]) -> Iterator[str]:
@@ -93,8 +121,9 @@ def model_size_bytes(model: SpeechModel) -> int:
         return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
-def measure_latency(model: SpeechModel, wave: np.ndarray | None = None, runs: int = 5,
-                    warmup: int = 1) -> Latency:
+def measure_latency(
+    model: SpeechModel, wave: np.ndarray | None = None, runs: int = 5, warmup: int = 1
+) -> Latency:
     """Median/min/max wall time of transcribing one fixed clip, after `warmup` untimed runs."""
     if wave is None:
         wave = load_audio(LATENCY_CLIP)
@@ -105,12 +134,23 @@ def measure_latency(model: SpeechModel, wave: np.ndarray | None = None, runs: in
         start = time.perf_counter()
         model.transcribe([wave])
         times.append((time.perf_counter() - start) * 1000)
-    return Latency(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), runs=runs,
-                   threads=torch.get_num_threads(), clip_seconds=len(wave) / SAMPLE_RATE)
+    return Latency(
+        median_ms=statistics.median(times),
+        min_ms=min(times),
+        max_ms=max(times),
+        runs=runs,
+        threads=torch.get_num_threads(),
+        clip_seconds=len(wave) / SAMPLE_RATE,
+    )
 
 
-def evaluate(model: SpeechModel, dataset: Dataset, waves: list[np.ndarray] | None = None,
-             latency_runs: int = 5, packed: bool = False) -> EvalResult:
+def evaluate(
+    model: SpeechModel,
+    dataset: Dataset,
+    waves: list[np.ndarray] | None = None,
+    latency_runs: int = 5,
+    packed: bool = False,
+) -> EvalResult:
     """Transcribe every utterance and score it; measure size and (if latency_runs > 0) latency.
 
     packed=True scores `pack_utterances` windows instead of single utterances (rows are windows;
@@ -124,7 +164,14 @@ def evaluate(model: SpeechModel, dataset: Dataset, waves: list[np.ndarray] | Non
     scores = score(references, hypotheses, ids=ids)
     scores.n_utterances = len(dataset.utterances)
     latency = measure_latency(model, runs=latency_runs) if latency_runs > 0 else None
-    return EvalResult(model=model.name, dataset=dataset.name, scores=scores,
-                      size_bytes=model_size_bytes(model), parameters=model.num_parameters(),
-                      latency=latency, eval_seconds=time.perf_counter() - start, machine=machine_facts(),
-                      packed=packed)
+    return EvalResult(
+        model=model.name,
+        dataset=dataset.name,
+        scores=scores,
+        size_bytes=model_size_bytes(model),
+        parameters=model.num_parameters(),
+        latency=latency,
+        eval_seconds=time.perf_counter() - start,
+        machine=machine_facts(),
+        packed=packed,
+    )

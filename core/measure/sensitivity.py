@@ -17,11 +17,12 @@ With signal "divergence" each probe records its KL divergence from the base mode
 (core.divergence), `divergence_plan` probes several quantizers per group, and `allocate` picks the
 per-group options exactly: the least summed divergence that fits the budget.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
 
 from core.compress.recipe import Recipe
 from core.compress.registry import TECHNIQUES, in_order
@@ -35,7 +36,9 @@ def technique_levels() -> dict[str, tuple[str, tuple]]:
     """technique -> (knob, levels from mild to strong), from every registered technique that has levels."""
     return {t.name: t.levels for t in in_order() if t.levels}
 
-QUANT_VARIANTS = (  # other quantizers a divergence plan probes at VARIANT_BITS: which one is best differs by group
+
+# other quantizers a divergence plan probes at VARIANT_BITS: which one is best differs by group
+QUANT_VARIANTS = (
     {"method": "mse"},
     {"granularity": "group", "scale_dtype": "float16"},
     {"granularity": "group", "scale_dtype": "float16", "method": "mse", "symmetric": False},
@@ -46,7 +49,8 @@ SIGNALS = ("wer", "divergence")  # what a probe measures: WER on the set, or KL 
 
 
 def probe_groups() -> tuple[str, ...]:
-    """The groups probed by default: all but "positions" (2% of Whisper's weights, not worth a probe's time)."""
+    """The groups probed by default: all but "positions"
+    (2% of Whisper's weights, not worth a probe's time)."""
     return tuple(g for g in GROUPS if g != "positions")
 
 
@@ -61,8 +65,9 @@ class Probe:
     recipe: dict
 
 
-def sensitivity_plan(groups: tuple[str, ...] | None = None, levels: dict | None = None,
-                     options: dict[str, dict] | None = None) -> list[Probe]:
+def sensitivity_plan(
+    groups: tuple[str, ...] | None = None, levels: dict | None = None, options: dict[str, dict] | None = None
+) -> list[Probe]:
     """Probes for every group (default: probe_groups()) x technique x level; `options` adds
     fixed fields per technique (e.g. {"quantize": {"granularity": "group"}}). Pairs a technique refuses
     (low_rank on the embedding or conv) are left out. `levels` defaults to every technique's own levels."""
@@ -110,12 +115,25 @@ class Measured:
     latency_ms: float | None = None
 
     @classmethod
-    def of(cls, point) -> "Measured":
+    def of(cls, point) -> Measured:
         if isinstance(point, dict):  # core.measure.divergence.run_divergence
-            return cls(point["recipe"], point["label"], point["size_bytes"], point["key"], point["cached"],
-                       divergence=point["divergence"])
-        return cls(point.recipe, point.label, point.size_bytes, point.key, point.cached, wer=point.wer,
-                   latency_ms=point.latency_ms)
+            return cls(
+                point["recipe"],
+                point["label"],
+                point["size_bytes"],
+                point["key"],
+                point["cached"],
+                divergence=point["divergence"],
+            )
+        return cls(
+            point.recipe,
+            point.label,
+            point.size_bytes,
+            point.key,
+            point.cached,
+            wer=point.wer,
+            latency_ms=point.latency_ms,
+        )
 
 
 @dataclass(frozen=True)
@@ -149,21 +167,41 @@ class SensitivityRow:
 
 def _row(probe: Probe | None, point: Measured, baseline: Measured) -> SensitivityRow:
     """One table row (the baseline row has technique "none")."""
-    latency = None if point.latency_ms is None or baseline.latency_ms is None else \
-        point.latency_ms - baseline.latency_ms
+    latency = (
+        None
+        if point.latency_ms is None or baseline.latency_ms is None
+        else point.latency_ms - baseline.latency_ms
+    )
     return SensitivityRow(
-        group=probe.group if probe else "all", technique=probe.technique if probe else "none",
-        knob=probe.knob if probe else None, level=probe.level if probe else None,
-        setting=point.label.split(" [")[0] if probe else "none", label=point.label,
-        step=probe.recipe["steps"][0] if probe else None, size_bytes=point.size_bytes,
-        bytes_saved=baseline.size_bytes - point.size_bytes, key=point.key, cached=point.cached, wer=point.wer,
-        delta_wer=None if point.wer is None else point.wer - baseline.wer, divergence=point.divergence,
-        latency_ms=point.latency_ms, delta_latency_ms=latency)
+        group=probe.group if probe else "all",
+        technique=probe.technique if probe else "none",
+        knob=probe.knob if probe else None,
+        level=probe.level if probe else None,
+        setting=point.label.split(" [")[0] if probe else "none",
+        label=point.label,
+        step=probe.recipe["steps"][0] if probe else None,
+        size_bytes=point.size_bytes,
+        bytes_saved=baseline.size_bytes - point.size_bytes,
+        key=point.key,
+        cached=point.cached,
+        wer=point.wer,
+        delta_wer=None if point.wer is None else point.wer - baseline.wer,
+        divergence=point.divergence,
+        latency_ms=point.latency_ms,
+        delta_latency_ms=latency,
+    )
 
 
-def run_sensitivity(model, dataset, store: Store, plan: list[Probe] | None = None,
-                    settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                    encoder_cache: EncoderCache | None = None, signal: str = "wer") -> Iterator[SensitivityRow]:
+def run_sensitivity(
+    model,
+    dataset,
+    store: Store,
+    plan: list[Probe] | None = None,
+    settings: SweepSettings = SweepSettings(),
+    waves: list | None = None,
+    encoder_cache: EncoderCache | None = None,
+    signal: str = "wer",
+) -> Iterator[SensitivityRow]:
     """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
 
     signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
@@ -222,21 +260,31 @@ class _Budget:
 
     def unreachable(self, estimate: float) -> ValueError:
         unit = "bytes" if self.by_size else "ms"
-        return ValueError(f"budget {self.budget:,.0f} {unit} cannot be reached with the measured options: "
-                          f"the strongest combination is estimated at {estimate:,.0f} {unit}")
+        return ValueError(
+            f"budget {self.budget:,.0f} {unit} cannot be reached with the measured options: "
+            f"the strongest combination is estimated at {estimate:,.0f} {unit}"
+        )
 
     def plan(self, choices: dict[str, SensitivityRow], **fields) -> BudgetPlan:
         chosen = list(choices.values())
         base = self.baseline
-        latency = None if base.latency_ms is None or any(r.delta_latency_ms is None for r in chosen) else \
-            base.latency_ms + sum(r.delta_latency_ms for r in chosen)
-        return BudgetPlan(recipe=Recipe.from_json(plan_recipe(chosen)), choices=choices,
-                          estimated_size_bytes=base.size_bytes - sum(r.bytes_saved for r in chosen),
-                          estimated_latency_ms=latency, **fields)
+        latency = (
+            None
+            if base.latency_ms is None or any(r.delta_latency_ms is None for r in chosen)
+            else base.latency_ms + sum(r.delta_latency_ms for r in chosen)
+        )
+        return BudgetPlan(
+            recipe=Recipe.from_json(plan_recipe(chosen)),
+            choices=choices,
+            estimated_size_bytes=base.size_bytes - sum(r.bytes_saved for r in chosen),
+            estimated_latency_ms=latency,
+            **fields,
+        )
 
 
-def _budget(table: list[SensitivityRow], max_bytes: float | None, max_ms: float | None, candidates: int,
-            cost: str) -> _Budget:
+def _budget(
+    table: list[SensitivityRow], max_bytes: float | None, max_ms: float | None, candidates: int, cost: str
+) -> _Budget:
     """Check the arguments and collect, per group, the options that save something and have a cost."""
     if (max_bytes is None) == (max_ms is None):
         raise ValueError("give exactly one budget: max_bytes or max_ms")
@@ -248,8 +296,13 @@ def _budget(table: list[SensitivityRow], max_bytes: float | None, max_ms: float 
     by_size = max_bytes is not None
     if not by_size and baseline.latency_ms is None:
         raise ValueError("a latency budget needs latency measurements (latency_runs > 0)")
-    setup = _Budget(baseline, by_size, baseline.size_bytes if by_size else baseline.latency_ms,
-                    max_bytes if by_size else max_ms, {})
+    setup = _Budget(
+        baseline,
+        by_size,
+        baseline.size_bytes if by_size else baseline.latency_ms,
+        max_bytes if by_size else max_ms,
+        {},
+    )
     for row in table:
         measured = (by_size or row.delta_latency_ms is not None) and getattr(row, cost) is not None
         if not row.is_baseline and measured and setup.saved(row) > 0:
@@ -259,8 +312,13 @@ def _budget(table: list[SensitivityRow], max_bytes: float | None, max_ms: float 
     return setup
 
 
-def budget_search(table: list[SensitivityRow], max_bytes: float | None = None, max_ms: float | None = None,
-                  measure: Callable[[object], float] | None = None, candidates: int = 3) -> BudgetPlan:
+def budget_search(
+    table: list[SensitivityRow],
+    max_bytes: float | None = None,
+    max_ms: float | None = None,
+    measure: Callable[[object], float] | None = None,
+    candidates: int = 3,
+) -> BudgetPlan:
     """Pick per-group levels from a sensitivity table so the estimate fits the budget at least ΔWER.
 
     Greedy: each move upgrades one group to a stronger option (more saved), choosing the move with the
@@ -301,10 +359,12 @@ def budget_search(table: list[SensitivityRow], max_bytes: float | None = None, m
         estimate -= gain
         trail.append(f"{group}: {row.label} ({note}, saves {saved(row):,.0f})")
     chosen = choices.values()
-    estimated_wer = setup.baseline.wer + sum(r.delta_wer for r in chosen) if measure is None or not chosen \
-        else wer
-    return setup.plan(choices, estimated_wer=estimated_wer, measured=measure is not None and bool(choices),
-                      trail=trail)
+    estimated_wer = (
+        setup.baseline.wer + sum(r.delta_wer for r in chosen) if measure is None or not chosen else wer
+    )
+    return setup.plan(
+        choices, estimated_wer=estimated_wer, measured=measure is not None and bool(choices), trail=trail
+    )
 
 
 def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, dict]]:
@@ -312,8 +372,11 @@ def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, 
     adding the same option to a dominated combination leaves it dominated."""
     states: list[tuple[float, float, dict]] = [(0.0, 0.0, {})]
     for group, rows in setup.options.items():
-        merged = states + [(s + setup.saved(r), c + max(getattr(r, cost), 0.0), {**chosen, group: r})
-                           for s, c, chosen in states for r in rows]
+        merged = states + [
+            (s + setup.saved(r), c + max(getattr(r, cost), 0.0), {**chosen, group: r})
+            for s, c, chosen in states
+            for r in rows
+        ]
         merged.sort(key=lambda state: (-state[0], state[1]))
         states, least = [], float("inf")
         for state in merged:  # by saving, largest first: keep those cheaper than everything saving more
@@ -323,18 +386,26 @@ def _pareto_combinations(setup: _Budget, cost: str) -> list[tuple[float, float, 
     return states
 
 
-def allocate(table: list[SensitivityRow], max_bytes: float | None = None, max_ms: float | None = None,
-             cost: str = "divergence", measure: Callable[[object], float] | None = None,
-             candidates: int = 3) -> BudgetPlan:
+def allocate(
+    table: list[SensitivityRow],
+    max_bytes: float | None = None,
+    max_ms: float | None = None,
+    cost: str = "divergence",
+    measure: Callable[[object], float] | None = None,
+    candidates: int = 3,
+) -> BudgetPlan:
     """The per-group options that fit the budget at the least summed `cost` ("divergence" or "delta_wer").
 
     Exact (a multiple-choice knapsack over the Pareto front of combinations), so the table may hold
     several quantizers per group (divergence_plan) and the search mixes them where each is best. With
-    `measure` (recipe -> divergence, or WER, measured on the search set) the `candidates` cheapest plans that fit are
-    measured together and the least measured wins, as costs do not add up exactly across groups."""
+    `measure` (recipe -> divergence, or WER, measured on the search set) the `candidates` cheapest plans
+    that fit are measured together and the least measured wins, as costs do not add up exactly across
+    groups."""
     setup = _budget(table, max_bytes, max_ms, candidates, cost)
     combinations = _pareto_combinations(setup, cost)
-    fits = sorted((c for c in combinations if setup.start - c[0] <= setup.budget), key=lambda c: (c[1], -c[0]))
+    fits = sorted(
+        (c for c in combinations if setup.start - c[0] <= setup.budget), key=lambda c: (c[1], -c[0])
+    )
     if not fits:
         raise setup.unreachable(setup.start - max(saving for saving, _, _ in combinations))
     _, estimate, choices = fits[0]
@@ -348,7 +419,9 @@ def allocate(table: list[SensitivityRow], max_bytes: float | None = None, max_ms
         estimate, _, choices = min(tried, key=lambda t: t[:2])
     measured = measure is not None and bool(choices)
     if cost == "divergence":
-        return setup.plan(choices, estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail)
+        return setup.plan(
+            choices, estimated_wer=None, estimated_divergence=estimate, measured=measured, trail=trail
+        )
     wer = estimate if measured else setup.baseline.wer + estimate  # `measure` gives WER itself
     return setup.plan(choices, estimated_wer=wer, measured=measured, trail=trail)
 
@@ -357,7 +430,7 @@ def plan_recipe(rows: list[SensitivityRow]) -> dict:
     """A recipe JSON applying each row's step to its group; groups sharing a step share one step entry."""
     merged: dict[str, dict] = {}
     for row in rows:
-        (technique, config), = row.step.items()
+        ((technique, config),) = row.step.items()
         rest = {k: v for k, v in config.items() if k != "groups"}
         key = json.dumps([TECHNIQUES[technique].position, technique, rest], sort_keys=True)
         entry = merged.setdefault(key, {technique: {**rest, "groups": []}})
@@ -370,7 +443,8 @@ def plan_recipe(rows: list[SensitivityRow]) -> dict:
 
 
 def budget_signal(signal: str | None, max_ms: float | None) -> str:
-    """The signal a budget search uses: the one given, else divergence for a size budget and wer for latency."""
+    """The signal a budget search uses: the one given,
+    else divergence for a size budget and wer for latency."""
     signal = signal or ("wer" if max_ms is not None else "divergence")
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
@@ -379,11 +453,21 @@ def budget_signal(signal: str | None, max_ms: float | None) -> str:
     return signal
 
 
-def search_budget(model, dataset, store: Store, rows: list[SensitivityRow], signal: str,
-                  max_bytes: float | None = None, max_ms: float | None = None, measured: bool = False,
-                  candidates: int = 3, settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                  encoder_cache: EncoderCache | None = None,
-                  announce: Callable[[str], None] | None = None) -> BudgetPlan:
+def search_budget(
+    model,
+    dataset,
+    store: Store,
+    rows: list[SensitivityRow],
+    signal: str,
+    max_bytes: float | None = None,
+    max_ms: float | None = None,
+    measured: bool = False,
+    candidates: int = 3,
+    settings: SweepSettings = SweepSettings(),
+    waves: list | None = None,
+    encoder_cache: EncoderCache | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> BudgetPlan:
     """The budget search the CLI and the Pareto page both run on a sensitivity table.
 
     signal "divergence": `allocate` over summed KL (size budgets only); "wer": `budget_search` over ΔWER.

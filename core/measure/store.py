@@ -11,6 +11,7 @@ Measurements that are not WER points (a divergence from the base model) sit in a
 Location: `$SPEECH_LAB_DATA/results.sqlite`, else `$XDG_DATA_HOME/speech-compression-lab/results.sqlite`
 (default `~/.local/share/speech-compression-lab/results.sqlite`); tests pass a path.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,15 +22,35 @@ import sqlite3
 import threading
 import weakref
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from core.measure.evaluate import Latency
 from core.paths import data_dir
 
 STORE_FILE = "results.sqlite"
-FLAT_FIELDS = ("key", "created", "model", "label", "dataset", "wer", "cer", "size_bytes", "latency_ms",
-               "parameters", "n_utterances", "eval_seconds", "threads", "cpu", "torch", "recipe", "settings",
-               "model_id", "dataset_fingerprint", "student_folder")
+FLAT_FIELDS = (
+    "key",
+    "created",
+    "model",
+    "label",
+    "dataset",
+    "wer",
+    "cer",
+    "size_bytes",
+    "latency_ms",
+    "parameters",
+    "n_utterances",
+    "eval_seconds",
+    "threads",
+    "cpu",
+    "torch",
+    "recipe",
+    "settings",
+    "model_id",
+    "dataset_fingerprint",
+    "student_folder",
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS points (
@@ -63,7 +84,8 @@ CREATE TABLE IF NOT EXISTS measures (
 
 
 def default_store_path() -> Path:
-    """$SPEECH_LAB_DATA/results.sqlite, else $XDG_DATA_HOME (default ~/.local/share)/speech-compression-lab/."""
+    """$SPEECH_LAB_DATA/results.sqlite, else
+    $XDG_DATA_HOME (default ~/.local/share)/speech-compression-lab/."""
     return data_dir() / STORE_FILE
 
 
@@ -83,7 +105,7 @@ def point_key(model_id: str, recipe: dict, dataset_fingerprint: str, settings: d
 # Hashing tiny.en's weights takes ~0.1 s, so it is memoized per module object. The memo is checked
 # against each tensor's storage pointer and in-place version counter, so a module whose weights are
 # changed or replaced is hashed again. Weak keys: a module that is garbage-collected leaves the memo.
-_HASHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def weights_hash(module) -> str:
@@ -146,9 +168,15 @@ class Point:
     rows: list[dict]  # per-utterance (or per-pack) scores
     timings: dict  # seconds spent: apply, evaluate, latency, total
     machine: dict  # CPU, threads, torch version
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     student: dict | None = None  # a trained student: {"folder", "spec", "config"} (core.train.distill)
     cached: bool = False  # True when read back from the store rather than computed just now
+
+    @property
+    def latency(self) -> Latency | None:
+        """How the latency was measured (None when it was not)."""
+        data = self.result.get("latency")
+        return Latency.from_json(data) if data else None
 
     @property
     def is_student(self) -> bool:
@@ -158,13 +186,24 @@ class Point:
     def flat(self) -> dict:
         """One flat row for tables and CSV (recipe and settings as canonical JSON)."""
         return {
-            "key": self.key, "created": self.created, "model": self.model, "label": self.label,
-            "dataset": self.dataset, "wer": self.wer, "cer": self.cer, "size_bytes": self.size_bytes,
-            "latency_ms": self.latency_ms, "parameters": self.parameters,
-            "n_utterances": self.result.get("n_utterances"), "eval_seconds": self.timings.get("total"),
-            "threads": self.machine.get("threads"), "cpu": self.machine.get("cpu"),
-            "torch": self.machine.get("torch"), "recipe": canonical_json(self.recipe),
-            "settings": canonical_json(self.settings), "model_id": self.model_id,
+            "key": self.key,
+            "created": self.created,
+            "model": self.model,
+            "label": self.label,
+            "dataset": self.dataset,
+            "wer": self.wer,
+            "cer": self.cer,
+            "size_bytes": self.size_bytes,
+            "latency_ms": self.latency_ms,
+            "parameters": self.parameters,
+            "n_utterances": self.result.get("n_utterances"),
+            "eval_seconds": self.timings.get("total"),
+            "threads": self.machine.get("threads"),
+            "cpu": self.machine.get("cpu"),
+            "torch": self.machine.get("torch"),
+            "recipe": canonical_json(self.recipe),
+            "settings": canonical_json(self.settings),
+            "model_id": self.model_id,
             "dataset_fingerprint": self.dataset_fingerprint,
             "student_folder": self.student["folder"] if self.student else None,
         }
@@ -177,9 +216,27 @@ class Point:
 
 
 _JSON_COLUMNS = ("recipe", "settings", "result", "rows", "timings", "machine", "student")
-_COLUMNS = ("key", "created", "model", "model_id", "recipe", "label", "dataset", "dataset_fingerprint",
-            "settings", "wer", "cer", "size_bytes", "latency_ms", "parameters", "result", "rows", "timings",
-            "machine", "student")
+_COLUMNS = (
+    "key",
+    "created",
+    "model",
+    "model_id",
+    "recipe",
+    "label",
+    "dataset",
+    "dataset_fingerprint",
+    "settings",
+    "wer",
+    "cer",
+    "size_bytes",
+    "latency_ms",
+    "parameters",
+    "result",
+    "rows",
+    "timings",
+    "machine",
+    "student",
+)
 
 
 class Store:
@@ -201,11 +258,16 @@ class Store:
     def put(self, point: Point) -> None:
         """Write one point in its own transaction (replacing a point with the same key)."""
         record = point.to_json()
-        values = [canonical_json(record[c]) if c in _JSON_COLUMNS and record[c] is not None else record[c]
-                  for c in _COLUMNS]
+        values = [
+            canonical_json(record[c]) if c in _JSON_COLUMNS and record[c] is not None else record[c]
+            for c in _COLUMNS
+        ]
         with self._lock, self._conn:
-            self._conn.execute(f"INSERT OR REPLACE INTO points ({', '.join(_COLUMNS)}) "
-                               f"VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO points ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                values,
+            )
 
     def get(self, key: str) -> Point | None:
         """The stored point with this key, or None."""
@@ -221,12 +283,19 @@ class Store:
             found.update((p.key, p) for p in self._select(query, chunk))
         return found
 
-    def points(self, model_id: str | None = None, dataset_fingerprint: str | None = None,
-               settings: dict | None = None) -> list[Point]:
+    def points(
+        self,
+        model_id: str | None = None,
+        dataset_fingerprint: str | None = None,
+        settings: dict | None = None,
+    ) -> list[Point]:
         """Stored points, oldest first, optionally only those of one model, dataset and settings."""
         where, args = [], []
-        for column, value in (("model_id", model_id), ("dataset_fingerprint", dataset_fingerprint),
-                              ("settings", canonical_json(settings) if settings is not None else None)):
+        for column, value in (
+            ("model_id", model_id),
+            ("dataset_fingerprint", dataset_fingerprint),
+            ("settings", canonical_json(settings) if settings is not None else None),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -235,10 +304,12 @@ class Store:
 
     def put_measure(self, key: str, value: dict) -> None:
         """Keep one measurement that is not a WER point (e.g. a divergence), in its own transaction."""
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = datetime.now(UTC).isoformat(timespec="seconds")
         with self._lock, self._conn:
-            self._conn.execute("INSERT OR REPLACE INTO measures (key, created, value) VALUES (?, ?, ?)",
-                               (key, created, canonical_json(value)))
+            self._conn.execute(
+                "INSERT OR REPLACE INTO measures (key, created, value) VALUES (?, ?, ?)",
+                (key, created, canonical_json(value)),
+            )
 
     def get_measure(self, key: str) -> dict | None:
         """The measurement stored under `key`, or None."""
@@ -262,7 +333,7 @@ class Store:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -273,10 +344,16 @@ class Store:
             rows = self._conn.execute(query, args).fetchall()
         points = []
         for row in rows:
-            record = {c: json.loads(v) if c in _JSON_COLUMNS and v is not None else v for c, v in zip(_COLUMNS, row)}
+            record = {
+                c: json.loads(v) if c in _JSON_COLUMNS and v is not None else v for c, v in zip(_COLUMNS, row)
+            }
             if "distill" in record["recipe"]:  # written before students had their own field
                 old = record["recipe"].pop("distill")
-                record["student"] = {"spec": old.get("student"), "config": old.get("config"), "folder": old.get("folder")}
+                record["student"] = {
+                    "spec": old.get("student"),
+                    "config": old.get("config"),
+                    "folder": old.get("folder"),
+                }
             points.append(Point(**record, cached=True))
         return points
 

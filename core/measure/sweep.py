@@ -10,13 +10,15 @@ applied in their `position` order; any field of the step's config may be set. A 
 grid point only when one of its main knobs (the technique's `knobs`) is set there and is not "off".
 Off values come from the technique (prune.sparsity 0, low_rank.energy 1.0, quantize.bits 16 or 32,
 ...); `"off"` or null mean off for any main knob. A technique's `aliases` map grid words to values
-(`"fp16"` as quantize.bits means bits=16). `groups` takes a list of group names, so for it a flat list is one fixed value and a list of
-lists is an axis. Fields of a step without a main knob in the grid are an error.
+(`"fp16"` as quantize.bits means bits=16). `groups` takes a list of group names, so for it a flat
+list is one fixed value and a list of lists is an axis. Fields of a step without a main knob in the
+grid are an error.
 
 `run_sweep` is a generator: points already in the store come back at once, the rest are computed in
 order, stored one transaction each, and yielded as they finish. Stop iterating to cancel; running the
 same sweep again computes only the missing points.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +27,9 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -60,20 +62,28 @@ def load_grid(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(grid, dict):
-        raise ValueError(f"{path} must hold a JSON object of \"step.field\": values")
+        raise ValueError(f'{path} must hold a JSON object of "step.field": values')
     return grid
 
 
 def _is_off(step: str, field: str, value) -> bool:
     if value in OFF_WORDS:
         return True
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and value in technique(step).off.get(field, ())
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and value in technique(step).off.get(field, ())
+    )
 
 
 def _axis(key: str, field: str, value) -> list:
     """The values one grid key takes: a list is an axis, anything else one fixed value."""
     if field in LIST_FIELDS:
-        axis = value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+        axis = (
+            value
+            if isinstance(value, list) and value and all(isinstance(v, list) for v in value)
+            else [value]
+        )
     else:
         axis = value if isinstance(value, list) else [value]
     if not axis:
@@ -84,12 +94,12 @@ def _axis(key: str, field: str, value) -> list:
 def _parse_keys(grid: dict) -> dict[str, tuple[str, str, list]]:
     """key -> (step, field, values); ValueError naming the key for unknown steps or malformed keys."""
     if not isinstance(grid, dict) or not grid:
-        raise ValueError("a grid is a non-empty JSON object of \"step.field\": values")
+        raise ValueError('a grid is a non-empty JSON object of "step.field": values')
     parsed = {}
     for key, value in grid.items():
         step, dot, field = str(key).partition(".")
         if not dot or not field:
-            raise ValueError(f"grid key {key!r}: expected \"step.field\", e.g. \"quantize.bits\"")
+            raise ValueError(f'grid key {key!r}: expected "step.field", e.g. "quantize.bits"')
         if step not in TECHNIQUES:
             raise ValueError(f"grid key {key!r}: unknown step {step!r}; steps: {', '.join(TECHNIQUES)}")
         parsed[key] = (step, field, _axis(key, field, value))
@@ -97,8 +107,10 @@ def _parse_keys(grid: dict) -> dict[str, tuple[str, str, list]]:
         keys = [k for k, (s, _, _) in parsed.items() if s == step]
         mains = [k for k in keys if parsed[k][1] in technique(step).knobs]
         if keys and not mains:
-            raise ValueError(f"grid key {keys[0]!r}: the {step} step needs one of "
-                             f"{', '.join(f'{step}.{f}' for f in technique(step).knobs)} in the grid")
+            raise ValueError(
+                f"grid key {keys[0]!r}: the {step} step needs one of "
+                f"{', '.join(f'{step}.{f}' for f in technique(step).knobs)} in the grid"
+            )
         if len(mains) > 1:
             raise ValueError(f"grid keys {mains[0]!r} and {mains[1]!r}: give one main knob per step")
     return parsed
@@ -141,6 +153,7 @@ def expand_grid(grid: dict, sample: int | None = None, seed: int = 0) -> list[di
 
 def grid_recipes(grid: dict, sample: int | None = None, seed: int = 0) -> list:
     """`expand_grid` turned into Recipe objects; ValueError naming the key of a bad value."""
+
     def check(what: str, obj: dict) -> object:
         try:
             return Recipe.from_json(obj)
@@ -149,8 +162,9 @@ def grid_recipes(grid: dict, sample: int | None = None, seed: int = 0) -> list:
 
     parsed = _parse_keys(grid)
     for key, (step, field, values) in parsed.items():  # one single-step probe per value: errors name the key
-        main_field, main_values = next((f, v) for s, f, v in parsed.values()
-                                       if s == step and f in technique(step).knobs)
+        main_field, main_values = next(
+            (f, v) for s, f, v in parsed.values() if s == step and f in technique(step).knobs
+        )
         on = [v for v in main_values if not _is_off(step, main_field, v)]
         for value in values:
             if field == main_field and _is_off(step, field, value) or not on:
@@ -174,8 +188,13 @@ class SweepSettings:
     def key_json(self) -> dict:
         """The settings that go into the store key (threads only matter when latency is measured)."""
         threads = torch.get_num_threads() if self.latency_runs > 0 else None
-        return {"method": EVAL_METHOD, "code": code_version(), "packed": self.packed,
-                "latency_runs": self.latency_runs, "threads": threads}
+        return {
+            "method": EVAL_METHOD,
+            "code": code_version(),
+            "packed": self.packed,
+            "latency_runs": self.latency_runs,
+            "threads": threads,
+        }
 
 
 NAIVE = SweepSettings(packed=False, latency_runs=5, reuse_encoder=False)  # what `evaluate` does by default
@@ -201,7 +220,11 @@ def code_version() -> str:
 
 def recipe_identity(recipe) -> dict:
     """Every config field of every step, defaults included, so a changed default cannot reuse old points."""
-    return {"steps": [{name: json.loads(json.dumps(asdict(config), default=list))} for name, config in recipe.steps]}
+    return {
+        "steps": [
+            {name: json.loads(json.dumps(asdict(config), default=list))} for name, config in recipe.steps
+        ]
+    }
 
 
 def encoder_identity(model) -> str | None:
@@ -225,13 +248,21 @@ def apply_reusing(model, recipe, reuse: dict):
     return variant
 
 
-def measure_point(model, recipe, dataset, waves: list, settings: SweepSettings = SweepSettings(),
-                  encoder_cache: EncoderCache | None = None, reuse: dict | None = None) -> tuple[dict, dict]:
+def measure_point(
+    model,
+    recipe,
+    dataset,
+    waves: list,
+    settings: SweepSettings = SweepSettings(),
+    encoder_cache: EncoderCache | None = None,
+    reuse: dict | None = None,
+) -> tuple[dict, dict]:
     """Apply `recipe` to a copy of `model`, evaluate it; returns (core.evaluate result dict, timings).
 
     With `encoder_cache` (and settings.reuse_encoder), a variant whose encoder is still the base model's
     reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size.
-    `reuse` (a dict kept across calls) skips re-applying the steps a previous recipe shared (apply_reusing)."""
+    `reuse` (a dict kept across calls) skips re-applying the steps a previous recipe shared
+    (apply_reusing)."""
     start = time.perf_counter()
     variant = apply_reusing(model, recipe, {} if reuse is None else reuse)
     applied = time.perf_counter()
@@ -251,13 +282,25 @@ def measure_point(model, recipe, dataset, waves: list, settings: SweepSettings =
         result["latency_ms"] = latency.median_ms
         result["real_time_factor"] = latency.real_time_factor
     done = time.perf_counter()
-    timings = {"apply": applied - start, "evaluate": evaluated - applied, "latency": done - evaluated,
-               "total": done - start, "encoder_reused": hits}
+    timings = {
+        "apply": applied - start,
+        "evaluate": evaluated - applied,
+        "latency": done - evaluated,
+        "total": done - start,
+        "encoder_reused": hits,
+    }
     return result, timings
 
 
-def run_sweep(model, dataset, recipes: list, store: Store, settings: SweepSettings = SweepSettings(),
-              waves: list | None = None, encoder_cache: EncoderCache | None = None) -> Iterator[Point]:
+def run_sweep(
+    model,
+    dataset,
+    recipes: list,
+    store: Store,
+    settings: SweepSettings = SweepSettings(),
+    waves: list | None = None,
+    encoder_cache: EncoderCache | None = None,
+) -> Iterator[Point]:
     """Yield a Point per distinct recipe: stored ones first and at once, then each new one as it is measured.
 
     Recipes may be Recipe objects or their JSON. New points are written to `store` before they are
@@ -280,24 +323,70 @@ def run_sweep(model, dataset, recipes: list, store: Store, settings: SweepSettin
     reuse: dict = {}
     for key, recipe in missing:
         result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache, reuse)
-        point = _point(key, model, model_id, recipe.to_json(), recipe.describe(), dataset, fingerprint,
-                       key_settings, result, timings)
+        point = _point(
+            key,
+            model,
+            model_id,
+            recipe.to_json(),
+            recipe.describe(),
+            dataset,
+            fingerprint,
+            key_settings,
+            result,
+            timings,
+        )
         store.put(point)
         yield point
 
 
-def _point(key: str, base, base_id: str, recipe_json: dict, label: str, dataset, fingerprint: str,
-           key_settings: dict, result: dict, timings: dict, student: dict | None = None) -> Point:
+def _point(
+    key: str,
+    base,
+    base_id: str,
+    recipe_json: dict,
+    label: str,
+    dataset,
+    fingerprint: str,
+    key_settings: dict,
+    result: dict,
+    timings: dict,
+    student: dict | None = None,
+) -> Point:
     rows = result.pop("rows")
-    return Point(key=key, model=base.name, model_id=base_id, recipe=recipe_json, label=label, dataset=dataset.name,
-                 dataset_fingerprint=fingerprint, settings=key_settings, wer=result["wer"], cer=result["cer"],
-                 size_bytes=result["size_bytes"], latency_ms=result["latency_ms"], parameters=result["parameters"],
-                 result=result, rows=rows, timings=timings, machine=result["machine"], student=student)
+    return Point(
+        key=key,
+        model=base.name,
+        model_id=base_id,
+        recipe=recipe_json,
+        label=label,
+        dataset=dataset.name,
+        dataset_fingerprint=fingerprint,
+        settings=key_settings,
+        wer=result["wer"],
+        cer=result["cer"],
+        size_bytes=result["size_bytes"],
+        latency_ms=result["latency_ms"],
+        parameters=result["parameters"],
+        result=result,
+        rows=rows,
+        timings=timings,
+        machine=result["machine"],
+        student=student,
+    )
 
 
-def record_student(base, student_model, dataset, store: Store, student: dict, recipe: Recipe, label: str,
-                   settings: SweepSettings = SweepSettings(), waves: list | None = None,
-                   encoder_cache: EncoderCache | None = None) -> Point:
+def record_student(
+    base,
+    student_model,
+    dataset,
+    store: Store,
+    student: dict,
+    recipe: Recipe,
+    label: str,
+    settings: SweepSettings = SweepSettings(),
+    waves: list | None = None,
+    encoder_cache: EncoderCache | None = None,
+) -> Point:
     """Measure a trained student (no recipe of `base` produces it) and store it among `base`'s points, so it
     joins the same Pareto plots; keyed by the student's own weights. `student` says where it was written
     ({"folder", "spec", "config"}), `recipe` which steps ran after training."""
@@ -309,9 +398,26 @@ def record_student(base, student_model, dataset, store: Store, student: dict, re
         return stored
     if waves is None:
         waves = load_waves(dataset)
-    result, timings = measure_point(variant, Recipe(), dataset, waves, settings,
-                                    EncoderCache() if encoder_cache is None else encoder_cache)
-    point = _point(key, base, base_id, recipe.to_json(), label, dataset, fingerprint, key_settings, result, timings,
-                   student)
+    result, timings = measure_point(
+        variant,
+        Recipe(),
+        dataset,
+        waves,
+        settings,
+        EncoderCache() if encoder_cache is None else encoder_cache,
+    )
+    point = _point(
+        key,
+        base,
+        base_id,
+        recipe.to_json(),
+        label,
+        dataset,
+        fingerprint,
+        key_settings,
+        result,
+        timings,
+        student,
+    )
     store.put(point)
     return point

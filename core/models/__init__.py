@@ -4,20 +4,51 @@ Adding a family: one module implementing core.models.base.Family, listed in FAMI
 here find a module's family and ask it about its layers, so compression techniques work on any
 family's `nn.Module` without naming its attributes.
 """
+
 from __future__ import annotations
 
 from torch import nn
 
 from core.models import ctc, whisper
-from core.models.base import (BASE_MODEL, DEFAULT_GROUPS, DEFAULT_MODEL, GROUPS, META_FILE, AttentionBlock,
-                              EncoderCache, Family, FeedForwardBlock, LayerInfo, SpeechModel, check_groups)
+from core.models.base import (
+    BASE_MODEL,
+    DEFAULT_GROUPS,
+    DEFAULT_MODEL,
+    GROUPS,
+    META_FILE,
+    AttentionBlock,
+    EncoderCache,
+    Family,
+    FeedForwardBlock,
+    LayerInfo,
+    SpeechModel,
+    check_groups,
+)
 from core.models.base import compressible_layers as _compressible_layers
 
 FAMILIES: tuple[Family, ...] = (whisper, ctc)
 
-__all__ = ["BASE_MODEL", "DEFAULT_GROUPS", "DEFAULT_MODEL", "FAMILIES", "GROUPS", "META_FILE", "AttentionBlock",
-           "EncoderCache", "Family", "FeedForwardBlock", "LayerInfo", "SpeechModel", "attention_blocks",
-           "check_groups", "compressible_layers", "family_named", "family_of", "ffn_blocks", "layer_group"]
+__all__ = [
+    "BASE_MODEL",
+    "DEFAULT_GROUPS",
+    "DEFAULT_MODEL",
+    "FAMILIES",
+    "GROUPS",
+    "META_FILE",
+    "AttentionBlock",
+    "EncoderCache",
+    "Family",
+    "FeedForwardBlock",
+    "LayerInfo",
+    "SpeechModel",
+    "attention_blocks",
+    "check_groups",
+    "compressible_layers",
+    "family_named",
+    "family_of",
+    "ffn_blocks",
+    "layer_group",
+]
 
 
 def family_of(module: nn.Module) -> Family:

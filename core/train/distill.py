@@ -11,15 +11,16 @@ transcripts where there is no reference. Teacher outputs (encoder states, logits
 encoder's outputs are computed once and reused every epoch. Training is a generator of `Progress`,
 deterministic for a seed, and resumes from a safetensors checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,8 @@ CHECKPOINT = "checkpoint"  # subfolder of the output folder while training runs
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Training knobs. Everything here changes the result, so a checkpoint only resumes under the same config."""
+    """Training knobs. Everything here changes the result,
+    so a checkpoint only resumes under the same config."""
 
     steps: int = 200
     temperature: float = 2.0
@@ -50,7 +52,9 @@ class DistillConfig:
     warmup_steps: int = 10
     seed: int = 0
     pseudo_labels: bool = False  # hard labels from the teacher's transcripts instead of the references
-    train_encoder: bool = False  # the encoder is frozen by default (distil-whisper), so its outputs are cached
+    train_encoder: bool = (
+        False  # the encoder is frozen by default (distil-whisper), so its outputs are cached
+    )
     train_embeddings: bool = False  # token/position embeddings (tied to the 51k-word output projection)
     eval_every: int = 0  # steps between evaluations of the student (0: before and after training only)
     checkpoint_every: int = 50
@@ -68,7 +72,9 @@ class DistillConfig:
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
-                raise ValueError(f"distill: {name} = {getattr(self, name)!r} is out of range; allowed: {allowed}")
+                raise ValueError(
+                    f"distill: {name} = {getattr(self, name)!r} is out of range; allowed: {allowed}"
+                )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,8 +87,13 @@ class LossParts:
     kl: torch.Tensor
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                 temperature: float, alpha: float) -> LossParts:
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    alpha: float,
+) -> LossParts:
     """α · CE(student, labels) + (1 − α) · T² · KL(softmax(teacher/T) ‖ softmax(student/T)), each a mean
     over the positions whose label is not IGNORE. Logits are (..., vocab), labels (...)."""
     scored = labels != IGNORE
@@ -90,16 +101,21 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
         raise ValueError("distill_loss: every position is masked; there is nothing to learn from")
     student, teacher = student_logits[scored].float(), teacher_logits[scored].float()
     cross_entropy = F.cross_entropy(student, labels[scored])
-    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
-                  log_target=True, reduction="batchmean")
-    return LossParts(alpha * cross_entropy + (1 - alpha) * temperature ** 2 * kl, cross_entropy, kl)
+    kl = F.kl_div(
+        F.log_softmax(student / temperature, -1),
+        F.log_softmax(teacher / temperature, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return LossParts(alpha * cross_entropy + (1 - alpha) * temperature**2 * kl, cross_entropy, kl)
 
 
 # ----------------------------------------------------------------------------- students
 
 
 def spaced_layers(total: int, keep: int) -> list[int]:
-    """Evenly spaced layer indices from the first to the last, e.g. 4 → 2 gives [0, 3], 32 → 3 gives [0, 16, 31]."""
+    """Evenly spaced layer indices from the first to the last,
+    e.g. 4 → 2 gives [0, 3], 32 → 3 gives [0, 16, 31]."""
     if not 1 <= keep <= total:
         raise ValueError(f"a student keeps between 1 and {total} layers, got {keep}")
     if keep == 1:
@@ -110,11 +126,16 @@ def spaced_layers(total: int, keep: int) -> list[int]:
 def _check_plain(model: SpeechModel, role: str) -> None:
     """A teacher (or a student to shrink) must be an uncompressed model of a family with a decoder."""
     model.decoder(f"the {role} of a distillation")
-    odd = {type(m).__name__ for m in model.module.modules()
-           if not type(m).__module__.startswith(("torch.", "transformers."))}
+    odd = {
+        type(m).__name__
+        for m in model.module.modules()
+        if not type(m).__module__.startswith(("torch.", "transformers."))
+    }
     if odd:
-        raise ValueError(f"the {role} {model.name} holds compressed layers ({', '.join(sorted(odd))}); "
-                         "use the uncompressed model and give the compression as a recipe")
+        raise ValueError(
+            f"the {role} {model.name} holds compressed layers ({', '.join(sorted(odd))}); "
+            "use the uncompressed model and give the compression as a recipe"
+        )
 
 
 def make_student(teacher: SpeechModel, decoder_layers: int, encoder_layers: int | None = None) -> SpeechModel:
@@ -122,11 +143,14 @@ def make_student(teacher: SpeechModel, decoder_layers: int, encoder_layers: int 
     else (convolutions, embeddings, norms) is copied, and tied weights stay tied."""
     _check_plain(teacher, "teacher")
     counts = teacher.family.layer_counts(teacher.module)
-    kept = {"encoder": spaced_layers(counts["encoder"], encoder_layers or counts["encoder"]),
-            "decoder": spaced_layers(counts["decoder"], decoder_layers)}
+    kept = {
+        "encoder": spaced_layers(counts["encoder"], encoder_layers or counts["encoder"]),
+        "decoder": spaced_layers(counts["decoder"], decoder_layers),
+    }
     student = teacher.family.smaller(teacher.module, kept["decoder"], kept["encoder"])
-    shape = f"decoder layers {kept['decoder']}" + (f", encoder layers {kept['encoder']}"
-                                                   if encoder_layers else "")
+    shape = f"decoder layers {kept['decoder']}" + (
+        f", encoder layers {kept['encoder']}" if encoder_layers else ""
+    )
     return teacher.with_module(student, name=f"{teacher.name} student ({shape})")
 
 
@@ -135,9 +159,13 @@ def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]
     (quantize) left to run after training (as a Recipe): fine-tuning happens on float weights."""
     _check_plain(teacher, "teacher")
     recipe = Recipe.from_json(recipe)
+
     def part(float_layers: bool) -> Recipe:
-        chosen = [(step, keys) for step, keys in zip(recipe.steps, recipe.keys)
-                  if technique(step[0]).keeps_float == float_layers]
+        chosen = [
+            (step, keys)
+            for step, keys in zip(recipe.steps, recipe.keys)
+            if technique(step[0]).keeps_float == float_layers
+        ]
         return Recipe(tuple(step for step, _ in chosen), tuple(keys for _, keys in chosen))
 
     train, after = part(float_layers=True), part(float_layers=False)
@@ -159,8 +187,9 @@ class Example:
 
 
 @torch.inference_mode()
-def prepare_examples(teacher: SpeechModel, student: SpeechModel, waves: list, texts: list[str],
-                     config: DistillConfig) -> Iterator[Example]:
+def prepare_examples(
+    teacher: SpeechModel, student: SpeechModel, waves: list, texts: list[str], config: DistillConfig
+) -> Iterator[Example]:
     """Pack utterances into 30 s windows and compute, once, what every epoch reuses: the teacher's encoder
     states and logits and, when the student encoder is frozen and differs from the teacher's, its states."""
     windows, references, _ = pack_utterances(waves, texts, [str(i) for i in range(len(waves))])
@@ -183,8 +212,13 @@ def prepare_examples(teacher: SpeechModel, student: SpeechModel, waves: list, te
             states = teacher_states[0]
         else:
             states = student.encode(features)[0]
-        yield Example(features=features[0] if config.train_encoder else torch.empty(0), encoder_states=states,
-                      inputs=inputs, labels=labels, teacher_logits=logits.to(torch.float16))
+        yield Example(
+            features=features[0] if config.train_encoder else torch.empty(0),
+            encoder_states=states,
+            inputs=inputs,
+            labels=labels,
+            teacher_logits=logits.to(torch.float16),
+        )
 
 
 def batch_order(count: int, step: int, batch_size: int, seed: int) -> list[int]:
@@ -196,7 +230,7 @@ def batch_order(count: int, step: int, batch_size: int, seed: int) -> list[int]:
     while len(order) < size:
         epoch, offset = divmod(start + len(order), count)
         permutation = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        order.extend(permutation[offset: offset + size - len(order)].tolist())
+        order.extend(permutation[offset : offset + size - len(order)].tolist())
     return order
 
 
@@ -207,9 +241,9 @@ def collate(examples: list[Example], pad: int) -> tuple[torch.Tensor, torch.Tens
     labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)
     teacher = torch.zeros(len(examples), length, examples[0].teacher_logits.shape[-1])
     for i, e in enumerate(examples):
-        inputs[i, :len(e.inputs)] = torch.tensor(e.inputs)
-        labels[i, :len(e.labels)] = torch.tensor(e.labels)
-        teacher[i, :len(e.inputs)] = e.teacher_logits.float()
+        inputs[i, : len(e.inputs)] = torch.tensor(e.inputs)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        teacher[i, : len(e.inputs)] = e.teacher_logits.float()
     return inputs, labels, teacher
 
 
@@ -263,8 +297,14 @@ def learning_rate_at(step: int, config: DistillConfig) -> float:
     return config.learning_rate * max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
 
 
-def save_checkpoint(folder: Path, step: int, parameters: dict[str, nn.Parameter], optimizer, config: DistillConfig,
-                    identity: dict) -> None:
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    parameters: dict[str, nn.Parameter],
+    optimizer,
+    config: DistillConfig,
+    identity: dict,
+) -> None:
     """Trainable weights and Adam state as safetensors plus a JSON of step, config and student identity;
     written to a temporary folder and renamed, so a kill leaves the previous checkpoint intact."""
     from safetensors.torch import save_file
@@ -279,14 +319,16 @@ def save_checkpoint(folder: Path, step: int, parameters: dict[str, nn.Parameter]
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "checkpoint.json").write_text(json.dumps({"step": step, "config": config.to_json(),
-                                                     "student": identity}, indent=1))
+    (tmp / "checkpoint.json").write_text(
+        json.dumps({"step": step, "config": config.to_json(), "student": identity}, indent=1)
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
 
-def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer, config: DistillConfig,
-                    identity: dict) -> int:
+def load_checkpoint(
+    folder: Path, parameters: dict[str, nn.Parameter], optimizer, config: DistillConfig, identity: dict
+) -> int:
     """Restore weights and Adam state from `save_checkpoint`; returns the step to continue from.
     ValueError if the checkpoint was written for another config or student, or does not match its shapes."""
     from safetensors import SafetensorError
@@ -296,15 +338,20 @@ def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer
         meta = json.loads((folder / "checkpoint.json").read_text())
         tensors = load_file(str(folder / "state.safetensors"))
     except (OSError, json.JSONDecodeError, SafetensorError) as exc:
-        raise ValueError(f"{folder} is not a readable distillation checkpoint ({exc}); "
-                         "delete it to start over") from None
+        raise ValueError(
+            f"{folder} is not a readable distillation checkpoint ({exc}); delete it to start over"
+        ) from None
     if meta.get("config") != config.to_json() or meta.get("student") != identity:
-        raise ValueError(f"{folder} was written by a run with other settings or another student; use the same "
-                         "settings to resume, or another output folder (or delete the checkpoint) to start over")
+        raise ValueError(
+            f"{folder} was written by a run with other settings or another student; use the same "
+            "settings to resume, or another output folder (or delete the checkpoint) to start over"
+        )
     for name, p in parameters.items():
         saved = tensors.get(f"param.{name}")
         if saved is None or saved.shape != p.shape:
-            raise ValueError(f"{folder}: weight {name} is missing or has the wrong shape; delete the checkpoint")
+            raise ValueError(
+                f"{folder}: weight {name} is missing or has the wrong shape; delete the checkpoint"
+            )
         with torch.no_grad():
             p.copy_(saved)
         if f"exp_avg.{name}" in tensors:
@@ -312,8 +359,16 @@ def load_checkpoint(folder: Path, parameters: dict[str, nn.Parameter], optimizer
     return int(meta["step"])
 
 
-def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: dict[str, nn.Parameter],
-               masks: dict[str, torch.Tensor], optimizer, rate: float, config: DistillConfig) -> LossParts:
+def train_step(
+    module: nn.Module,
+    batch: list[Example],
+    pad: int,
+    parameters: dict[str, nn.Parameter],
+    masks: dict[str, torch.Tensor],
+    optimizer,
+    rate: float,
+    config: DistillConfig,
+) -> LossParts:
     """One optimizer step on a batch: loss, backward, pruned weights kept at zero, clipped AdamW update."""
     module.train()
     family = family_of(module)
@@ -322,8 +377,13 @@ def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: di
         states = family.encode(module, torch.stack([e.features for e in batch]))
     else:
         states = torch.stack([e.encoder_states for e in batch])
-    loss = distill_loss(family.decoder_logits(module, states, inputs), teacher_logits, labels, config.temperature,
-                        config.alpha)
+    loss = distill_loss(
+        family.decoder_logits(module, states, inputs),
+        teacher_logits,
+        labels,
+        config.temperature,
+        config.alpha,
+    )
     for group in optimizer.param_groups:
         group["lr"] = rate
     optimizer.zero_grad(set_to_none=True)
@@ -338,37 +398,58 @@ def train_step(module: nn.Module, batch: list[Example], pad: int, parameters: di
     return loss
 
 
-def evaluate_student(student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: EncoderCache) -> float:
-    """WER of the student on packed windows (the sweeps' mode), reusing encoder outputs while the encoder is frozen."""
+def evaluate_student(
+    student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: EncoderCache
+) -> float:
+    """WER of the student on packed windows (the sweeps' mode),
+    reusing encoder outputs while the encoder is frozen."""
     student.module.eval()
     scored = student.with_encoder_cache(encoder_cache, encoder_identity(student))
     return evaluate(scored, dataset, waves=waves, latency_runs=0, packed=True).scores.wer
 
 
-def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: DistillConfig = DistillConfig(),
-            eval_set: Dataset | None = None, checkpoint: Path | None = None,
-            train_waves: list | None = None, eval_waves: list | None = None) -> Iterator[Progress]:
+def distill(
+    student: SpeechModel,
+    teacher: SpeechModel,
+    train: Dataset,
+    config: DistillConfig = DistillConfig(),
+    eval_set: Dataset | None = None,
+    checkpoint: Path | None = None,
+    train_waves: list | None = None,
+    eval_waves: list | None = None,
+) -> Iterator[Progress]:
     """Train `student` in place to imitate `teacher` on `train`, yielding Progress as it goes.
 
     With `checkpoint` (a folder), the state is saved every config.checkpoint_every steps and an existing
     checkpoint of the same run is resumed. With `eval_set`, the student's WER is reported before training,
-    every config.eval_every steps and at the end. Close the generator to cancel (the last checkpoint stays)."""
+    every config.eval_every steps and at the end. Close the generator to cancel
+    (the last checkpoint stays)."""
     _check_plain(teacher, "teacher")
     student.decoder("the student of a distillation")
     if student.family is not teacher.family or student.tokenizer is None:
-        raise ValueError(f"the student must be a {teacher.kind} model like its teacher; {student.name} is a "
-                         f"{student.kind} model")
+        raise ValueError(
+            f"the student must be a {teacher.kind} model like its teacher; {student.name} is a "
+            f"{student.kind} model"
+        )
     vocab = student.family.vocab_size(student.module), teacher.family.vocab_size(teacher.module)
     if vocab[0] != vocab[1]:
         raise ValueError(f"teacher and student must share a vocabulary ({vocab[1]} vs {vocab[0]} tokens)")
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start
     torch.manual_seed(config.seed)
-    identity = {"student": model_identity(student), "teacher": model_identity(teacher), "data": train.fingerprint()}
+    identity = {
+        "student": model_identity(student),
+        "teacher": model_identity(teacher),
+        "data": train.fingerprint(),
+    }
     teacher.module.eval()
-    yield Progress("prepare", 0, config.steps, clock(), message=f"caching teacher outputs on {len(train)} utterances")
+    yield Progress(
+        "prepare", 0, config.steps, clock(), message=f"caching teacher outputs on {len(train)} utterances"
+    )
     train_waves = train_waves if train_waves is not None else load_waves(train)
-    examples = list(prepare_examples(teacher, student, train_waves, [u.text for u in train.utterances], config))
+    examples = list(
+        prepare_examples(teacher, student, train_waves, [u.text for u in train.utterances], config)
+    )
     parameters = trainable_parameters(student.module, config)
     for name, p in student.module.named_parameters():
         p.requires_grad_(name in parameters)
@@ -377,26 +458,47 @@ def distill(student: SpeechModel, teacher: SpeechModel, train: Dataset, config: 
     step = 0
     if checkpoint is not None and (checkpoint / "checkpoint.json").exists():
         step = load_checkpoint(checkpoint, parameters, optimizer, config, identity)
-    yield Progress("prepare", step, config.steps, clock(),
-                   message=f"{len(examples)} windows, {sum(p.numel() for p in parameters.values()):,} trainable "
-                           f"parameters, {len(masks)} pruned matrices kept sparse"
-                           + (f", resumed at step {step}" if step else ""))
+    yield Progress(
+        "prepare",
+        step,
+        config.steps,
+        clock(),
+        message=f"{len(examples)} windows, {sum(p.numel() for p in parameters.values()):,} trainable "
+        f"parameters, {len(masks)} pruned matrices kept sparse"
+        + (f", resumed at step {step}" if step else ""),
+    )
     encoder_cache = EncoderCache()
     eval_waves = eval_waves if eval_waves is not None or eval_set is None else load_waves(eval_set)
-    evaluation = lambda at: Progress("eval", at, config.steps, clock(),
-                                     wer=evaluate_student(student, eval_set, eval_waves, encoder_cache))
+    evaluation = lambda at: Progress(
+        "eval", at, config.steps, clock(), wer=evaluate_student(student, eval_set, eval_waves, encoder_cache)
+    )
     if eval_set is not None and step == 0:
         yield evaluation(0)
     while step < config.steps:
         batch = [examples[i] for i in batch_order(len(examples), step, config.batch_size, config.seed)]
         rate = learning_rate_at(step, config)
-        loss = train_step(student.module, batch, teacher.decoding.eot, parameters, masks, optimizer, rate, config)
+        loss = train_step(
+            student.module, batch, teacher.decoding.eot, parameters, masks, optimizer, rate, config
+        )
         step += 1
         if checkpoint is not None and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(checkpoint, step, parameters, optimizer, config, identity)
-        yield Progress("train", step, config.steps, clock(), loss=loss.total.item(),
-                       cross_entropy=loss.cross_entropy.item(), kl=loss.kl.item(), learning_rate=rate)
-        if eval_set is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+        yield Progress(
+            "train",
+            step,
+            config.steps,
+            clock(),
+            loss=loss.total.item(),
+            cross_entropy=loss.cross_entropy.item(),
+            kl=loss.kl.item(),
+            learning_rate=rate,
+        )
+        if (
+            eval_set is not None
+            and config.eval_every
+            and step % config.eval_every == 0
+            and step < config.steps
+        ):
             yield evaluation(step)
     for p in student.module.parameters():
         p.requires_grad_(False)
@@ -419,7 +521,9 @@ class StudentSpec:
 
     def __post_init__(self):
         if (self.decoder_layers is None) == (self.recipe is None):
-            raise ValueError("choose either a smaller student (decoder layers) or a recipe to recover, not both")
+            raise ValueError(
+                "choose either a smaller student (decoder layers) or a recipe to recover, not both"
+            )
         if self.recipe is not None and self.encoder_layers is not None:
             raise ValueError("encoder layers apply to a smaller student, not to a recovery recipe")
 
@@ -436,30 +540,57 @@ class StudentSpec:
         return f"distilled {self.decoder_layers}-layer decoder{encoder} ({steps} steps)"
 
 
-def finish_student(student: SpeechModel, after, teacher: SpeechModel, spec: StudentSpec, config: DistillConfig,
-                   out: Path, wer_before: float | None, wer_after: float | None) -> SpeechModel:
+def finish_student(
+    student: SpeechModel,
+    after,
+    teacher: SpeechModel,
+    spec: StudentSpec,
+    config: DistillConfig,
+    out: Path,
+    wer_before: float | None,
+    wer_after: float | None,
+) -> SpeechModel:
     """Run the post-training steps (quantize), write the student to `out` (it loads with `load_model(out)`)
     and drop the checkpoint."""
     final, _ = apply_recipe(student, after, name=f"{teacher.name} {spec.describe(config.steps)}")
-    meta = {"base_model": teacher.name, "recipe": after.to_json(),
-            "distill": {"teacher": teacher.name, "student": asdict(spec), "config": config.to_json(),
-                        "wer_before": wer_before, "wer_after": wer_after}}
+    meta = {
+        "base_model": teacher.name,
+        "recipe": after.to_json(),
+        "distill": {
+            "teacher": teacher.name,
+            "student": asdict(spec),
+            "config": config.to_json(),
+            "wer_before": wer_before,
+            "wer_after": wer_after,
+        },
+    }
     save_model(final, out, meta)
     shutil.rmtree(Path(out) / CHECKPOINT, ignore_errors=True)
     return final
 
 
 def student_entry(spec: StudentSpec, config: DistillConfig, after: Recipe, folder: Path) -> tuple[dict, str]:
-    """(student facts, label) of a trained student on the teacher's Pareto plots (core.measure.sweep.record_student):
-    how it was trained and the folder it was written to, from which it loads."""
+    """(student facts, label) of a trained student on the teacher's Pareto plots
+    (core.measure.sweep.record_student): how it was trained and the folder it was written to, from which
+    it loads."""
     student = {"spec": asdict(spec), "config": config.to_json(), "folder": str(folder)}
     return student, spec.describe(config.steps) + (f" · {after.describe()}" if not after.is_empty else "")
 
 
-def publish_student(student: SpeechModel, after: Recipe, teacher: SpeechModel, spec: StudentSpec,
-                    config: DistillConfig, folder: Path, wers: list[float], eval_set: Dataset, store: Store | None,
-                    settings: SweepSettings = SweepSettings(), eval_waves: list | None = None,
-                    encoder_cache: EncoderCache | None = None) -> tuple[SpeechModel, Point | None]:
+def publish_student(
+    student: SpeechModel,
+    after: Recipe,
+    teacher: SpeechModel,
+    spec: StudentSpec,
+    config: DistillConfig,
+    folder: Path,
+    wers: list[float],
+    eval_set: Dataset,
+    store: Store | None,
+    settings: SweepSettings = SweepSettings(),
+    eval_waves: list | None = None,
+    encoder_cache: EncoderCache | None = None,
+) -> tuple[SpeechModel, Point | None]:
     """After training (the CLI and the Distill page alike): run the post-training steps, write the student to
     `folder`, and measure it onto the teacher's Pareto plots in `store` (None: not stored). `wers` are the
     evaluations reported during training: the first is "before" when there are two or more."""
@@ -468,8 +599,9 @@ def publish_student(student: SpeechModel, after: Recipe, teacher: SpeechModel, s
     if store is None:
         return final, None
     facts, label = student_entry(spec, config, after, Path(folder).resolve())
-    return final, record_student(teacher, final, eval_set, store, facts, after, label, settings, eval_waves,
-                                 encoder_cache)
+    return final, record_student(
+        teacher, final, eval_set, store, facts, after, label, settings, eval_waves, encoder_cache
+    )
 
 
 def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:
@@ -481,8 +613,10 @@ def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfi
 
 def format_progress(p: Progress) -> str:
     if p.stage == "train":
-        return (f"step {p.step:>5d}/{p.steps}  loss {p.loss:.4f}  (ce {p.cross_entropy:.4f}, kl {p.kl:.4f})  "
-                f"lr {p.learning_rate:.2e}  {p.seconds:6.1f} s")
+        return (
+            f"step {p.step:>5d}/{p.steps}  loss {p.loss:.4f}  (ce {p.cross_entropy:.4f}, kl {p.kl:.4f})  "
+            f"lr {p.learning_rate:.2e}  {p.seconds:6.1f} s"
+        )
     if p.stage == "eval":
         return f"eval  step {p.step:>5d}  WER {100 * p.wer:.2f}%  {p.seconds:6.1f} s"
     return f"{p.stage}: {p.message}  {p.seconds:6.1f} s"

@@ -1,8 +1,10 @@
-"""Helpers for real-browser tests: a `streamlit run app.py` server and Debian's headless Chromium via playwright.
+"""Helpers for real-browser tests: a `streamlit run app.py` server and Debian's headless Chromium via
+playwright.
 
-Not a test module. Use it from a test file:
+Not a test module. Use it from a test file under tests/app/ (whose conftest.py serves the app as the
+`streamlit_server` fixture):
 
-    from browser import open_page, require_browser, streamlit_server  # noqa: F401  (fixture)
+    from browser import open_page
 
     def test_something(streamlit_server):
         with open_page(streamlit_server) as page:                   # plain browser
@@ -13,6 +15,7 @@ Not a test module. Use it from a test file:
 The Chromium is the system one (`apt-get install -y chromium chromium-driver`, as `.ci/run` does); never
 `playwright install`. Without Chromium or playwright a test fails in CI (CI=true) and skips elsewhere.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,18 +27,26 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app.py"
 ARTIFACTS = REPO / "test-artifacts"  # git-ignored: screenshots and server logs of the last run
 SAMPLES = REPO / "assets" / "samples"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVER_START_TIMEOUT = 120  # seconds until /_stcore/health answers
 LOG_TAIL = 6000  # characters of the server log attached to a failure
 
@@ -51,8 +62,10 @@ def missing_browser() -> str | None:
     except ImportError as exc:
         return f"the Python package playwright is not installed (pip install -r requirements.txt): {exc}"
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        return (f"Chromium not found at {CHROMIUM} (apt-get install -y chromium chromium-driver, "
-                "or set CHROMIUM=/path/to/chromium); do not use `playwright install`")
+        return (
+            f"Chromium not found at {CHROMIUM} (apt-get install -y chromium chromium-driver, "
+            "or set CHROMIUM=/path/to/chromium); do not use `playwright install`"
+        )
     return None
 
 
@@ -80,23 +93,51 @@ class StreamlitServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_file = tempfile.NamedTemporaryFile(prefix="streamlit-", suffix=".log", delete=False)
         self.log_path = Path(self._log_file.name)
-        self._env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
-                     "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = SERVER_START_TIMEOUT) -> "StreamlitServer":
-        command = [sys.executable, "-m", "streamlit", "run", str(self.app),
-                   "--server.headless", "true", "--server.port", str(self.port),
-                   "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-                   # other people edit the tree while tests run: never rerun the app on a file change
-                   "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
-        self.process = subprocess.Popen(command, cwd=self.app.parent, env=self._env, stdin=subprocess.DEVNULL,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    def start(self, timeout: float = SERVER_START_TIMEOUT) -> StreamlitServer:
+        command = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(self.app),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            # other people edit the tree while tests run: never rerun the app on a file change
+            "--server.fileWatcherType",
+            "none",
+            "--server.runOnSave",
+            "false",
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.app.parent,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited with code {self.process.returncode} before serving\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"streamlit exited with code {self.process.returncode} before serving\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
                     if response.status == 200:
@@ -105,8 +146,9 @@ class StreamlitServer:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"streamlit did not answer {self.url}/_stcore/health within {timeout:.0f} s\n"
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"streamlit did not answer {self.url}/_stcore/health within {timeout:.0f} s\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """Terminate the server (and only it: it runs in its own process group), then keep its log."""
@@ -141,23 +183,11 @@ class StreamlitServer:
         except BaseException as exc:
             raise AssertionError(f"{type(exc).__name__}: {exc}\n{self.log_tail()}") from exc
 
-    def __enter__(self) -> "StreamlitServer":
+    def __enter__(self) -> StreamlitServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="module")
-def streamlit_server() -> Iterator[StreamlitServer]:
-    """The app served by `streamlit run` for the tests of one module; always terminated afterwards."""
-    require_browser()  # no point starting a server that no browser will visit
-    server = StreamlitServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def chromium_args(fake_audio: str | Path | None = None) -> list[str]:
@@ -167,8 +197,11 @@ def chromium_args(fake_audio: str | Path | None = None) -> list[str]:
         path = Path(fake_audio).resolve()
         if not path.is_file():
             raise FileNotFoundError(f"fake microphone audio {path} does not exist")
-        args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={path}"]
+        args += [
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={path}",
+        ]
     return args
 
 
@@ -179,7 +212,9 @@ def launch_browser(fake_audio: str | Path | None = None):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=chromium_args(fake_audio))
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=chromium_args(fake_audio)
+        )
         try:
             yield browser
         finally:
@@ -187,8 +222,13 @@ def launch_browser(fake_audio: str | Path | None = None):
 
 
 @contextlib.contextmanager
-def open_page(server: StreamlitServer, path: str = "", fake_audio: str | Path | None = None,
-              viewport: tuple[int, int] = (1400, 1000), timeout_ms: float = 60_000):
+def open_page(
+    server: StreamlitServer,
+    path: str = "",
+    fake_audio: str | Path | None = None,
+    viewport: tuple[int, int] = (1400, 1000),
+    timeout_ms: float = 60_000,
+):
     """A page of the app in a fresh browser context, loaded and with Streamlit's UI up.
 
     With `fake_audio` the microphone permission is granted and the microphone plays that WAV file
@@ -215,7 +255,9 @@ def wait_until_idle(page, timeout_ms: float = 300_000) -> None:
     """Wait until the script run finished (Streamlit's 'Running…' status widget is gone)."""
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]') "
-        "&& !document.querySelector('[data-testid=\"stSpinner\"]')", timeout=timeout_ms)
+        "&& !document.querySelector('[data-testid=\"stSpinner\"]')",
+        timeout=timeout_ms,
+    )
 
 
 def exception_boxes(page) -> list[str]:
@@ -229,10 +271,14 @@ def full_page_screenshot(page, path: str | Path) -> Path:
     height = page.evaluate(
         "() => Math.max(...['[data-testid=\"stMain\"]', '[data-testid=\"stAppViewContainer\"]', "
         "'[data-testid=\"stMainBlockContainer\"]'].map(s => document.querySelector(s)?.scrollHeight || 0), "
-        "document.documentElement.scrollHeight)")
+        "document.documentElement.scrollHeight)"
+    )
     size = page.viewport_size
-    page.set_viewport_size({"width": size["width"], "height": max(size["height"], int(height) + 40)})
-    page.wait_for_timeout(500)  # let the layout settle at the new size
+    stretched = max(size["height"], int(height) + 40)
+    page.set_viewport_size({"width": size["width"], "height": stretched})
+    # the layout has settled at the new size: the window reports it and two frames were painted since
+    page.wait_for_function("(h) => window.innerHeight === h", arg=stretched, timeout=10_000)
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)

@@ -5,6 +5,7 @@ page, which is Home. The first run loads the bundled Whisper tiny.en and measure
 `quick` set (tens of seconds on a small CPU); the models and results are cached per process
 (`st.cache_resource` / `st.cache_data`), so later AppTests in this module reuse them.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"
 TIMEOUT = 300  # seconds for one script run: the first one measures the baseline
 QUICK_UTTERANCES = 16
 BAD_MODEL = "/no/such/speech-model"

@@ -1,17 +1,25 @@
-"""The real app in a real (headless Chromium) browser: `streamlit run app.py`, then look at Home.
+"""The real app in a real (headless Chromium) browser: `streamlit run app.py`, then look at its pages.
 
-Leaves `test-artifacts/home.png` (and the server log) and refreshes `docs/screenshots/home.png` for the README.
+Leaves screenshots (home, compress, record, distill .png) and the server log in the git-ignored
+`test-artifacts/` only; tests never write tracked files. `python tools/screenshots.py` copies the
+screenshots into `docs/screenshots/` when the README images should be refreshed.
 """
+
 from __future__ import annotations
 
 import re
-import shutil
 
-from browser import (ARTIFACTS, REPO, exception_boxes, full_page_screenshot, open_page,  # noqa: F401
-                     streamlit_server, wait_until_idle)
+from browser import (
+    ARTIFACTS,
+    REPO,
+    exception_boxes,
+    full_page_screenshot,
+    open_page,
+    wait_until_idle,
+)
 
 BASELINE_TIMEOUT_MS = 300_000  # first visit loads the model and measures the baseline on `quick`
-README_SCREENSHOT = REPO / "docs" / "screenshots" / "home.png"
+RECORD_SECONDS = 4  # of the fake microphone's 3 s clip (played in a loop): all of it, once
 
 
 def test_home_in_browser(streamlit_server):
@@ -21,7 +29,9 @@ def test_home_in_browser(streamlit_server):
         wer.wait_for(timeout=BASELINE_TIMEOUT_MS)
         page.wait_for_function(
             "() => /^\\s*\\d{1,3}\\.\\d%\\s*$/.test(document.querySelector("
-            "'[data-testid=\"stMetricValue\"]')?.innerText || '')", timeout=BASELINE_TIMEOUT_MS)
+            "'[data-testid=\"stMetricValue\"]')?.innerText || '')",
+            timeout=BASELINE_TIMEOUT_MS,
+        )
         page.get_by_text("Reproduce it from the command line").wait_for()
         wait_until_idle(page)
 
@@ -35,8 +45,6 @@ def test_home_in_browser(streamlit_server):
         assert page.title() == "Speech Compression Lab"
 
         shot = full_page_screenshot(page, ARTIFACTS / "home.png")
-        README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, README_SCREENSHOT)
         assert shot.stat().st_size > 10_000
         print("browser console errors:", page.console_errors or "none")  # shown when the test fails
 
@@ -58,13 +66,26 @@ def test_compress_slider_moved_with_the_keyboard_changes_the_metrics(streamlit_s
             page.keyboard.press("ArrowLeft")  # 8 → 4 bits
         page.wait_for_function(
             "(old) => [...document.querySelectorAll('[data-testid=\"stMetric\"]')].some(m => "
-            "m.innerText.includes('Size') && !m.innerText.includes(old))", arg=before, timeout=BASELINE_TIMEOUT_MS)
+            "m.innerText.includes('Size') && !m.innerText.includes(old))",
+            arg=before,
+            timeout=BASELINE_TIMEOUT_MS,
+        )
         wait_until_idle(page)
         after = metric_value(page, "Size")
         assert float(after.split()[0]) < float(before.split()[0]) * 0.7, (before, after)
         assert not exception_boxes(page), exception_boxes(page)
         full_page_screenshot(page, ARTIFACTS / "compress.png")
-        shutil.copyfile(ARTIFACTS / "compress.png", REPO / "docs" / "screenshots" / "compress.png")
+
+
+def wait_for_recorded_seconds(page, seconds: int, timeout_ms: float = 30_000) -> None:
+    """Wait until the audio input's time code (mm:ss, counting while it records) reaches `seconds`."""
+    page.wait_for_function(
+        "(s) => { const code = document.querySelector('[data-testid=\"stAudioInputWaveformTimeCode\"]');"
+        " const m = (code?.innerText || '').trim().match(/^(\\d+):(\\d\\d)$/);"
+        " return !!m && 60 * +m[1] + +m[2] >= s; }",
+        arg=seconds,
+        timeout=timeout_ms,
+    )
 
 
 def test_record_through_the_fake_microphone_gives_a_transcript(streamlit_server):
@@ -73,15 +94,16 @@ def test_record_through_the_fake_microphone_gives_a_transcript(streamlit_server)
         recorder = page.locator('[data-testid="stAudioInput"]')
         recorder.wait_for(timeout=BASELINE_TIMEOUT_MS)
         recorder.get_by_role("button", name=re.compile("record", re.I)).first.click()
-        page.wait_for_timeout(4_500)  # the fake microphone plays the 3 s clip (in a loop)
-        recorder.get_by_role("button", name=re.compile("stop", re.I)).first.click()
+        stop = recorder.get_by_role("button", name=re.compile("stop", re.I)).first
+        stop.wait_for()  # recording has started
+        wait_for_recorded_seconds(page, RECORD_SECONDS)
+        stop.click()
         page.get_by_text("Compressed", exact=True).wait_for(timeout=BASELINE_TIMEOUT_MS)
         wait_until_idle(page)
         assert not exception_boxes(page), exception_boxes(page)
         text = page.locator('[data-testid="stMain"]').inner_text().lower()
         assert "speech lab" in text or "short test" in text, text[-800:]
         full_page_screenshot(page, ARTIFACTS / "record.png")
-        shutil.copyfile(ARTIFACTS / "record.png", REPO / "docs" / "screenshots" / "record.png")
 
 
 def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
@@ -92,7 +114,11 @@ def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
         steps.fill("10")
         steps.press("Enter")
         wait_until_idle(page)
-        utterances = page.locator('[data-testid="stSlider"]').filter(has_text="Training utterances").get_by_role("slider")
+        utterances = (
+            page.locator('[data-testid="stSlider"]')
+            .filter(has_text="Training utterances")
+            .get_by_role("slider")
+        )
         utterances.focus()
         page.keyboard.press("Home")  # the fewest utterances: a short demo
         wait_until_idle(page)
@@ -101,7 +127,8 @@ def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
         page.get_by_text("The student is on the Pareto page").wait_for(timeout=BASELINE_TIMEOUT_MS)
         wait_until_idle(page)
         assert not exception_boxes(page), exception_boxes(page)
-        assert metric_value(page, "WER before").endswith("%") and metric_value(page, "WER after").endswith("%")
+        assert metric_value(page, "WER before").endswith("%") and metric_value(page, "WER after").endswith(
+            "%"
+        )
         assert page.locator(".js-plotly-plot").count() >= 2  # the flow diagram and the loss curve
         full_page_screenshot(page, ARTIFACTS / "distill.png")
-        shutil.copyfile(ARTIFACTS / "distill.png", REPO / "docs" / "screenshots" / "distill.png")

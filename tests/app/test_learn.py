@@ -1,4 +1,6 @@
-"""The Learn page, run headless through Streamlit's AppTest on the real Whisper tiny.en (loaded once per process)."""
+"""The Learn page, run headless through Streamlit's AppTest on the real Whisper tiny.en (loaded once per
+process)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"
 TIMEOUT = 300
 SECTIONS = ["Pruning", "Quantization", "Low-rank (SVD)", "Distillation"]
 

@@ -1,4 +1,5 @@
 """Compress and Record & compare, run headless through Streamlit's AppTest."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP = Path(__file__).resolve().parents[2] / "app.py"
 TIMEOUT = 300
 
 
@@ -120,7 +121,8 @@ def test_pareto_sensitivity_of_one_group_and_a_measured_budget():
     button.click().run(timeout=TIMEOUT)
     assert not at.exception and len(at.get("plotly_chart")) == charts + 1  # the heatmap
     assert [e.value for e in at.error] == [  # the default 30 MB budget: conv alone cannot get there
-        next(e.value for e in at.error if "cannot be reached" in e.value)]
+        next(e.value for e in at.error if "cannot be reached" in e.value)
+    ]
     at.number_input(key="budget_mb").set_value(150.0).run(timeout=TIMEOUT)
     at.checkbox(key="budget_measured").check().run(timeout=TIMEOUT)
     assert not problems(at), problems(at)
@@ -173,15 +175,19 @@ def test_distill_recovery_takes_a_recipe_and_explains_a_bad_one():
     assert not problems(distill), problems(distill)
     assert '"neurons"' in distill.text_area(key="distill_recipe").value  # the measured example
     assert any("recovery-" in c.value for c in distill.caption)  # its own output folder
-    distill.text_area(key="distill_recipe").set_value('{"steps": [{"prune": {"sparsity": 1.5}}]}').run(timeout=TIMEOUT)
+    distill.text_area(key="distill_recipe").set_value('{"steps": [{"prune": {"sparsity": 1.5}}]}').run(
+        timeout=TIMEOUT
+    )
     assert any("sparsity" in e.value for e in distill.error), [e.value for e in distill.error]
     assert not distill.button  # nothing to start with an invalid recipe
 
 
 def test_compress_sliders_reproduce_a_recipe_or_say_why_not():
-    from pages.common import compress_widget_state
+    from ui.forms import compress_widget_state
 
-    state = compress_widget_state({"steps": [{"quantize": {"bits": 4, "granularity": "group", "method": "mse"}}]})
+    state = compress_widget_state(
+        {"steps": [{"quantize": {"bits": 4, "granularity": "group", "method": "mse"}}]}
+    )
     assert state["quant_on"] and state["quant_bits"] == 4 and state["quant_granularity"] == "group"
     assert state["quant_method"] == "mse" and not state["prune_on"]
     for recipe, reason in [
@@ -191,5 +197,39 @@ def test_compress_sliders_reproduce_a_recipe_or_say_why_not():
         with pytest.raises(ValueError, match=reason):
             compress_widget_state({"steps": [recipe]})
     with pytest.raises(ValueError, match="two quantize steps"):  # a per-group plan from the budget search
-        compress_widget_state({"steps": [{"quantize": {"bits": 4, "groups": ["conv"]}},
-                                         {"quantize": {"bits": 8, "groups": ["embedding"]}}]})
+        compress_widget_state(
+            {
+                "steps": [
+                    {"quantize": {"bits": 4, "groups": ["conv"]}},
+                    {"quantize": {"bits": 8, "groups": ["embedding"]}},
+                ]
+            }
+        )
+
+
+def test_compress_forms_follow_the_registry_and_name_a_technique_without_controls():
+    from dataclasses import dataclass
+
+    from core.compress.registry import TECHNIQUES, registered
+    from core.compress.technique import Technique
+    from ui.forms import FORMS, compress_widget_state, widget_defaults
+
+    positions = [TECHNIQUES[form.technique].position for form in FORMS]
+    assert positions == sorted(positions) and len(FORMS) == 3
+    assert compress_widget_state({"steps": []}) == dict(
+        widget_defaults(), prune_on=False, lowrank_on=False, quant_on=False
+    )
+
+    @dataclass(frozen=True)
+    class NoopConfig:
+        level: int = 1
+
+    noop = Technique(
+        "noop",
+        NoopConfig,
+        apply=lambda module, config: (module, []),
+        describe=lambda config: "noop",
+        knobs=("level",),
+    )
+    with registered(noop), pytest.raises(ValueError, match="noop step has no controls on the Compress page"):
+        compress_widget_state({"steps": [{"noop": {"level": 2}}]})

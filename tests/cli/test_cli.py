@@ -1,22 +1,31 @@
 """The command line end to end on the real bundled model: compress → reload → same transcripts; evaluate."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from core.cli import main
 from core.audio import load_audio
+from core.cli import main
+from core.compress.recipe import Recipe
 from core.data import load_dataset
 from core.io.folders import load_model
-from core.compress.recipe import Recipe
 
-RECIPE = {"steps": [
-    {"prune": {"sparsity": 0.2, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
-    {"low_rank": {"energy": 0.98, "groups": ["decoder.ffn"]}},
-    {"quantize": {"bits": 4, "granularity": "group", "group_size": 64,
-                  "groups": ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn"]}},
-    {"quantize": {"bits": 8, "groups": ["embedding"]}},  # the tied table: stored once, 8-bit
-]}
+RECIPE = {
+    "steps": [
+        {"prune": {"sparsity": 0.2, "structure": "neurons", "groups": ["encoder.ffn", "decoder.ffn"]}},
+        {"low_rank": {"energy": 0.98, "groups": ["decoder.ffn"]}},
+        {
+            "quantize": {
+                "bits": 4,
+                "granularity": "group",
+                "group_size": 64,
+                "groups": ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn"],
+            }
+        },
+        {"quantize": {"bits": 8, "groups": ["embedding"]}},  # the tied table: stored once, 8-bit
+    ]
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,22 @@ def test_evaluate_with_recipe_writes_json(tmp_path, capsys):
     quick = load_dataset("quick").utterances[:2]
     manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
     out = tmp_path / "result.json"
-    assert main(["evaluate", "--dataset", str(manifest), "--recipe", str(recipe_file), "--json", str(out),
-                 "--latency-runs", "1"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                str(manifest),
+                "--recipe",
+                str(recipe_file),
+                "--json",
+                str(out),
+                "--latency-runs",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "WER" in printed and "latency" in printed
     result = json.loads(out.read_text())
@@ -87,18 +110,44 @@ def test_building_the_command_line_does_not_import_torch():
 
 
 def test_sensitivity_and_measured_budget_on_one_group(tmp_path, capsys):
-    """`sensitivity` then `budget --measure --verify` on the real model, limited to the conv group and two clips."""
+    """`sensitivity` then `budget --measure --verify` on the real model,
+    limited to the conv group and two clips."""
     manifest = tmp_path / "two.csv"
     quick = load_dataset("quick").utterances[:2]
     manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
-    common = ["--groups", "conv", "--dataset", str(manifest), "--store", str(tmp_path / "r.sqlite"),
-              "--latency-runs", "0"]
+    common = [
+        "--groups",
+        "conv",
+        "--dataset",
+        str(manifest),
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--latency-runs",
+        "0",
+    ]
     assert main(["sensitivity", *common]) == 0
     table = capsys.readouterr().out
     assert "conv" in table and "5-bit channel" in table and "MB saved" in table
     out = tmp_path / "plan.json"
-    assert main(["budget", "--max-mb", "150", "--signal", "wer", "--measure", "--candidates", "2", "--verify",
-                 "--out", str(out), *common]) == 0
+    assert (
+        main(
+            [
+                "budget",
+                "--max-mb",
+                "150",
+                "--signal",
+                "wer",
+                "--measure",
+                "--candidates",
+                "2",
+                "--verify",
+                "--out",
+                str(out),
+                *common,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "measured WER" in printed and "(measured)" in printed and "measured: WER" in printed
     plan = Recipe.load(out)
@@ -111,13 +160,25 @@ def test_divergence_budget_on_one_group(tmp_path, capsys):
     manifest = tmp_path / "two.csv"
     quick = load_dataset("quick").utterances[:2]
     manifest.write_text("path,text\n" + "".join(f'{u.path},"{u.text}"\n' for u in quick))
-    common = ["--groups", "conv", "--dataset", str(manifest), "--store", str(tmp_path / "r.sqlite"),
-              "--latency-runs", "0", "--max-mb", "150.5"]
+    common = [
+        "--groups",
+        "conv",
+        "--dataset",
+        str(manifest),
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--latency-runs",
+        "0",
+        "--max-mb",
+        "150.5",
+    ]
     out = tmp_path / "plan.json"
     assert main(["budget", "--measure", "--candidates", "2", "--verify", "--out", str(out), *common]) == 0
     captured = capsys.readouterr()
     assert "divergence" in captured.out and "(measured)" in captured.out and "measured: WER" in captured.out
-    assert "17/18" in captured.err and "(0 cached)" in captured.err  # 1 baseline + 5 bit widths + 4 quantizers x 3
+    assert (
+        "17/18" in captured.err and "(0 cached)" in captured.err
+    )  # 1 baseline + 5 bit widths + 4 quantizers x 3
     plan = Recipe.load(out)
     assert [config.groups for _, config in plan.steps] == [("conv",)]
     assert main(["budget", *common]) == 0

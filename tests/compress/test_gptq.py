@@ -1,5 +1,6 @@
 """GPTQ: error compensation beats round-to-nearest on the layer's output, keeps the stored format, keeps
 pruned zeros, and runs through recipes with calibration data."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from core.compress.gptq import gptq_codes, input_hessians
-from core.compress.quant import dequantize_tensor, QuantConfig, quantize, quantize_tensor, QuantLinear
+from core.compress.quant import QuantConfig, QuantLinear, dequantize_tensor, quantize, quantize_tensor
 from core.compress.recipe import Recipe
 
 
@@ -59,7 +60,6 @@ def test_gptq_keeps_pruned_weights_zero_and_handles_dead_inputs():
 
 
 def test_gptq_refuses_a_hessian_of_the_wrong_size():
-    config = QuantConfig(bits=4)
     scale, zero = torch.ones(4, 1, 1), torch.full((4, 1, 1), 8.0)
     with pytest.raises(ValueError, match="needs a 8x8 Hessian"):
         gptq_codes(torch.randn(4, 8), torch.eye(4), scale, zero, 4, None)
@@ -93,8 +93,20 @@ class TinyTied(nn.Module):
 def test_recipe_gptq_calibrates_linear_layers_and_needs_data():
     torch.manual_seed(0)
     model = TinyTied()
-    recipe = Recipe.from_json({"steps": [{"quantize": {"bits": 3, "gptq": True, "calibration_windows": 2,
-                                                       "groups": ["encoder.ffn", "embedding"]}}]})
+    recipe = Recipe.from_json(
+        {
+            "steps": [
+                {
+                    "quantize": {
+                        "bits": 3,
+                        "gptq": True,
+                        "calibration_windows": 2,
+                        "groups": ["encoder.ffn", "embedding"],
+                    }
+                }
+            ]
+        }
+    )
     asked = []
 
     def calibration(dataset: str, windows: int) -> list[dict]:
@@ -115,11 +127,14 @@ def test_recipe_gptq_calibrates_linear_layers_and_needs_data():
     assert not torch.equal(plain.encoder_fc1.codes, quantized.encoder_fc1.codes)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"gptq": "yes"}, "quantize.gptq must be true or false"),
-    ({"calibration_windows": 0}, "calibration_windows must be a positive integer"),
-    ({"calibration": ""}, "quantize.calibration must be a dataset name or path"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"gptq": "yes"}, "quantize.gptq must be true or false"),
+        ({"calibration_windows": 0}, "calibration_windows must be a positive integer"),
+        ({"calibration": ""}, "quantize.calibration must be a dataset name or path"),
+    ],
+)
 def test_invalid_gptq_settings_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_json({"steps": [{"quantize": {"bits": 4, **options}}]})
@@ -134,7 +149,10 @@ def test_gptq_with_outlier_columns_keeps_them_exact():
     hessian = 2 * x.T @ x / x.shape[0]
     config = QuantConfig(bits=3, granularity="channel", symmetric=False, gptq=True)
     plain = QuantLinear.from_float(linear, config, hessian)
-    kept = QuantLinear.from_float(linear, QuantConfig(bits=3, granularity="channel", symmetric=False, gptq=True,
-                                                      outlier_columns=1), hessian)
+    kept = QuantLinear.from_float(
+        linear,
+        QuantConfig(bits=3, granularity="channel", symmetric=False, gptq=True, outlier_columns=1),
+        hessian,
+    )
     assert torch.equal(kept.weight[:, 5], linear.weight[:, 5].half().float())
     assert output_error(linear.weight, kept.weight, x) < 0.5 * output_error(linear.weight, plain.weight, x)

@@ -1,11 +1,19 @@
 """Low-rank factorization: exact ranks, kept energy, the dense-skip rule, errors, and the tiny Whisper."""
+
 import pytest
 import torch
 from torch import nn
 
-from core.compress.lowrank import choose_rank, energy_rank, low_rank, LowRankConfig, LowRankLinear, saves_parameters, singular_values
+from core.compress.lowrank import (
+    LowRankConfig,
+    LowRankLinear,
+    choose_rank,
+    energy_rank,
+    low_rank,
+    saves_parameters,
+    singular_values,
+)
 from core.io import artifact
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,8 +24,13 @@ class Toy(nn.Module):
     def __init__(self, d: int = 24, ffn: int = 96, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
-        self.encoder = nn.ModuleDict({"self_attn": nn.ModuleDict({"q_proj": nn.Linear(d, d)}),
-                                      "fc1": nn.Linear(d, ffn), "fc2": nn.Linear(ffn, d)})
+        self.encoder = nn.ModuleDict(
+            {
+                "self_attn": nn.ModuleDict({"q_proj": nn.Linear(d, d)}),
+                "fc1": nn.Linear(d, ffn),
+                "fc2": nn.Linear(ffn, d),
+            }
+        )
 
 
 def decaying(out_features: int, in_features: int, seed: int = 0) -> nn.Linear:
@@ -43,18 +56,26 @@ def holder(linear: nn.Linear, name: str = "fc1") -> nn.Module:
 def test_exact_rank_and_factor_shapes():
     model = Toy()
     factored, reports = low_rank(model, LowRankConfig(rank=5))
-    for name, (out_f, in_f) in {"encoder.self_attn.q_proj": (24, 24), "encoder.fc1": (96, 24),
-                                "encoder.fc2": (24, 96)}.items():
+    for name, (out_f, in_f) in {
+        "encoder.self_attn.q_proj": (24, 24),
+        "encoder.fc1": (96, 24),
+        "encoder.fc2": (24, 96),
+    }.items():
         pair = factored.get_submodule(name)
         assert isinstance(pair, LowRankLinear) and pair.rank == 5
         assert pair.first.weight.shape == (5, in_f) and pair.first.bias is None
         assert pair.second.weight.shape == (out_f, 5) and pair.second.bias.shape == (out_f,)
         assert torch.linalg.matrix_rank(pair.dense_weight()) == 5
         assert torch.equal(pair.second.bias, model.get_submodule(name).bias)
-    assert [(r.rank, r.params_before, r.params_after) for r in reports] == \
-        [(5, 576, 5 * 48), (5, 2304, 5 * 120), (5, 2304, 5 * 120)]
-    assert all(r.technique == "low_rank" and r.group == "encoder." + ("attention" if "attn" in r.name else "ffn")
-               for r in reports)
+    assert [(r.rank, r.params_before, r.params_after) for r in reports] == [
+        (5, 576, 5 * 48),
+        (5, 2304, 5 * 120),
+        (5, 2304, 5 * 120),
+    ]
+    assert all(
+        r.technique == "low_rank" and r.group == "encoder." + ("attention" if "attn" in r.name else "ffn")
+        for r in reports
+    )
 
 
 def test_rank_fraction_rounds_on_the_smaller_side():
@@ -75,7 +96,9 @@ def test_energy_keeps_at_least_the_requested_fraction_with_the_smallest_rank():
         factored, reports = low_rank(holder(linear), LowRankConfig(energy=energy))
         if saves_parameters(40, 60, r):
             assert factored.encoder.fc1.rank == r == reports[0].rank
-            assert reports[0].rel_error == pytest.approx(float((1 - power[r - 1]).clamp(min=0).sqrt()), abs=1e-5)
+            assert reports[0].rel_error == pytest.approx(
+                float((1 - power[r - 1]).clamp(min=0).sqrt()), abs=1e-5
+            )
         else:
             assert factored.encoder.fc1 is not linear and type(factored.encoder.fc1) is nn.Linear
 
@@ -110,7 +133,9 @@ def test_layout_round_trip_and_state_dict_names():
     pair = LowRankLinear.from_linear(decaying(10, 20), 3)
     assert pair.layout() == {"in": 20, "out": 10, "rank": 3, "bias": True}
     empty = LowRankLinear.from_layout(pair.layout())
-    assert {k: v.shape for k, v in empty.state_dict().items()} == {k: v.shape for k, v in pair.state_dict().items()}
+    assert {k: v.shape for k, v in empty.state_dict().items()} == {
+        k: v.shape for k, v in pair.state_dict().items()
+    }
     assert list(pair.state_dict()) == ["first.weight", "second.weight", "second.bias"]
     assert LowRankLinear.layout_kind == "low_rank_linear"
 
@@ -132,8 +157,13 @@ def test_tiny_whisper_untouched_runs_and_skips_factored_layers(tiny_whisper):
     factored, reports = low_rank(tiny_whisper, LowRankConfig(rank_fraction=0.25, groups=["encoder.ffn"]))
     assert all(torch.equal(tiny_whisper.state_dict()[k], v) for k, v in state.items())
     assert all(type(layer.fc1) is nn.Linear for layer in tiny_whisper.model.encoder.layers)
-    assert [r.name for r in reports] == [f"model.encoder.layers.{i}.{fc}" for i in (0, 1) for fc in ("fc1", "fc2")]
-    assert all(isinstance(layer.fc1, LowRankLinear) and layer.fc1.rank == 8 for layer in factored.model.encoder.layers)
+    assert [r.name for r in reports] == [
+        f"model.encoder.layers.{i}.{fc}" for i in (0, 1) for fc in ("fc1", "fc2")
+    ]
+    assert all(
+        isinstance(layer.fc1, LowRankLinear) and layer.fc1.rank == 8
+        for layer in factored.model.encoder.layers
+    )
     assert factored.proj_out.weight is factored.model.decoder.embed_tokens.weight
     assert sum(p.numel() for p in factored.parameters()) < sum(p.numel() for p in tiny_whisper.parameters())
     features, ids = torch.randn(1, 80, 3000), torch.tensor([[117, 3, 17]])
@@ -154,20 +184,23 @@ def test_low_rank_model_saves_and_loads(tiny_whisper, tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in factored.state_dict().items())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "exactly one of low_rank.rank_fraction, low_rank.rank or low_rank.energy"),
-    ({"rank": 4, "energy": 0.9}, "exactly one of"),
-    ({"rank": 0}, "low_rank.rank must be an integer >= 1, got 0"),
-    ({"rank": 4.0}, "low_rank.rank must be an integer"),
-    ({"rank": True}, "low_rank.rank"),
-    ({"rank_fraction": 0.0}, r"low_rank.rank_fraction must be a number in \(0, 1\], got 0.0"),
-    ({"rank_fraction": 1.5}, "low_rank.rank_fraction"),
-    ({"energy": 0}, "low_rank.energy"),
-    ({"energy": "0.9"}, "low_rank.energy"),
-    ({"energy": 0.9, "groups": ("embedding",)}, "low_rank.groups .*embedding and conv groups cannot"),
-    ({"energy": 0.9, "groups": ("encoder.ffn", "conv")}, "low_rank.groups"),
-    ({"energy": 0.9, "groups": "encoder.ffn"}, "low_rank.groups must be a list"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "exactly one of low_rank.rank_fraction, low_rank.rank or low_rank.energy"),
+        ({"rank": 4, "energy": 0.9}, "exactly one of"),
+        ({"rank": 0}, "low_rank.rank must be an integer >= 1, got 0"),
+        ({"rank": 4.0}, "low_rank.rank must be an integer"),
+        ({"rank": True}, "low_rank.rank"),
+        ({"rank_fraction": 0.0}, r"low_rank.rank_fraction must be a number in \(0, 1\], got 0.0"),
+        ({"rank_fraction": 1.5}, "low_rank.rank_fraction"),
+        ({"energy": 0}, "low_rank.energy"),
+        ({"energy": "0.9"}, "low_rank.energy"),
+        ({"energy": 0.9, "groups": ("embedding",)}, "low_rank.groups .*embedding and conv groups cannot"),
+        ({"energy": 0.9, "groups": ("encoder.ffn", "conv")}, "low_rank.groups"),
+        ({"energy": 0.9, "groups": "encoder.ffn"}, "low_rank.groups must be a list"),
+    ],
+)
 def test_invalid_configs_name_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LowRankConfig(**kwargs)

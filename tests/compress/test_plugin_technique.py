@@ -4,6 +4,7 @@ its record alone makes it appear in recipe validation, the sweep grid, sensitivi
 The example technique, "mantissa", stores Linear weights as fp16 with only the top `mantissa_bits` of the
 10-bit fp16 mantissa kept (a crude low-precision float), in its own layer class.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,7 +32,9 @@ class MantissaConfig:
 
     def __post_init__(self):
         if isinstance(self.mantissa_bits, bool) or self.mantissa_bits not in range(0, 11):
-            raise ValueError(f"mantissa.mantissa_bits must be an integer from 0 to 10, got {self.mantissa_bits!r}")
+            raise ValueError(
+                f"mantissa.mantissa_bits must be an integer from 0 to 10, got {self.mantissa_bits!r}"
+            )
         object.__setattr__(self, "groups", tuple(self.groups))
 
 
@@ -52,7 +55,7 @@ class MantissaLinear(nn.Module):
         return {"in": self.weight.shape[1], "out": self.weight.shape[0], "bias": self.bias is not None}
 
     @classmethod
-    def from_layout(cls, layout: dict) -> "MantissaLinear":
+    def from_layout(cls, layout: dict) -> MantissaLinear:
         return cls(layout["in"], layout["out"], layout["bias"])
 
 
@@ -71,16 +74,30 @@ def mantissa(model: nn.Module, config: MantissaConfig) -> tuple[nn.Module, list[
             new.weight.copy_(truncate(linear.weight, config.mantissa_bits))
             if linear.bias is not None:
                 new.bias.copy_(linear.bias)
-        return new, LayerReport(info.name, info.group, "mantissa", info.params, info.params,
-                                rel_error=relative_error(linear.weight, new.weight))
+        return new, LayerReport(
+            info.name,
+            info.group,
+            "mantissa",
+            info.params,
+            info.params,
+            rel_error=relative_error(linear.weight, new.weight),
+        )
 
     return model, swap_layers(model, config.groups, replace)
 
 
 TECHNIQUE = Technique(
-    name="mantissa", config=MantissaConfig, apply=mantissa, describe=lambda c: f"fp16 m{c.mantissa_bits}",
-    knobs=("mantissa_bits",), off={"mantissa_bits": (10,)}, levels=("mantissa_bits", (7, 4, 2)), position=25,
-    keeps_float=False, modules=(MantissaLinear,))
+    name="mantissa",
+    config=MantissaConfig,
+    apply=mantissa,
+    describe=lambda c: f"fp16 m{c.mantissa_bits}",
+    knobs=("mantissa_bits",),
+    off={"mantissa_bits": (10,)},
+    levels=("mantissa_bits", (7, 4, 2)),
+    position=25,
+    keeps_float=False,
+    modules=(MantissaLinear,),
+)
 
 
 def test_one_registration_reaches_recipes_sweeps_sensitivity_and_the_loader(tiny_whisper, tmp_path):
@@ -103,16 +120,22 @@ def test_one_registration_reaches_recipes_sweeps_sensitivity_and_the_loader(tiny
         grid = grid_recipes({"mantissa.mantissa_bits": [10, 4], "low_rank.energy": 0.9})
         assert [r.to_json() for r in grid] == [
             {"steps": [{"low_rank": {"energy": 0.9}}]},
-            {"steps": [{"low_rank": {"energy": 0.9}}, {"mantissa": {"mantissa_bits": 4}}]}]
+            {"steps": [{"low_rank": {"energy": 0.9}}, {"mantissa": {"mantissa_bits": 4}}]},
+        ]
 
         # sensitivity: its levels, per group it applies to
         probes = [p for p in sensitivity_plan(("encoder.ffn",)) if p.technique == "mantissa"]
-        assert [(p.knob, p.level) for p in probes] == [("mantissa_bits", 7), ("mantissa_bits", 4),
-                                                       ("mantissa_bits", 2)]
+        assert [(p.knob, p.level) for p in probes] == [
+            ("mantissa_bits", 7),
+            ("mantissa_bits", 4),
+            ("mantissa_bits", 2),
+        ]
 
         # the artifact loader: its layers save and load back to identical outputs
         compressed, reports = recipe.apply(tiny_whisper)
-        assert {r.technique for r in reports} == {"mantissa"} and len(reports) == 32  # every Linear of 2+2 layers
+        assert {r.technique for r in reports} == {"mantissa"} and len(
+            reports
+        ) == 32  # every Linear of 2+2 layers
         save_weights(compressed, tmp_path)
         skeleton = copy.deepcopy(tiny_whisper)
         loaded = load_weights(skeleton, tmp_path)

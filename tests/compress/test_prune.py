@@ -1,16 +1,22 @@
 """Pruning: exact sparsity per layer and globally, threshold semantics, the tie, and structured removal."""
+
 import copy
 import math
 
 import pytest
 import torch
+from conftest import tiny_whisper_config
 from torch import nn
 
-from conftest import tiny_whisper_config
-from core.models import DEFAULT_GROUPS
-from core.compress.prune import prune, PruneConfig, smallest_mask, threshold_for_sparsity, threshold_sparsity_curve
+from core.compress.prune import (
+    PruneConfig,
+    prune,
+    smallest_mask,
+    threshold_for_sparsity,
+    threshold_sparsity_curve,
+)
 from core.io import artifact
-
+from core.models import DEFAULT_GROUPS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,8 +27,13 @@ class Toy(nn.Module):
     def __init__(self, seed: int = 0):
         super().__init__()
         torch.manual_seed(seed)
-        self.encoder = nn.ModuleDict({"self_attn": nn.ModuleDict({"q_proj": nn.Linear(12, 12)}),
-                                      "fc1": nn.Linear(12, 37), "fc2": nn.Linear(37, 12)})
+        self.encoder = nn.ModuleDict(
+            {
+                "self_attn": nn.ModuleDict({"q_proj": nn.Linear(12, 12)}),
+                "fc1": nn.Linear(12, 37),
+                "fc2": nn.Linear(37, 12),
+            }
+        )
         self.decoder = nn.ModuleDict({"fc1": nn.Linear(12, 29)})
         with torch.no_grad():
             self.decoder.fc1.weight.mul_(10)  # a different scale, so a global ranking is not per-layer
@@ -126,8 +137,11 @@ def test_zeros_are_positive_zero_for_sparse_storage():
 
 def test_input_model_is_not_mutated(tiny_whisper):
     state = {k: v.clone() for k, v in tiny_whisper.state_dict().items()}
-    for config in (PruneConfig(sparsity=0.5, groups=DEFAULT_GROUPS + ("embedding",)),
-                   PruneConfig(sparsity=0.5, structure="heads"), PruneConfig(sparsity=0.5, structure="neurons")):
+    for config in (
+        PruneConfig(sparsity=0.5, groups=DEFAULT_GROUPS + ("embedding",)),
+        PruneConfig(sparsity=0.5, structure="heads"),
+        PruneConfig(sparsity=0.5, structure="neurons"),
+    ):
         pruned, _ = prune(tiny_whisper, config)
         assert pruned is not tiny_whisper
         assert not {id(p) for p in pruned.parameters()} & {id(p) for p in tiny_whisper.parameters()}
@@ -150,7 +164,11 @@ def test_tied_embedding_prunes_the_output_projection_too(tiny_whisper):
 
 def test_conv_and_embedding_groups_prune_too(tiny_whisper):
     pruned, reports = prune(tiny_whisper, PruneConfig(sparsity=0.5, groups=("conv", "embedding")))
-    assert [r.name for r in reports] == ["model.encoder.conv1", "model.encoder.conv2", "model.decoder.embed_tokens"]
+    assert [r.name for r in reports] == [
+        "model.encoder.conv1",
+        "model.encoder.conv2",
+        "model.decoder.embed_tokens",
+    ]
     for r in reports:
         w = pruned.get_submodule(r.name).weight
         assert zeros(w) == round(0.5 * w.numel()) and r.sparsity == pytest.approx(0.5, abs=1e-3)
@@ -173,7 +191,9 @@ def test_threshold_sparsity_curve_and_threshold_for_sparsity():
         total = sum(weight(model, n).numel() for n in LAYERS)
         assert sum(zeros(weight(pruned, n)) for n in LAYERS) == round(sparsity * total)
         t = threshold_for_sparsity(model, sparsity, layer="encoder.fc2")
-        assert zeros(prune(model, PruneConfig(threshold=t))[0].encoder.fc2.weight) == round(sparsity * 37 * 12)
+        assert zeros(prune(model, PruneConfig(threshold=t))[0].encoder.fc2.weight) == round(
+            sparsity * 37 * 12
+        )
     t = threshold_for_sparsity(model, 1.0, layer="encoder.fc1")
     assert bool((weight(model, "encoder.fc1").abs() < t).all())
 
@@ -204,7 +224,9 @@ def masked_copy(model, heads: dict | None = None, neurons: dict | None = None):
 
 def head_norms(attn) -> torch.Tensor:
     d = attn.head_dim
-    rows = sum(getattr(attn, p).weight.square().sum(1).view(-1, d).sum(1) for p in ("q_proj", "k_proj", "v_proj"))
+    rows = sum(
+        getattr(attn, p).weight.square().sum(1).view(-1, d).sum(1) for p in ("q_proj", "k_proj", "v_proj")
+    )
     return (rows + attn.out_proj.weight.square().sum(0).view(-1, d).sum(1)).sqrt()
 
 
@@ -212,7 +234,9 @@ def test_head_pruning_removes_the_weakest_heads_and_matches_masking():
     model = short_whisper()
     pruned, reports = prune(model, PruneConfig(sparsity=0.5, structure="heads"))
     kept = {}
-    for (name, attn), new in zip([(n, m) for n, m in model.named_modules() if n.endswith("attn")], attentions(pruned)):
+    for (name, attn), new in zip(
+        [(n, m) for n, m in model.named_modules() if n.endswith("attn")], attentions(pruned)
+    ):
         norms = head_norms(attn)
         kept[name] = sorted(norms.argsort(descending=True)[:2].tolist())
         assert new.num_heads == 2 and new.layout_attrs == {"num_heads": 2} and new.head_dim == 8
@@ -221,7 +245,9 @@ def test_head_pruning_removes_the_weakest_heads_and_matches_masking():
         assert (new.out_proj.in_features, new.out_proj.out_features) == (16, 32)
         assert new.k_proj.bias is None and new.q_proj.bias is not None
     assert len(kept) == 2 + 2 * 2  # encoder self-attention; decoder self- and cross-attention
-    assert params(pruned) == params(model) - len(kept) * (4 * 16 * 32 + 2 * 16)  # q, k, v, out; q and v biases
+    assert params(pruned) == params(model) - len(kept) * (
+        4 * 16 * 32 + 2 * 16
+    )  # q, k, v, out; q and v biases
     assert len(reports) == 4 * len(kept) and all(r.params_after == r.params_before // 2 for r in reports)
     assert all("kept 2 of 4 heads" in r.note for r in reports)
     out = run(pruned)
@@ -237,8 +263,12 @@ def test_head_pruned_decoder_runs_with_the_kv_cache():
     frames = pruned.config.max_source_positions * 2
     features = torch.randn(1, 80, frames, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        step = pruned(input_features=features, decoder_input_ids=torch.tensor([[99]]),
-                      past_key_values=first.past_key_values, use_cache=True).logits
+        step = pruned(
+            input_features=features,
+            decoder_input_ids=torch.tensor([[99]]),
+            past_key_values=first.past_key_values,
+            use_cache=True,
+        ).logits
     torch.testing.assert_close(step[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -262,8 +292,12 @@ def test_neuron_pruning_shrinks_the_ffn_and_matches_masking(tiny_whisper):
         assert new.fc1.bias.shape == (96,) and new.fc2.bias.shape == (32,)
     assert all(layer.fc1.out_features == 128 for layer in pruned.model.decoder.layers)
     assert params(pruned) == params(model) - 2 * 32 * (32 + 32 + 1)  # per layer: fc1 rows + bias, fc2 columns
-    assert [r.name for r in reports] == [f"model.encoder.layers.{i}.{fc}" for i in (0, 1) for fc in ("fc1", "fc2")]
-    assert all(r.params_after == 96 * 32 and r.params_before == 128 * 32 and r.sparsity is None for r in reports)
+    assert [r.name for r in reports] == [
+        f"model.encoder.layers.{i}.{fc}" for i in (0, 1) for fc in ("fc1", "fc2")
+    ]
+    assert all(
+        r.params_after == 96 * 32 and r.params_before == 128 * 32 and r.sparsity is None for r in reports
+    )
     assert pruned.proj_out.weight is pruned.model.decoder.embed_tokens.weight
     features, ids = torch.randn(1, 80, 3000), torch.tensor([[117, 3, 17, 42]])
     with torch.inference_mode():
@@ -283,7 +317,7 @@ def test_head_pruning_full_window_forward(tiny_whisper):
 
 
 def test_structured_pruning_needs_plain_linears():
-    from core.compress.lowrank import low_rank, LowRankConfig
+    from core.compress.lowrank import LowRankConfig, low_rank
 
     factored, _ = low_rank(short_whisper(), LowRankConfig(rank=2, groups=("encoder.ffn",)))
     with pytest.raises(ValueError, match="plain nn.Linear.*before low_rank"):
@@ -304,26 +338,29 @@ def test_structurally_pruned_model_saves_and_loads(tmp_path):
 # ----------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({}, "prune.sparsity"),
-    ({"sparsity": 0.5, "threshold": 0.1}, "prune.threshold"),
-    ({"sparsity": 1.5}, r"prune.sparsity must be a number in \[0, 1\), got 1.5"),
-    ({"sparsity": 1.0}, "prune.sparsity"),
-    ({"sparsity": -0.1}, "prune.sparsity"),
-    ({"sparsity": "0.3"}, "prune.sparsity"),
-    ({"sparsity": True}, "prune.sparsity"),
-    ({"sparsity": math.nan}, "prune.sparsity"),
-    ({"threshold": -1.0}, "prune.threshold"),
-    ({"sparsity": 0.3, "scope": "model"}, r"prune.scope must be one of \['layer', 'global'\]"),
-    ({"sparsity": 0.3, "structure": "blocks"}, "prune.structure must be one of"),
-    ({"sparsity": 0.3, "groups": ("encoder.mlp",)}, "prune.groups must be a non-empty subset"),
-    ({"sparsity": 0.3, "groups": ()}, "prune.groups"),
-    ({"sparsity": 0.3, "groups": "encoder.ffn"}, "prune.groups must be a list"),
-    ({"threshold": 0.1, "structure": "heads"}, "needs prune.sparsity"),
-    ({"sparsity": 0.3, "structure": "heads", "scope": "global"}, "prune.scope 'layer'"),
-    ({"sparsity": 0.3, "structure": "neurons", "groups": ("encoder.attention",)}, "encoder.ffn"),
-    ({"sparsity": 0.3, "structure": "heads", "groups": ("embedding", "encoder.attention")}, "embedding"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({}, "prune.sparsity"),
+        ({"sparsity": 0.5, "threshold": 0.1}, "prune.threshold"),
+        ({"sparsity": 1.5}, r"prune.sparsity must be a number in \[0, 1\), got 1.5"),
+        ({"sparsity": 1.0}, "prune.sparsity"),
+        ({"sparsity": -0.1}, "prune.sparsity"),
+        ({"sparsity": "0.3"}, "prune.sparsity"),
+        ({"sparsity": True}, "prune.sparsity"),
+        ({"sparsity": math.nan}, "prune.sparsity"),
+        ({"threshold": -1.0}, "prune.threshold"),
+        ({"sparsity": 0.3, "scope": "model"}, r"prune.scope must be one of \['layer', 'global'\]"),
+        ({"sparsity": 0.3, "structure": "blocks"}, "prune.structure must be one of"),
+        ({"sparsity": 0.3, "groups": ("encoder.mlp",)}, "prune.groups must be a non-empty subset"),
+        ({"sparsity": 0.3, "groups": ()}, "prune.groups"),
+        ({"sparsity": 0.3, "groups": "encoder.ffn"}, "prune.groups must be a list"),
+        ({"threshold": 0.1, "structure": "heads"}, "needs prune.sparsity"),
+        ({"sparsity": 0.3, "structure": "heads", "scope": "global"}, "prune.scope 'layer'"),
+        ({"sparsity": 0.3, "structure": "neurons", "groups": ("encoder.attention",)}, "encoder.ffn"),
+        ({"sparsity": 0.3, "structure": "heads", "groups": ("embedding", "encoder.attention")}, "embedding"),
+    ],
+)
 def test_invalid_configs_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         PruneConfig(**kwargs)

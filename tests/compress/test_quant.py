@@ -1,4 +1,5 @@
 """Quantization: bit packing, error bounds, scale layouts, configs, the tied embedding and the int8 kernel."""
+
 import copy
 import subprocess
 import sys
@@ -6,14 +7,27 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from torch import nn
 
-from conftest import REPO
-from core.models import DEFAULT_GROUPS
-from core.compress.report import relative_error
-from core.compress.quant import dequantize_tensor, fake_quantize, Int8DynamicLinear, outlier_columns, QuantConfig, QuantConv1d, QuantEmbedding, quantize, quantize_row, quantize_tensor, QuantLinear, QuantPositions, quiet_torch_quantization
 from core.compress.packing import pack_bits, packed_nbytes, unpack_bits
-
+from core.compress.quant import (
+    Int8DynamicLinear,
+    QuantConfig,
+    QuantConv1d,
+    QuantEmbedding,
+    QuantLinear,
+    QuantPositions,
+    dequantize_tensor,
+    fake_quantize,
+    outlier_columns,
+    quantize,
+    quantize_row,
+    quantize_tensor,
+    quiet_torch_quantization,
+)
+from core.compress.report import relative_error
+from core.models import DEFAULT_GROUPS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,8 +63,12 @@ def test_pack_round_trip(bits, count):
 
 
 def test_four_bit_codes_sit_two_per_byte_low_nibble_first():
-    assert pack_bits(torch.tensor([1, 2, 3, 4, 5, 6, 7, 8], dtype=torch.uint8), 4).tolist() == \
-        [0x21, 0x43, 0x65, 0x87]
+    assert pack_bits(torch.tensor([1, 2, 3, 4, 5, 6, 7, 8], dtype=torch.uint8), 4).tolist() == [
+        0x21,
+        0x43,
+        0x65,
+        0x87,
+    ]
     assert packed_nbytes(1000, 3) == 375  # 3 bits per code, no waste beyond the last 8-code block
 
 
@@ -84,7 +102,9 @@ def test_mse_search_never_loses_to_minmax(bits, symmetric, granularity):
     weight = torch.distributions.StudentT(3.0).sample((16, 96))  # heavy tails: clipping pays
     errors = {}
     for method in ("minmax", "mse"):
-        config = QuantConfig(bits=bits, symmetric=symmetric, granularity=granularity, group_size=32, method=method)
+        config = QuantConfig(
+            bits=bits, symmetric=symmetric, granularity=granularity, group_size=32, method=method
+        )
         errors[method] = (fake_quantize(weight, config) - weight).square().sum().item()
     assert errors["mse"] <= errors["minmax"] * (1 + 1e-6)
     if bits <= 3:
@@ -109,7 +129,9 @@ def test_symmetric_and_asymmetric():
     positive = torch.rand(8, 64) + 0.5  # one-sided: asymmetric uses every level, symmetric half of them
     sym = QuantConfig(bits=4, symmetric=True)
     asym = QuantConfig(bits=4, symmetric=False)
-    assert (fake_quantize(positive, asym) - positive).norm() < 0.6 * (fake_quantize(positive, sym) - positive).norm()
+    assert (fake_quantize(positive, asym) - positive).norm() < 0.6 * (
+        fake_quantize(positive, sym) - positive
+    ).norm()
     _, _, zero = quantize_tensor(positive, asym)
     assert (zero == 0).all()  # range [0, max]: zero point at the bottom
     pruned = torch.randn(8, 64) * (torch.rand(8, 64) > 0.5)
@@ -120,9 +142,13 @@ def test_symmetric_and_asymmetric():
 def test_fp16_scales_take_half_the_bytes_and_fit_the_codes():
     torch.manual_seed(0)
     linear = nn.Linear(128, 16)
-    full = QuantLinear.from_float(linear, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False))
-    half = QuantLinear.from_float(linear, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False,
-                                                      scale_dtype="float16"))
+    full = QuantLinear.from_float(
+        linear, QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False)
+    )
+    half = QuantLinear.from_float(
+        linear,
+        QuantConfig(bits=4, granularity="group", group_size=32, symmetric=False, scale_dtype="float16"),
+    )
     assert half.scale.dtype == torch.float16 and half.scale.nbytes * 2 == full.scale.nbytes
     assert torch.equal(half.scale.float(), full.scale.half().float())  # the same scales, rounded
     step = element_scale(half.scale.float(), "group", 32, (16, 128))
@@ -169,30 +195,33 @@ def test_outlier_columns_are_kept_and_free_the_rows_ranges():
     assert kept.outlier_values.nbytes == 200 * 2 * 2 and "+2 fp16 columns" in repr(kept)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"bits": 0}, "quantize.bits must be one of 2..8 or 16, got 0"),
-    ({"bits": 1}, "quantize.bits"),
-    ({"bits": 12}, "quantize.bits"),
-    ({"bits": True}, "quantize.bits"),
-    ({"symmetric": "yes"}, "quantize.symmetric"),
-    ({"granularity": "row"}, "quantize.granularity must be one of"),
-    ({"group_size": 0}, "quantize.group_size must be a positive integer"),
-    ({"method": "gptq"}, "quantize.method must be one of"),  # GPTQ is its own switch: gptq=true
-    ({"groups": ("attention",)}, "quantize.groups"),
-    ({"groups": ()}, "quantize.groups"),
-    ({"groups": "embedding"}, "quantize.groups"),
-    ({"backend": "cuda"}, "quantize.backend must be one of"),
-    ({"backend": "int8_dynamic", "bits": 4}, "needs bits=8"),
-    ({"backend": "int8_dynamic", "symmetric": False}, "needs bits=8"),
-    ({"backend": "int8_dynamic", "granularity": "group"}, "needs bits=8"),
-    ({"backend": "int8_dynamic", "scale_dtype": "float16"}, "float32 scales"),
-    ({"scale_dtype": "bfloat16"}, "quantize.scale_dtype must be one of"),
-    ({"entropy_code": "yes"}, "quantize.entropy_code must be true or false"),
-    ({"outlier_columns": -1}, "quantize.outlier_columns must be an integer from 0 to 64"),
-    ({"outlier_columns": 65}, "quantize.outlier_columns"),
-    ({"outlier_columns": True}, "quantize.outlier_columns"),
-    ({"backend": "int8_dynamic", "outlier_columns": 1}, "outlier_columns must be 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bits": 0}, "quantize.bits must be one of 2..8 or 16, got 0"),
+        ({"bits": 1}, "quantize.bits"),
+        ({"bits": 12}, "quantize.bits"),
+        ({"bits": True}, "quantize.bits"),
+        ({"symmetric": "yes"}, "quantize.symmetric"),
+        ({"granularity": "row"}, "quantize.granularity must be one of"),
+        ({"group_size": 0}, "quantize.group_size must be a positive integer"),
+        ({"method": "gptq"}, "quantize.method must be one of"),  # GPTQ is its own switch: gptq=true
+        ({"groups": ("attention",)}, "quantize.groups"),
+        ({"groups": ()}, "quantize.groups"),
+        ({"groups": "embedding"}, "quantize.groups"),
+        ({"backend": "cuda"}, "quantize.backend must be one of"),
+        ({"backend": "int8_dynamic", "bits": 4}, "needs bits=8"),
+        ({"backend": "int8_dynamic", "symmetric": False}, "needs bits=8"),
+        ({"backend": "int8_dynamic", "granularity": "group"}, "needs bits=8"),
+        ({"backend": "int8_dynamic", "scale_dtype": "float16"}, "float32 scales"),
+        ({"scale_dtype": "bfloat16"}, "quantize.scale_dtype must be one of"),
+        ({"entropy_code": "yes"}, "quantize.entropy_code must be true or false"),
+        ({"outlier_columns": -1}, "quantize.outlier_columns must be an integer from 0 to 64"),
+        ({"outlier_columns": 65}, "quantize.outlier_columns"),
+        ({"outlier_columns": True}, "quantize.outlier_columns"),
+        ({"backend": "int8_dynamic", "outlier_columns": 1}, "outlier_columns must be 0"),
+    ],
+)
 def test_invalid_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         QuantConfig(**kwargs)
@@ -206,13 +235,22 @@ def test_config_defaults_and_list_groups():
 # ----------------------------------------------------------------------------- modules
 
 
-@pytest.mark.parametrize("make", [
-    lambda c: QuantLinear.from_float(nn.Linear(37, 11), c),
-    lambda c: QuantEmbedding.from_float(nn.Embedding(19, 37, padding_idx=2), c),
-    lambda c: QuantConv1d.from_float(nn.Conv1d(5, 7, 3, stride=2, padding=1), c),
-])
-@pytest.mark.parametrize("config", [QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False),
-                                    QuantConfig(bits=5, granularity="tensor"), QuantConfig(bits=16)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda c: QuantLinear.from_float(nn.Linear(37, 11), c),
+        lambda c: QuantEmbedding.from_float(nn.Embedding(19, 37, padding_idx=2), c),
+        lambda c: QuantConv1d.from_float(nn.Conv1d(5, 7, 3, stride=2, padding=1), c),
+    ],
+)
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False),
+        QuantConfig(bits=5, granularity="tensor"),
+        QuantConfig(bits=16),
+    ],
+)
 def test_skeleton_from_layout_reloads_exactly(make, config):
     torch.manual_seed(0)
     module = make(config)
@@ -220,15 +258,24 @@ def test_skeleton_from_layout_reloads_exactly(make, config):
     rebuilt.load_state_dict(module.state_dict())  # the dequantized cache is rebuilt by a post-load hook
     assert "weight" not in module.state_dict()
     assert torch.equal(rebuilt.weight, module.weight)
-    x = torch.randint(0, 19, (4, 6)) if isinstance(module, QuantEmbedding) else \
-        torch.randn(2, 5, 9) if isinstance(module, QuantConv1d) else torch.randn(4, 37)
+    x = (
+        torch.randint(0, 19, (4, 6))
+        if isinstance(module, QuantEmbedding)
+        else torch.randn(2, 5, 9)
+        if isinstance(module, QuantConv1d)
+        else torch.randn(4, 37)
+    )
     assert torch.equal(rebuilt(x), module(x))
 
 
 def test_quantize_leaves_the_input_model_untouched(tiny_whisper):
     before = {k: v.clone() for k, v in tiny_whisper.state_dict().items()}
     classes = [type(m) for m in tiny_whisper.modules()]
-    for config in (QuantConfig(bits=4), QuantConfig(backend="int8_dynamic"), QuantConfig(bits=2, groups=("conv",))):
+    for config in (
+        QuantConfig(bits=4),
+        QuantConfig(backend="int8_dynamic"),
+        QuantConfig(bits=2, groups=("conv",)),
+    ):
         quantized, _ = quantize(tiny_whisper, config)
         assert quantized is not tiny_whisper
     after = tiny_whisper.state_dict()
@@ -242,7 +289,10 @@ def test_reports_one_per_layer(tiny_whisper):
     for bits in (2, 4, 8):
         model, reports = quantize(tiny_whisper, QuantConfig(bits=bits))
         assert len(reports) == 2 * 6 + 2 * 10 + 1  # every Linear of the 4 default groups + the embedding
-        assert all(r.technique == "quantize" and r.bits == bits and r.params_after == r.params_before for r in reports)
+        assert all(
+            r.technique == "quantize" and r.bits == bits and r.params_after == r.params_before
+            for r in reports
+        )
         assert all(isinstance(model.get_submodule(r.name), (QuantLinear, QuantEmbedding)) for r in reports)
         table = next(r for r in reports if r.group == "embedding")
         assert table.name == "model.decoder.embed_tokens" and "proj_out shares this table" in table.note
@@ -287,10 +337,14 @@ def test_int8_dynamic_is_close_to_fp32(tiny_whisper, inputs):
 
 def test_int8_path_raises_no_deprecation_warnings():
     """torch warns once per process, so check in a fresh one with every warning made an error."""
-    code = ("import torch; from torch import nn; from core.compress.quant import Int8DynamicLinear, QuantConfig; "
-            "m = Int8DynamicLinear.from_float(nn.Linear(8, 4), QuantConfig(backend='int8_dynamic')); "
-            "m(torch.randn(2, 8))")
-    done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO, capture_output=True, text=True)
+    code = (
+        "import torch; from torch import nn; from core.compress.quant import Int8DynamicLinear, QuantConfig; "
+        "m = Int8DynamicLinear.from_float(nn.Linear(8, 4), QuantConfig(backend='int8_dynamic')); "
+        "m(torch.randn(2, 8))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -305,8 +359,9 @@ def test_int8_linear_runs_the_torch_dynamic_quantized_linear():
         theirs = dynamic.Linear(64, 48, dtype=torch.qint8)
         codes = ours.int8_codes()
         assert codes.dtype == torch.int8 and int(codes.min()) >= -128
-        qweight = torch._make_per_channel_quantized_tensor(codes, ours.scale.reshape(-1).double(),
-                                                           torch.zeros(48, dtype=torch.long), 0)
+        qweight = torch._make_per_channel_quantized_tensor(
+            codes, ours.scale.reshape(-1).double(), torch.zeros(48, dtype=torch.long), 0
+        )
         theirs.set_weight_bias(qweight, linear.bias.detach())
     x = torch.randn(5, 7, 64)
     assert torch.equal(ours(x), theirs(x))

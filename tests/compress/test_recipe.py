@@ -1,4 +1,5 @@
 """Recipes: JSON in and out, clear errors, labels, and applying steps in order to a copy of the model."""
+
 import dataclasses
 import json
 
@@ -6,30 +7,48 @@ import pytest
 import torch
 from torch import nn
 
-from core.compress.report import LayerReport
 from core.compress.lowrank import LowRankConfig, LowRankLinear
 from core.compress.prune import PruneConfig
 from core.compress.recipe import Recipe
 from core.compress.registry import registered
+from core.compress.report import LayerReport
 from core.compress.technique import Technique
 
-FULL = {"steps": [{"prune": {"sparsity": 0.3, "scope": "global"}}, {"low_rank": {"energy": 0.95}},
-                  {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}}]}
+FULL = {
+    "steps": [
+        {"prune": {"sparsity": 0.3, "scope": "global"}},
+        {"low_rank": {"energy": 0.95}},
+        {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}},
+    ]
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("obj", [
-    FULL,
-    {"steps": []},
-    {"steps": [{"prune": {"threshold": 0.01}}]},
-    {"steps": [{"low_rank": {"rank_fraction": 0.5}}]},
-    {"steps": [{"quantize": {"bits": 8, "backend": "int8_dynamic"}}]},
-    {"steps": [{"quantize": {"bits": 4, "granularity": "channel"}}]},
-    {"steps": [{"prune": {"sparsity": 0.5, "groups": ["encoder.ffn", "embedding"], "structure": "unstructured"}}]},
-    {"steps": [{"prune": {"sparsity": 0.25, "structure": "heads"}}, {"low_rank": {"rank": 8}}]},
-])
+@pytest.mark.parametrize(
+    "obj",
+    [
+        FULL,
+        {"steps": []},
+        {"steps": [{"prune": {"threshold": 0.01}}]},
+        {"steps": [{"low_rank": {"rank_fraction": 0.5}}]},
+        {"steps": [{"quantize": {"bits": 8, "backend": "int8_dynamic"}}]},
+        {"steps": [{"quantize": {"bits": 4, "granularity": "channel"}}]},
+        {
+            "steps": [
+                {
+                    "prune": {
+                        "sparsity": 0.5,
+                        "groups": ["encoder.ffn", "embedding"],
+                        "structure": "unstructured",
+                    }
+                }
+            ]
+        },
+        {"steps": [{"prune": {"sparsity": 0.25, "structure": "heads"}}, {"low_rank": {"rank": 8}}]},
+    ],
+)
 def test_json_round_trip(obj):
     recipe = Recipe.from_json(obj)
     assert recipe.to_json() == obj and json.dumps(recipe.to_json()) == json.dumps(obj)
@@ -39,19 +58,29 @@ def test_json_round_trip(obj):
 
 
 def test_configs_get_tuples_and_python_built_recipes_write_main_and_changed_fields():
-    recipe = Recipe.from_json({"steps": [{"prune": {"sparsity": 0.5, "groups": ["encoder.ffn"], "scope": "layer"}},
-                                         {"quantize": {"bits": 8, "granularity": "channel"}}]})
+    recipe = Recipe.from_json(
+        {
+            "steps": [
+                {"prune": {"sparsity": 0.5, "groups": ["encoder.ffn"], "scope": "layer"}},
+                {"quantize": {"bits": 8, "granularity": "channel"}},
+            ]
+        }
+    )
     (name, config), (qname, qconfig) = recipe.steps
     assert name == "prune" and config == PruneConfig(sparsity=0.5, groups=("encoder.ffn",))
     assert qname == "quantize" and qconfig.bits == 8 and qconfig.granularity == "channel"
     built = Recipe((("prune", PruneConfig(sparsity=0.5, groups=("encoder.ffn",))), ("quantize", qconfig)))
     assert built == recipe and hash(built) == hash(recipe)  # equality is about configs, not spelling
-    assert built.to_json() == {"steps": [{"prune": {"sparsity": 0.5, "groups": ["encoder.ffn"]}},
-                                         {"quantize": {"bits": 8}}]}
+    assert built.to_json() == {
+        "steps": [{"prune": {"sparsity": 0.5, "groups": ["encoder.ffn"]}}, {"quantize": {"bits": 8}}]
+    }
     assert Recipe.from_json(built.to_json()) == built
-    assert Recipe((("prune", PruneConfig(threshold=0.1)),)).to_json() == {"steps": [{"prune": {"threshold": 0.1}}]}
-    assert Recipe.from_json({"steps": [{"prune": {"sparsity": 0}}]}).to_json() == \
-        {"steps": [{"prune": {"sparsity": 0.0}}]}
+    assert Recipe((("prune", PruneConfig(threshold=0.1)),)).to_json() == {
+        "steps": [{"prune": {"threshold": 0.1}}]
+    }
+    assert Recipe.from_json({"steps": [{"prune": {"sparsity": 0}}]}).to_json() == {
+        "steps": [{"prune": {"sparsity": 0.0}}]
+    }
     with pytest.raises(ValueError, match="Recipe.keys"):
         Recipe((("prune", PruneConfig(sparsity=0.5)),), keys=(("sparsity", "colour"),))
 
@@ -71,14 +100,25 @@ def test_load_and_save(tmp_path):
 
 
 def test_describe():
-    assert Recipe.from_json({"steps": [{"prune": {"sparsity": 0.3, "scope": "global"}}, {"low_rank": {"energy": 0.95}},
-                                       {"quantize": {"bits": 4, "granularity": "channel"}}]}).describe() == \
-        "prune 30% global · SVD 95% energy · 4-bit channel"
+    assert (
+        Recipe.from_json(
+            {
+                "steps": [
+                    {"prune": {"sparsity": 0.3, "scope": "global"}},
+                    {"low_rank": {"energy": 0.95}},
+                    {"quantize": {"bits": 4, "granularity": "channel"}},
+                ]
+            }
+        ).describe()
+        == "prune 30% global · SVD 95% energy · 4-bit channel"
+    )
     labels = {
         "prune 50%": {"prune": {"sparsity": 0.5}},
         "prune 12.5% heads": {"prune": {"sparsity": 0.125, "structure": "heads"}},
         "prune |w|<0.01": {"prune": {"threshold": 0.01}},
-        "prune 50% [enc.ffn, dec.ffn]": {"prune": {"sparsity": 0.5, "groups": ["encoder.ffn", "decoder.ffn"]}},
+        "prune 50% [enc.ffn, dec.ffn]": {
+            "prune": {"sparsity": 0.5, "groups": ["encoder.ffn", "decoder.ffn"]}
+        },
         "SVD rank 50%": {"low_rank": {"rank_fraction": 0.5}},
         "SVD rank 64": {"low_rank": {"rank": 64}},
         "8-bit channel int8 dynamic": {"quantize": {"bits": 8, "backend": "int8_dynamic"}},
@@ -91,27 +131,47 @@ def test_describe():
     assert empty.is_empty and empty.describe() == "uncompressed" and not Recipe.from_json(FULL).is_empty
 
 
-@pytest.mark.parametrize("obj, message", [
-    ({"steps": [{"prun": {"sparsity": 0.3}}]}, "step 1: unknown step 'prun'; allowed steps: prune, low_rank, quantize"),
-    ({"steps": [{"prune": {"sparsity": 0.3}}, {"low_rank": {"engery": 0.9}}]},
-     "step 2: unknown key low_rank.engery; allowed keys for low_rank: rank_fraction, rank, energy, groups"),
-    ({"steps": [{"prune": {"sparsity": 1.5}}]}, r"step 1: prune.sparsity must be a number in \[0, 1\), got 1.5"),
-    ({"steps": [{"prune": {"sparsity": "a lot"}}]}, "prune.sparsity"),
-    ({"steps": [{"prune": {"sparsity": 0.3, "groups": ["encoder.mlp"]}}]}, "prune.groups"),
-    ({"steps": [{"low_rank": {"rank": 8.5}}]}, "low_rank.rank must be an integer"),
-    ({"steps": [{"quantize": {"bits": 5.5}}]}, "quantize.bits"),
-    ({"steps": [{"quantize": {"bits": 4, "granularity": "row"}}]}, "quantize.granularity"),
-    ({"steps": [{"quantize": {"bits": 4, "colour": "red"}}]},
-     "unknown key quantize.colour; allowed keys for quantize: bits"),
-    ({"steps": [{"prune": {"sparsity": 0.3}, "low_rank": {"rank": 4}}]}, "step 1: expected one {name: settings}"),
-    ({"steps": ["prune"]}, "step 1: expected one"),
-    ({"steps": [{"prune": 0.3}]}, "the value of 'prune' must be an object"),
-    ({"steps": {"prune": {}}}, "steps must be a list"),
-    ({"stepz": []}, "expected {\"steps\": \\[...\\]}"),
-    ("{not json", "not valid JSON"),
-    ({"steps": [{"quantize": {"bits": 8}}, {"prune": {"sparsity": 0.3}}]}, "prune after quantize"),
-    ({"steps": [{"low_rank": {"rank": 4}}, {"prune": {"sparsity": 0.3, "structure": "neurons"}}]}, "before low_rank"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        (
+            {"steps": [{"prun": {"sparsity": 0.3}}]},
+            "step 1: unknown step 'prun'; allowed steps: prune, low_rank, quantize",
+        ),
+        (
+            {"steps": [{"prune": {"sparsity": 0.3}}, {"low_rank": {"engery": 0.9}}]},
+            "step 2: unknown key low_rank.engery; allowed keys for low_rank: "
+            "rank_fraction, rank, energy, groups",
+        ),
+        (
+            {"steps": [{"prune": {"sparsity": 1.5}}]},
+            r"step 1: prune.sparsity must be a number in \[0, 1\), got 1.5",
+        ),
+        ({"steps": [{"prune": {"sparsity": "a lot"}}]}, "prune.sparsity"),
+        ({"steps": [{"prune": {"sparsity": 0.3, "groups": ["encoder.mlp"]}}]}, "prune.groups"),
+        ({"steps": [{"low_rank": {"rank": 8.5}}]}, "low_rank.rank must be an integer"),
+        ({"steps": [{"quantize": {"bits": 5.5}}]}, "quantize.bits"),
+        ({"steps": [{"quantize": {"bits": 4, "granularity": "row"}}]}, "quantize.granularity"),
+        (
+            {"steps": [{"quantize": {"bits": 4, "colour": "red"}}]},
+            "unknown key quantize.colour; allowed keys for quantize: bits",
+        ),
+        (
+            {"steps": [{"prune": {"sparsity": 0.3}, "low_rank": {"rank": 4}}]},
+            "step 1: expected one {name: settings}",
+        ),
+        ({"steps": ["prune"]}, "step 1: expected one"),
+        ({"steps": [{"prune": 0.3}]}, "the value of 'prune' must be an object"),
+        ({"steps": {"prune": {}}}, "steps must be a list"),
+        ({"stepz": []}, 'expected {"steps": \\[...\\]}'),
+        ("{not json", "not valid JSON"),
+        ({"steps": [{"quantize": {"bits": 8}}, {"prune": {"sparsity": 0.3}}]}, "prune after quantize"),
+        (
+            {"steps": [{"low_rank": {"rank": 4}}, {"prune": {"sparsity": 0.3, "structure": "neurons"}}]},
+            "before low_rank",
+        ),
+    ],
+)
 def test_errors_are_clear(obj, message):
     with pytest.raises(ValueError, match=message):
         Recipe.from_json(obj)
@@ -126,10 +186,16 @@ def test_recipe_checks_its_steps():
 
 def test_apply_runs_every_step_on_a_copy(tiny_whisper):
     state = {k: v.clone() for k, v in tiny_whisper.state_dict().items()}
-    recipe = Recipe.from_json({"steps": [{"prune": {"sparsity": 0.5, "structure": "neurons"}},
-                                         {"prune": {"sparsity": 0.3, "scope": "global"}},
-                                         {"low_rank": {"rank_fraction": 0.25, "groups": ["encoder.ffn"]}},
-                                         {"quantize": {"bits": 8}}]})
+    recipe = Recipe.from_json(
+        {
+            "steps": [
+                {"prune": {"sparsity": 0.5, "structure": "neurons"}},
+                {"prune": {"sparsity": 0.3, "scope": "global"}},
+                {"low_rank": {"rank_fraction": 0.25, "groups": ["encoder.ffn"]}},
+                {"quantize": {"bits": 8}},
+            ]
+        }
+    )
     model, reports = recipe.apply(tiny_whisper)
     assert all(torch.equal(tiny_whisper.state_dict()[k], v) for k, v in state.items())
     techniques = [r.technique for r in reports]
@@ -166,13 +232,16 @@ def scale(model: nn.Module, config: ScaleConfig):
 
 
 def test_registered_steps_work_like_built_ins():
-    record = Technique(name="scale", config=ScaleConfig, apply=scale, describe=lambda c: f"x{c.factor:g}",
-                       knobs=("factor",))
+    record = Technique(
+        name="scale", config=ScaleConfig, apply=scale, describe=lambda c: f"x{c.factor:g}", knobs=("factor",)
+    )
     with registered(record):
         base = nn.Module()
         base.fc1 = nn.Linear(2, 2)
         recipe = Recipe.from_json([{"scale": {"factor": 3}}, {"scale": {"groups": ["decoder.ffn"]}}])
-        assert recipe.to_json() == {"steps": [{"scale": {"factor": 3}}, {"scale": {"groups": ["decoder.ffn"]}}]}
+        assert recipe.to_json() == {
+            "steps": [{"scale": {"factor": 3}}, {"scale": {"groups": ["decoder.ffn"]}}]
+        }
         assert recipe.describe() == "x3 · x2"
         model, reports = recipe.apply(base)
         assert torch.allclose(model.fc1.weight, base.fc1.weight * 6) and len(reports) == 2

@@ -1,14 +1,15 @@
 """Saving and loading compressed models: bitwise-identical round trips, compact sizes, clear errors."""
+
 import copy
 import dataclasses
 import json
 
 import pytest
 import torch
+from conftest import tiny_whisper_config
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_whisper_config
 from core.compress.lowrank import LowRankLinear
 from core.compress.quant import Int8DynamicLinear, QuantConfig, quantize
 from core.compress.registry import register, registered
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread", "pair_technique_registered")
 
 
 class PairLinear(nn.Module):
-    """Stand-in low-rank layer (first: in -> rank, no bias; second: rank -> out) following the layout contract."""
+    """Stand-in low-rank layer (first: in -> rank, no bias; second: rank -> out)
+    following the layout contract."""
 
     layout_kind = "test_pair_linear"
 
@@ -32,8 +34,12 @@ class PairLinear(nn.Module):
         return self.second(self.first(x))
 
     def layout(self) -> dict:
-        return {"in": self.first.in_features, "out": self.second.out_features, "rank": self.first.out_features,
-                "bias": self.second.bias is not None}
+        return {
+            "in": self.first.in_features,
+            "out": self.second.out_features,
+            "rank": self.first.out_features,
+            "bias": self.second.bias is not None,
+        }
 
     @classmethod
     def from_layout(cls, layout: dict) -> "PairLinear":
@@ -47,8 +53,14 @@ class PairConfig:
 
 def pair_record(modules=(PairLinear,)) -> Technique:
     """A technique record that writes PairLinear layers: what makes the artifact able to load them."""
-    return Technique(name="test_pair", config=PairConfig, apply=lambda module, config: (module, []),
-                     describe=lambda config: f"pair rank {config.rank}", knobs=("rank",), modules=modules)
+    return Technique(
+        name="test_pair",
+        config=PairConfig,
+        apply=lambda module, config: (module, []),
+        describe=lambda config: f"pair rank {config.rank}",
+        knobs=("rank",),
+        modules=modules,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +77,12 @@ def low_rank_classes():
 def make_low_rank(cls, linear: nn.Linear, rank: int) -> nn.Module:
     """A low-rank pair of class `cls` holding the rank-r SVD of `linear`."""
     bias = linear.bias is not None
-    for build in (lambda: cls(linear.in_features, linear.out_features, rank, bias=bias),
-                  lambda: cls.from_layout({"in": linear.in_features, "out": linear.out_features, "rank": rank,
-                                           "bias": bias})):
+    for build in (
+        lambda: cls(linear.in_features, linear.out_features, rank, bias=bias),
+        lambda: cls.from_layout(
+            {"in": linear.in_features, "out": linear.out_features, "rank": rank, "bias": bias}
+        ),
+    ):
         try:
             module = build()
             break
@@ -142,8 +157,15 @@ def test_four_bit_model_round_trip(tiny_whisper, tmp_path):
     assert torch.equal(logits(loaded), logits(quantized))
     assert layout["modules"]["model.decoder.embed_tokens"]["kind"] == "quant_embedding"
     assert layout["modules"]["model.encoder.layers.0.fc1"] == {
-        "kind": "quant_linear", "in": 32, "out": 128, "bias": True, "bits": 4, "symmetric": True,
-        "granularity": "group", "group_size": 24}
+        "kind": "quant_linear",
+        "in": 32,
+        "out": 128,
+        "bias": True,
+        "bits": 4,
+        "symmetric": True,
+        "granularity": "group",
+        "group_size": 24,
+    }
     assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
     plain = save_weights(tiny_whisper, tmp_path / "plain")
     assert sizes["groups"]["encoder.ffn"] < 0.3 * plain["groups"]["encoder.ffn"]
@@ -156,8 +178,10 @@ def test_int8_dynamic_round_trip(tiny_whisper, tmp_path):
     assert torch.equal(logits(loaded), logits(quantized))
     assert isinstance(loaded.proj_out, Int8DynamicLinear)
     assert loaded.proj_out.codes is loaded.model.decoder.embed_tokens.codes
-    assert layout["ties"] == {"proj_out.codes": "model.decoder.embed_tokens.codes",
-                              "proj_out.scale": "model.decoder.embed_tokens.scale"}
+    assert layout["ties"] == {
+        "proj_out.codes": "model.decoder.embed_tokens.codes",
+        "proj_out.scale": "model.decoder.embed_tokens.scale",
+    }
 
 
 def test_zeroed_weights_are_stored_sparse(tiny_whisper, tmp_path):
@@ -200,23 +224,32 @@ def test_low_rank_modules_round_trip(tiny_whisper, tmp_path, cls):
 # ----------------------------------------------------------------------------- every quantization variant
 
 
-@pytest.mark.parametrize("config", [
-    QuantConfig(bits=8),
-    QuantConfig(bits=4),
-    QuantConfig(bits=4, granularity="group", group_size=24),
-    QuantConfig(bits=3, granularity="tensor"),
-    QuantConfig(bits=2, symmetric=False),
-    QuantConfig(bits=3, symmetric=False, granularity="group", group_size=20, method="mse"),
-    QuantConfig(bits=5, groups=("conv", "embedding", "decoder.ffn")),
-    QuantConfig(bits=6, groups=("positions", "encoder.ffn")),
-    QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False, scale_dtype="float16"),
-    QuantConfig(bits=16),
-    QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
-    QuantConfig(bits=4, symmetric=False, granularity="group", group_size=16, entropy_code=True),
-    QuantConfig(backend="int8_dynamic", entropy_code=True),
-    QuantConfig(bits=4, symmetric=False, outlier_columns=2, groups=("embedding", "encoder.ffn", "conv"),
-                entropy_code=True),
-], ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}")
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantConfig(bits=8),
+        QuantConfig(bits=4),
+        QuantConfig(bits=4, granularity="group", group_size=24),
+        QuantConfig(bits=3, granularity="tensor"),
+        QuantConfig(bits=2, symmetric=False),
+        QuantConfig(bits=3, symmetric=False, granularity="group", group_size=20, method="mse"),
+        QuantConfig(bits=5, groups=("conv", "embedding", "decoder.ffn")),
+        QuantConfig(bits=6, groups=("positions", "encoder.ffn")),
+        QuantConfig(bits=3, granularity="group", group_size=16, symmetric=False, scale_dtype="float16"),
+        QuantConfig(bits=16),
+        QuantConfig(backend="int8_dynamic", granularity="tensor", groups=("encoder.ffn", "embedding")),
+        QuantConfig(bits=4, symmetric=False, granularity="group", group_size=16, entropy_code=True),
+        QuantConfig(backend="int8_dynamic", entropy_code=True),
+        QuantConfig(
+            bits=4,
+            symmetric=False,
+            outlier_columns=2,
+            groups=("embedding", "encoder.ffn", "conv"),
+            entropy_code=True,
+        ),
+    ],
+    ids=lambda c: f"{c.bits}b-{c.granularity}-{'sym' if c.symmetric else 'asym'}-{c.method}-{c.backend}",
+)
 def test_quantized_round_trip_is_bitwise(tiny_whisper, config, tmp_path):
     quantized, _ = quantize(tiny_whisper, config)
     loaded, _, _ = round_trip(quantized, tmp_path)
@@ -261,10 +294,21 @@ def test_structurally_pruned_shapes_round_trip(tmp_path):
     attn.num_heads = 2
     attn.layout_attrs = {"num_heads": 2}
     loaded, _, layout = round_trip(model, tmp_path)
-    assert layout["modules"]["model.encoder.layers.0.fc1"] == {"kind": "linear", "in": 32, "out": 100, "bias": True}
-    assert layout["modules"]["model.encoder.layers.0.self_attn.k_proj"] == {"kind": "linear", "in": 32, "out": 16,
-                                                                            "bias": False}
-    assert len(layout["modules"]) == 6 and layout["attrs"] == {"model.encoder.layers.0.self_attn": {"num_heads": 2}}
+    assert layout["modules"]["model.encoder.layers.0.fc1"] == {
+        "kind": "linear",
+        "in": 32,
+        "out": 100,
+        "bias": True,
+    }
+    assert layout["modules"]["model.encoder.layers.0.self_attn.k_proj"] == {
+        "kind": "linear",
+        "in": 32,
+        "out": 16,
+        "bias": False,
+    }
+    assert len(layout["modules"]) == 6 and layout["attrs"] == {
+        "model.encoder.layers.0.self_attn": {"num_heads": 2}
+    }
     assert loaded.model.encoder.layers[0].self_attn.num_heads == 2
     assert torch.equal(logits(loaded), logits(model))
 
@@ -274,8 +318,20 @@ def test_four_bit_artifact_is_under_a_fifth_of_fp32(tmp_path):
     model.config.max_source_positions = 16
     model.model.encoder.embed_positions = nn.Embedding(16, 64)  # quantized layers dominate the parameters
     fp32 = save_weights(model, tmp_path / "fp32")
-    quantized, _ = quantize(model, QuantConfig(bits=4, groups=("encoder.attention", "encoder.ffn", "decoder.attention",
-                                                               "decoder.ffn", "embedding", "conv")))
+    quantized, _ = quantize(
+        model,
+        QuantConfig(
+            bits=4,
+            groups=(
+                "encoder.attention",
+                "encoder.ffn",
+                "decoder.attention",
+                "decoder.ffn",
+                "embedding",
+                "conv",
+            ),
+        ),
+    )
     four = save_weights(quantized, tmp_path / "int4")
     assert four["total"] < 0.2 * fp32["total"], (four, fp32)
 
@@ -308,7 +364,9 @@ def test_entropy_coded_codes_are_smaller_and_load_bitwise(tmp_path):
     assert all(bits_equal(state[k], v) for k, v in coded.state_dict().items())
     assert all(bits_equal(a, b) for a, b in zip(packed.state_dict().values(), coded.state_dict().values()))
     assert "entropy-coded" in repr(coded.model.encoder.layers[0].fc1)
-    assert "coded" not in json.loads((tmp_path / "packed" / "layout.json").read_text())  # old files stay as they were
+    assert "coded" not in json.loads(
+        (tmp_path / "packed" / "layout.json").read_text()
+    )  # old files stay as they were
 
 
 def test_save_leaves_the_model_untouched(tmp_path):
@@ -343,29 +401,61 @@ def test_missing_files(saved):
         load_weights(short_whisper(), saved / "nowhere")
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda f: (f / "layout.json").write_text("{not json"), "not valid JSON"),
-    (lambda f: (f / "layout.json").write_text("[]"), "is not a speech-lab-layout file"),
-    (lambda f: edit_layout(f, lambda d: d.update(version=99)), "version 99"),
-    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(kind="sparkle")),
-     "unknown kind 'sparkle'"),
-    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].pop("bits")), "lacks 'bits'"),
-    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(bits=11)), "bad layout"),
-    (lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(out=99)),
-     "wrong shape/dtype.*fc1"),
-    (lambda f: edit_layout(f, lambda d: d["modules"].update({"model.nothing.here": {"kind": "linear", "in": 1,
-                                                                                    "out": 1, "bias": False}})),
-     "does not exist"),
-    (lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": "model.no.weight"})), "tie source"),
-    (lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": 3})), "'ties' must map"),
-    (lambda f: edit_layout(f, lambda d: d["attrs"].update({"model.encoder": {"forward": 1}})),
-     "only set existing plain attributes"),
-    (lambda f: edit_layout(f, lambda d: d["sparse"].update({"model.encoder.conv1.weight": [32, 80, 3]})),
-     "missing its mask"),
-    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
-     "not a readable safetensors file"),
-    (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "not a readable safetensors file"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda f: (f / "layout.json").write_text("{not json"), "not valid JSON"),
+        (lambda f: (f / "layout.json").write_text("[]"), "is not a speech-lab-layout file"),
+        (lambda f: edit_layout(f, lambda d: d.update(version=99)), "version 99"),
+        (
+            lambda f: edit_layout(
+                f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(kind="sparkle")
+            ),
+            "unknown kind 'sparkle'",
+        ),
+        (
+            lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].pop("bits")),
+            "lacks 'bits'",
+        ),
+        (
+            lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(bits=11)),
+            "bad layout",
+        ),
+        (
+            lambda f: edit_layout(f, lambda d: d["modules"]["model.encoder.layers.0.fc1"].update(out=99)),
+            "wrong shape/dtype.*fc1",
+        ),
+        (
+            lambda f: edit_layout(
+                f,
+                lambda d: d["modules"].update(
+                    {"model.nothing.here": {"kind": "linear", "in": 1, "out": 1, "bias": False}}
+                ),
+            ),
+            "does not exist",
+        ),
+        (
+            lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": "model.no.weight"})),
+            "tie source",
+        ),
+        (lambda f: edit_layout(f, lambda d: d["ties"].update({"proj_out.weight": 3})), "'ties' must map"),
+        (
+            lambda f: edit_layout(f, lambda d: d["attrs"].update({"model.encoder": {"forward": 1}})),
+            "only set existing plain attributes",
+        ),
+        (
+            lambda f: edit_layout(
+                f, lambda d: d["sparse"].update({"model.encoder.conv1.weight": [32, 80, 3]})
+            ),
+            "missing its mask",
+        ),
+        (
+            lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+            "not a readable safetensors file",
+        ),
+        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "not a readable safetensors file"),
+    ],
+)
 def test_broken_folders_raise_value_error(saved, break_it, message):
     break_it(saved)
     with pytest.raises(ValueError, match=message):
@@ -389,10 +479,13 @@ def test_corrupt_sparse_entry(tmp_path):
         load_weights(short_whisper(), tmp_path)
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda data: data[: len(data) // 2], "decodes to .* bytes, expected"),
-    (lambda data: b"\x00" * 8 + data[8:], "not valid deflate data"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda data: data[: len(data) // 2], "decodes to .* bytes, expected"),
+        (lambda data: b"\x00" * 8 + data[8:], "not valid deflate data"),
+    ],
+)
 def test_corrupt_entropy_coded_entry(tmp_path, break_it, message):
     from safetensors.torch import save_file
 
@@ -443,5 +536,10 @@ def test_register_layout_checks_the_contract():
     with pytest.raises(ValueError, match="already taken"):
         register(dataclasses.replace(pair_record(), name="test_clash", modules=(Clash,)))
     with pytest.raises(ValueError, match="already taken"):
-        register(dataclasses.replace(pair_record(), name="test_clash",
-                                     modules=(type("Linearish", (PairLinear,), {"layout_kind": "linear"}),)))
+        register(
+            dataclasses.replace(
+                pair_record(),
+                name="test_clash",
+                modules=(type("Linearish", (PairLinear,), {"layout_kind": "linear"}),),
+            )
+        )

@@ -1,13 +1,14 @@
 """Divergence from the base model: zero for itself, growing with compression, a close lower bound of the
 full-vocabulary KL, cached in the store, refused for models it cannot teacher-force."""
+
 import pytest
 import torch
 import torch.nn.functional as F
-
-from core.measure.divergence import dataset_windows, divergence, reference_outputs, run_divergence, TOP_K
-from core.compress.recipe import apply_recipe, Recipe
-from core.measure.store import Store
 from test_sweep import Counter, tiny_dataset, tiny_speech_model
+
+from core.compress.recipe import Recipe, apply_recipe
+from core.measure.divergence import TOP_K, dataset_windows, divergence, reference_outputs, run_divergence
+from core.measure.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,7 +77,7 @@ def _full_kl(model, variant, reference) -> float:
         for m in (model, variant):
             states = m.module.model.encoder(feats).last_hidden_state
             hidden = m.module.model.decoder(input_ids=ids, encoder_hidden_states=states).last_hidden_state
-            sides.append(F.log_softmax(m.module.proj_out(hidden[0, reference.first:]), -1))
+            sides.append(F.log_softmax(m.module.proj_out(hidden[0, reference.first :]), -1))
         total += F.kl_div(sides[1], sides[0], log_target=True, reduction="sum").item()
     return total
 
@@ -86,8 +87,11 @@ def test_measurements_are_stored_and_not_recomputed(setup, tmp_path, monkeypatch
 
     model, dataset, _ = setup
     store = Store(tmp_path / "results.sqlite")
-    recipes = [Recipe(), Recipe.from_json({"steps": [{"quantize": {"bits": 4}}]}),
-               Recipe.from_json({"steps": [{"quantize": {"bits": 4}}]})]  # the same twice: measured once
+    recipes = [
+        Recipe(),
+        Recipe.from_json({"steps": [{"quantize": {"bits": 4}}]}),
+        Recipe.from_json({"steps": [{"quantize": {"bits": 4}}]}),
+    ]  # the same twice: measured once
     first = list(run_divergence(model, dataset, recipes, store))
     assert len(first) == 2 and not any(p["cached"] for p in first)
     assert first[0]["divergence"] == pytest.approx(0.0, abs=1e-6) and first[1]["divergence"] > 0

@@ -1,4 +1,5 @@
 """Results store: keys, round trip, filters, export, location, and the memoized model identity."""
+
 import csv
 import hashlib
 import io
@@ -9,18 +10,48 @@ import pytest
 import torch
 
 from core.measure import store as store_module
-from core.measure.store import canonical_json, default_store_path, export_points, model_identity, Point, point_key, Store, weights_hash
+from core.measure.store import (
+    Point,
+    Store,
+    canonical_json,
+    default_store_path,
+    export_points,
+    model_identity,
+    point_key,
+    weights_hash,
+)
 
 
-def make_point(key: str = "k1", wer: float = 0.25, size: int = 1000, latency: float | None = 12.5,
-               dataset_fingerprint: str = "fp", settings: dict | None = None) -> Point:
-    return Point(key=key, model="tiny", model_id="m" * 64, recipe={"steps": [{"prune": {"sparsity": 0.5}}]},
-                 label="prune 50%", dataset="quick", dataset_fingerprint=dataset_fingerprint,
-                 settings=settings or {"packed": True}, wer=wer, cer=0.1, size_bytes=size, latency_ms=latency,
-                 parameters=42, result={"wer": wer, "n_utterances": 2, "wer_ci95": [0.1, 0.4]},
-                 rows=[{"id": "a", "hypothesis": "hello", "reference": "hello", "wer": 0.0},
-                       {"id": "b", "hypothesis": "wold", "reference": "world", "wer": 1.0}],
-                 timings={"total": 1.5}, machine={"cpu": "x86_64", "threads": 2, "torch": torch.__version__})
+def make_point(
+    key: str = "k1",
+    wer: float = 0.25,
+    size: int = 1000,
+    latency: float | None = 12.5,
+    dataset_fingerprint: str = "fp",
+    settings: dict | None = None,
+) -> Point:
+    return Point(
+        key=key,
+        model="tiny",
+        model_id="m" * 64,
+        recipe={"steps": [{"prune": {"sparsity": 0.5}}]},
+        label="prune 50%",
+        dataset="quick",
+        dataset_fingerprint=dataset_fingerprint,
+        settings=settings or {"packed": True},
+        wer=wer,
+        cer=0.1,
+        size_bytes=size,
+        latency_ms=latency,
+        parameters=42,
+        result={"wer": wer, "n_utterances": 2, "wer_ci95": [0.1, 0.4]},
+        rows=[
+            {"id": "a", "hypothesis": "hello", "reference": "hello", "wer": 0.0},
+            {"id": "b", "hypothesis": "wold", "reference": "world", "wer": 1.0},
+        ],
+        timings={"total": 1.5},
+        machine={"cpu": "x86_64", "threads": 2, "torch": torch.__version__},
+    )
 
 
 def test_point_key_is_canonical_and_covers_every_part():
@@ -29,10 +60,12 @@ def test_point_key_is_canonical_and_covers_every_part():
     key = point_key("model", recipe, "data", {"packed": True, "latency_runs": 2})
     assert key == point_key("model", reordered, "data", {"latency_runs": 2, "packed": True})
     assert len(key) == 64
-    others = {point_key("model2", recipe, "data", {"packed": True, "latency_runs": 2}),
-              point_key("model", {"steps": []}, "data", {"packed": True, "latency_runs": 2}),
-              point_key("model", recipe, "data2", {"packed": True, "latency_runs": 2}),
-              point_key("model", recipe, "data", {"packed": False, "latency_runs": 2})}
+    others = {
+        point_key("model2", recipe, "data", {"packed": True, "latency_runs": 2}),
+        point_key("model", {"steps": []}, "data", {"packed": True, "latency_runs": 2}),
+        point_key("model", recipe, "data2", {"packed": True, "latency_runs": 2}),
+        point_key("model", recipe, "data", {"packed": False, "latency_runs": 2}),
+    }
     assert key not in others and len(others) == 4
     assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
 
@@ -65,7 +98,9 @@ def test_a_student_is_its_own_kind_of_point_and_old_stores_are_read_as_such(tmp_
     with Store(tmp_path / "new.sqlite") as store:
         store.put(point)
         back = store.get("s1")
-        assert back.is_student and back.student == student and back.flat()["student_folder"] == "/models/student"
+        assert (
+            back.is_student and back.student == student and back.flat()["student_folder"] == "/models/student"
+        )
         assert not store.get_many(["s1"])["s1"].recipe["steps"]
     # a store from before students had their own column kept them as a "distill" entry of the recipe
     old = tmp_path / "old.sqlite"
@@ -157,7 +192,7 @@ def test_weights_hash_follows_weight_changes(tiny_whisper):
 
 
 def test_model_identity_ignores_the_display_name(tiny_whisper):
-    from core.models.whisper import speech_model, WhisperDecoding
+    from core.models.whisper import WhisperDecoding, speech_model
 
     decoding = WhisperDecoding(prompt=(117,), eot=116, suppress=(), suppress_at_begin=(), max_length=64)
     model = speech_model("a", tiny_whisper, None, decoding, {})

@@ -1,4 +1,5 @@
 """Sweeps: grid parsing and errors, caching (no model runs for stored points), resume after a kill."""
+
 import dataclasses
 import json
 import os
@@ -12,13 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from core.compress.registry import TECHNIQUES
-from core.models import EncoderCache, SpeechModel
-
-from core.models.whisper import speech_model, WhisperDecoding
 from core.compress.recipe import Recipe
+from core.compress.registry import TECHNIQUES
 from core.measure.store import Store
-from core.measure.sweep import expand_grid, run_sweep, SweepSettings
+from core.measure.sweep import SweepSettings, expand_grid, run_sweep
+from core.models import EncoderCache, SpeechModel
+from core.models.whisper import WhisperDecoding, speech_model
 
 TESTS = Path(__file__).resolve().parent
 FAST = SweepSettings(latency_runs=0)
@@ -27,7 +27,7 @@ FAST = SweepSettings(latency_runs=0)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# ----------------------------------------------------------------------------- helpers shared with test_sensitivity
+# ----------------------------------------------------------------------- helpers shared with test_sensitivity
 
 
 def tiny_speech_model(module) -> SpeechModel:
@@ -46,14 +46,18 @@ def tiny_dataset(folder: Path, n: int = 4):
     lines = ["path,text"]
     for i in range(n):
         t = np.arange(16000) / 16000
-        sf.write(folder / f"clip{i}.wav", (0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t)).astype(np.float32), 16000)
+        sf.write(
+            folder / f"clip{i}.wav", (0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t)).astype(np.float32), 16000
+        )
         lines.append(f"clip{i}.wav,w{i} w{i + 1} w{i + 2}")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
     return load_dataset(folder / "manifest.csv")
 
 
 def recipes_for(*sparsities: float) -> list[Recipe]:
-    return [Recipe.from_json({"steps": [{"prune": {"sparsity": s}}]} if s else {"steps": []}) for s in sparsities]
+    return [
+        Recipe.from_json({"steps": [{"prune": {"sparsity": s}}]} if s else {"steps": []}) for s in sparsities
+    ]
 
 
 class Counter:
@@ -77,38 +81,60 @@ class Counter:
 
 @pytest.fixture
 def setup(tiny_whisper, tmp_path):
-    return tiny_speech_model(tiny_whisper), tiny_dataset(tmp_path / "data"), Store(tmp_path / "results.sqlite")
+    return (
+        tiny_speech_model(tiny_whisper),
+        tiny_dataset(tmp_path / "data"),
+        Store(tmp_path / "results.sqlite"),
+    )
 
 
-# ----------------------------------------------------------------------------- grids
+# ----------------------------------------------------------------------- grids
 
 
 def test_grid_expands_in_fixed_step_order_with_off_values():
-    grid = {"quantize.bits": [16, 8, 4], "prune.sparsity": [0, 0.2, 0.4], "low_rank.energy": [1.0, 0.95],
-            "quantize.granularity": "group"}
+    grid = {
+        "quantize.bits": [16, 8, 4],
+        "prune.sparsity": [0, 0.2, 0.4],
+        "low_rank.energy": [1.0, 0.95],
+        "quantize.granularity": "group",
+    }
     recipes = expand_grid(grid)
     assert len(recipes) == 18
     assert recipes[0] == {"steps": []}  # 16 bits, sparsity 0, energy 1.0: every step off
-    assert {"steps": [{"prune": {"sparsity": 0.4}}, {"low_rank": {"energy": 0.95}},
-                      {"quantize": {"bits": 4, "granularity": "group"}}]} in recipes
+    assert {
+        "steps": [
+            {"prune": {"sparsity": 0.4}},
+            {"low_rank": {"energy": 0.95}},
+            {"quantize": {"bits": 4, "granularity": "group"}},
+        ]
+    } in recipes
     assert all(list(step)[0] in ("prune", "low_rank", "quantize") for r in recipes for step in r["steps"])
     orders = {tuple(list(step)[0] for step in r["steps"]) for r in recipes}
     assert ("prune", "low_rank", "quantize") in orders and ("quantize", "prune") not in orders
 
 
 def test_grid_fixed_options_groups_and_special_values():
-    grid = {"prune.sparsity": [0.5, "off"], "prune.groups": ["encoder.ffn", "decoder.ffn"],
-            "quantize.bits": ["fp16", None, 8]}
+    grid = {
+        "prune.sparsity": [0.5, "off"],
+        "prune.groups": ["encoder.ffn", "decoder.ffn"],
+        "quantize.bits": ["fp16", None, 8],
+    }
     recipes = expand_grid(grid)
-    assert recipes[0] == {"steps": [{"prune": {"sparsity": 0.5, "groups": ["encoder.ffn", "decoder.ffn"]}},
-                                    {"quantize": {"bits": 16}}]}  # "fp16" means fp16 storage
+    assert recipes[0] == {
+        "steps": [
+            {"prune": {"sparsity": 0.5, "groups": ["encoder.ffn", "decoder.ffn"]}},
+            {"quantize": {"bits": 16}},
+        ]
+    }  # "fp16" means fp16 storage
     assert {"steps": []} in recipes and len(recipes) == 6
     by_groups = expand_grid({"prune.sparsity": 0.5, "prune.groups": [["encoder.ffn"], ["decoder.ffn"]]})
     assert [r["steps"][0]["prune"]["groups"] for r in by_groups] == [["encoder.ffn"], ["decoder.ffn"]]
 
 
 def test_grid_duplicates_collapse_and_sampling_is_a_seeded_subset():
-    assert len(expand_grid({"quantize.bits": [16, 32, "off"], "quantize.granularity": ["tensor", "group"]})) == 1
+    assert (
+        len(expand_grid({"quantize.bits": [16, 32, "off"], "quantize.granularity": ["tensor", "group"]})) == 1
+    )
     grid = {"prune.sparsity": [0, 0.2, 0.4], "quantize.bits": [16, 8, 4], "low_rank.energy": [1.0, 0.95]}
     full = expand_grid(grid)
     picked = expand_grid(grid, sample=5, seed=3)
@@ -117,13 +143,16 @@ def test_grid_duplicates_collapse_and_sampling_is_a_seeded_subset():
     assert len(expand_grid(grid, sample=100)) == len(full)
 
 
-@pytest.mark.parametrize("grid, key", [
-    ({"prune.sparsity": [0.1], "distill.alpha": [1]}, "distill.alpha"),
-    ({"quantize": [8]}, "quantize"),
-    ({"quantize.bits": []}, "quantize.bits"),
-    ({"prune.sparsity": [0.5], "quantize.granularity": "group"}, "quantize.granularity"),
-    ({"low_rank.energy": [0.9], "low_rank.rank": [8]}, "low_rank.energy"),
-])
+@pytest.mark.parametrize(
+    "grid, key",
+    [
+        ({"prune.sparsity": [0.1], "distill.alpha": [1]}, "distill.alpha"),
+        ({"quantize": [8]}, "quantize"),
+        ({"quantize.bits": []}, "quantize.bits"),
+        ({"prune.sparsity": [0.5], "quantize.granularity": "group"}, "quantize.granularity"),
+        ({"low_rank.energy": [0.9], "low_rank.rank": [8]}, "low_rank.energy"),
+    ],
+)
 def test_invalid_grid_structure_names_the_key(grid, key):
     with pytest.raises(ValueError, match=f"'{key}'"):
         expand_grid(grid)
@@ -132,21 +161,28 @@ def test_invalid_grid_structure_names_the_key(grid, key):
 def test_grid_recipes_are_real_recipes():
     from core.measure.sweep import grid_recipes
 
-    grid = {"prune.sparsity": [0, 0.2, 0.4], "quantize.bits": [16, 8, 4], "low_rank.energy": [1.0, 0.95],
-            "quantize.granularity": "group"}
+    grid = {
+        "prune.sparsity": [0, 0.2, 0.4],
+        "quantize.bits": [16, 8, 4],
+        "low_rank.energy": [1.0, 0.95],
+        "quantize.granularity": "group",
+    }
     recipes = grid_recipes(grid)
     assert len(recipes) == 18 and all(isinstance(r, Recipe) for r in recipes)
     assert recipes[0].is_empty
     assert recipes[-1].describe() == "prune 40% · SVD 95% energy · 4-bit group 64"
 
 
-@pytest.mark.parametrize("grid, key", [
-    ({"quantize.bits": [8, 5.5]}, "quantize.bits"),
-    ({"prune.sparsity": [0.5, 1.5]}, "prune.sparsity"),
-    ({"quantize.bits": [16, 8], "quantize.colour": "red"}, "quantize.colour"),
-    ({"low_rank.rank_fraction": [0.5], "low_rank.groups": ["conv"]}, "low_rank.groups"),
-    ({"prune.sparsity": [0.5], "prune.scope": ["layer", "everywhere"]}, "prune.scope"),
-])
+@pytest.mark.parametrize(
+    "grid, key",
+    [
+        ({"quantize.bits": [8, 5.5]}, "quantize.bits"),
+        ({"prune.sparsity": [0.5, 1.5]}, "prune.sparsity"),
+        ({"quantize.bits": [16, 8], "quantize.colour": "red"}, "quantize.colour"),
+        ({"low_rank.rank_fraction": [0.5], "low_rank.groups": ["conv"]}, "low_rank.groups"),
+        ({"prune.sparsity": [0.5], "prune.scope": ["layer", "everywhere"]}, "prune.scope"),
+    ],
+)
 def test_invalid_grid_values_name_the_key(grid, key):
     from core.measure.sweep import grid_recipes
 
@@ -174,7 +210,7 @@ def test_load_grid_errors(tmp_path):
         load_grid(tmp_path / "missing.json")
 
 
-# ----------------------------------------------------------------------------- packed evaluation
+# ----------------------------------------------------------------------- packed evaluation
 
 
 def test_pack_utterances_fills_30_second_windows_in_order():
@@ -193,8 +229,8 @@ def test_pack_utterances_fills_30_second_windows_in_order():
 def test_packed_evaluation_of_the_bundled_model_on_three_clips():
     """The one test on the real tiny.en: packed windows transcribe all three sentences."""
     from core.data import Dataset, load_dataset
-    from core.measure.evaluate import evaluate
     from core.io.folders import load_model
+    from core.measure.evaluate import evaluate
 
     quick = load_dataset("quick")
     three = Dataset("quick3", quick.utterances[:3])
@@ -204,7 +240,7 @@ def test_packed_evaluation_of_the_bundled_model_on_three_clips():
     assert result["wer"] <= 0.2, result["rows"][0]["hypothesis"]
 
 
-# ----------------------------------------------------------------------------- running
+# ----------------------------------------------------------------------- running
 
 
 def test_second_run_is_served_from_the_store_without_running_the_model(setup, monkeypatch):
@@ -228,7 +264,10 @@ def test_cached_points_come_first_and_duplicates_run_once(setup, monkeypatch):
     list(run_sweep(model, dataset, recipes_for(0.5), store, FAST))
     counter = Counter(monkeypatch)
     points = list(run_sweep(model, dataset, recipes_for(0.2, 0.5, 0.2), store, FAST))
-    assert [(p.recipe["steps"][0]["prune"]["sparsity"], p.cached) for p in points] == [(0.5, True), (0.2, False)]
+    assert [(p.recipe["steps"][0]["prune"]["sparsity"], p.cached) for p in points] == [
+        (0.5, True),
+        (0.2, False),
+    ]
     assert counter.apply == 1
 
 
@@ -248,14 +287,16 @@ def test_settings_and_data_are_part_of_the_key(setup, tmp_path, monkeypatch):
     model, dataset, store = setup
     list(run_sweep(model, dataset, recipes_for(0.3), store, FAST))
     counter = Counter(monkeypatch)
-    unpacked = next(run_sweep(model, dataset, recipes_for(0.3), store, SweepSettings(packed=False, latency_runs=0)))
+    unpacked = next(
+        run_sweep(model, dataset, recipes_for(0.3), store, SweepSettings(packed=False, latency_runs=0))
+    )
     assert not unpacked.cached and len(unpacked.rows) == 4 and not unpacked.result["packed"]
     other_data = tiny_dataset(tmp_path / "other", n=3)
     assert not next(run_sweep(model, other_data, recipes_for(0.3), store, FAST)).cached
     with_latency = next(run_sweep(model, dataset, recipes_for(0.3), store, SweepSettings(latency_runs=1)))
     assert not with_latency.cached and with_latency.latency_ms > 0
     assert with_latency.settings["threads"] == torch.get_num_threads()
-    assert with_latency.result["latency"]["runs"] == 1 and counter.apply == 3
+    assert with_latency.latency.runs == 1 and counter.apply == 3
     monkeypatch.setattr("core.measure.sweep.code_version", lambda: "edited")  # the measuring code changed
     assert not next(run_sweep(model, dataset, recipes_for(0.3), store, FAST)).cached
 
@@ -267,13 +308,24 @@ def test_encoder_reuse_is_exact(setup, tmp_path):
     list(run_sweep(model, dataset, recipes_for(0), store, FAST, encoder_cache=cache))  # fills the cache
     reused = next(run_sweep(model, dataset, [decoder_only], store, FAST, encoder_cache=cache))
     assert reused.timings["encoder_reused"] == 1
-    fresh = next(run_sweep(model, dataset, [decoder_only], Store(tmp_path / "other.sqlite"),
-                           SweepSettings(latency_runs=0, reuse_encoder=False)))
+    fresh = next(
+        run_sweep(
+            model,
+            dataset,
+            [decoder_only],
+            Store(tmp_path / "other.sqlite"),
+            SweepSettings(latency_runs=0, reuse_encoder=False),
+        )
+    )
     assert fresh.timings["encoder_reused"] == 0
     assert [r["hypothesis"] for r in reused.rows] == [r["hypothesis"] for r in fresh.rows]
     encoder_too = Recipe.from_json({"steps": [{"quantize": {"bits": 3, "groups": ["encoder.ffn"]}}]})
-    assert next(run_sweep(model, dataset, [encoder_too], store, FAST, encoder_cache=cache)).timings[
-        "encoder_reused"] == 0
+    assert (
+        next(run_sweep(model, dataset, [encoder_too], store, FAST, encoder_cache=cache)).timings[
+            "encoder_reused"
+        ]
+        == 0
+    )
     assert len(cache.outputs) == 1  # only the base encoder's outputs are kept
 
 
@@ -298,11 +350,13 @@ for point in run_sweep(model, load_dataset({manifest!r}), recipes_for(0, 0.2, 0.
 
 def test_resume_after_the_process_is_killed(setup, tmp_path, monkeypatch):
     model, dataset, store = setup
-    script = KILL_SCRIPT.format(tests=str(TESTS), manifest=str(tmp_path / "data" / "manifest.csv"),
-                                db=str(store.path))
+    script = KILL_SCRIPT.format(
+        tests=str(TESTS), manifest=str(tmp_path / "data" / "manifest.csv"), db=str(store.path)
+    )
     env = {**os.environ, "PYTHONPATH": str(TESTS.parents[1])}
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env,
-                             cwd=TESTS.parents[1])
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=TESTS.parents[1]
+    )
     done = [child.stdout.readline().split()[1] for _ in range(2)]
     child.send_signal(signal.SIGKILL)  # mid-sweep: possibly in the middle of the third point
     child.wait()
@@ -316,17 +370,22 @@ def test_resume_after_the_process_is_killed(setup, tmp_path, monkeypatch):
     assert counter.apply == 5 - kept and len(survivors) == 5
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------- command line
 
 
 def test_cli_pareto_and_export(tmp_path, capsys):
-    from core.cli import main
     from test_store import make_point
+
+    from core.cli import main
 
     db = tmp_path / "r.sqlite"
     with Store(db) as store:
-        for key, wer, size, latency in (("a", 0.10, 150e6, 400), ("b", 0.12, 40e6, 300), ("c", 0.30, 20e6, 500),
-                                        ("d", 0.35, 45e6, 450)):
+        for key, wer, size, latency in (
+            ("a", 0.10, 150e6, 400),
+            ("b", 0.12, 40e6, 300),
+            ("c", 0.30, 20e6, 500),
+            ("d", 0.35, 45e6, 450),
+        ):
             point = make_point(key, wer=wer, size=int(size), latency=latency)
             point.label = f"recipe {key}"
             store.put(point)
@@ -361,15 +420,22 @@ def test_a_grid_reuses_the_steps_its_recipes_share(setup, monkeypatch):
     model, _, _ = setup
     calls = []
     prune = TECHNIQUES["prune"]
-    counting = dataclasses.replace(prune, apply=lambda module, config: calls.append(config) or prune.apply(module, config))
+    counting = dataclasses.replace(
+        prune, apply=lambda module, config: calls.append(config) or prune.apply(module, config)
+    )
     monkeypatch.setitem(TECHNIQUES, "prune", counting)
-    grid = [Recipe.from_json({"steps": [{"prune": {"sparsity": 0.3}}, {"quantize": {"bits": bits}}]}) for bits in (8, 4)]
+    grid = [
+        Recipe.from_json({"steps": [{"prune": {"sparsity": 0.3}}, {"quantize": {"bits": bits}}]})
+        for bits in (8, 4)
+    ]
     reuse: dict = {}
     reused = [apply_reusing(model, recipe, reuse) for recipe in grid]
     assert len(calls) == 1 and len(reuse) == 2
     for recipe, variant in zip(grid, reused):
         fresh = apply_recipe(model, recipe)[0]
         assert variant.name == fresh.name
-        assert all(torch.equal(a, b) for a, b in zip(variant.module.state_dict().values(),
-                                                     fresh.module.state_dict().values()))
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(variant.module.state_dict().values(), fresh.module.state_dict().values())
+        )
     assert len(calls) == 3

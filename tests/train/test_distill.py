@@ -1,4 +1,6 @@
-"""Distillation: the loss by hand, student initialisation, training, checkpoints and the CLI, on tiny models."""
+"""Distillation: the loss by hand, student initialisation, training, checkpoints and the CLI,
+on tiny models."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +10,23 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import tiny_whisper_config
+
 from core.data import load_dataset
-from core.train.distill import batch_order, CHECKPOINT, distill, distill_loss, DistillConfig, IGNORE, make_student, recovery_student, spaced_layers, StudentSpec
-from core.models.whisper import speech_model, WhisperDecoding
 from core.io.folders import load_model, save_model
+from core.models.whisper import WhisperDecoding, speech_model
+from core.train.distill import (
+    CHECKPOINT,
+    IGNORE,
+    DistillConfig,
+    StudentSpec,
+    batch_order,
+    distill,
+    distill_loss,
+    make_student,
+    recovery_student,
+    spaced_layers,
+)
 
 VOCAB = 51864  # the bundled English tokenizer's vocabulary, so real transcripts tokenize
 
@@ -37,8 +50,13 @@ def tiny_teacher(tokenizer, layers: int = 4):
     config.decoder_start_token_id = 50257
     module = WhisperForConditionalGeneration(config).eval()
     module.proj_out.weight = module.model.decoder.embed_tokens.weight
-    decoding = WhisperDecoding(prompt=(50257, 50362), eot=50256, suppress=tuple(range(50257, VOCAB)),
-                               suppress_at_begin=(220, 50256), max_length=64)
+    decoding = WhisperDecoding(
+        prompt=(50257, 50362),
+        eot=50256,
+        suppress=tuple(range(50257, VOCAB)),
+        suppress_at_begin=(220, 50256),
+        max_length=64,
+    )
     return speech_model("tiny-teacher", module, tokenizer, decoding, {})
 
 
@@ -48,7 +66,9 @@ def speech_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     t = np.arange(12 * 16000) / 16000
     for i, text in enumerate(["the cat sat", "a dog ran far", "birds sing", "rain falls down"]):
-        sf.write(folder / f"u{i}.wav", (0.3 * np.sin(2 * math.pi * (200 + 90 * i) * t)).astype(np.float32), 16000)
+        sf.write(
+            folder / f"u{i}.wav", (0.3 * np.sin(2 * math.pi * (200 + 90 * i) * t)).astype(np.float32), 16000
+        )
         (folder / f"u{i}.txt").write_text(text)
     return folder
 
@@ -87,8 +107,13 @@ def test_spaced_layers_keep_first_and_last():
 
 
 def test_config_refuses_out_of_range_values():
-    for bad, name in [({"alpha": 1.5}, "alpha"), ({"temperature": 0}, "temperature"), ({"steps": 0}, "steps"),
-                      ({"steps": 5, "warmup_steps": 5}, "warmup_steps"), ({"learning_rate": 1.0}, "learning_rate")]:
+    for bad, name in [
+        ({"alpha": 1.5}, "alpha"),
+        ({"temperature": 0}, "temperature"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 5, "warmup_steps": 5}, "warmup_steps"),
+        ({"learning_rate": 1.0}, "learning_rate"),
+    ]:
         with pytest.raises(ValueError, match=name):
             DistillConfig(**bad)
     with pytest.raises(ValueError, match="either"):
@@ -146,10 +171,13 @@ def test_training_lowers_the_loss_and_keeps_pruned_weights_at_zero(tokenizer, sp
     assert [p.stage for p in progress][-1] == "done"
     assert sum(p.stage == "eval" for p in progress) == 2  # before and after
     assert not any(p.requires_grad for p in student.module.parameters())
-    assert torch.equal(student.module.model.encoder.layers[0].fc1.weight,
-                       teacher.module.model.encoder.layers[0].fc1.weight)  # frozen encoder
+    assert torch.equal(
+        student.module.model.encoder.layers[0].fc1.weight, teacher.module.model.encoder.layers[0].fc1.weight
+    )  # frozen encoder
 
-    pruned, _ = recovery_student(teacher, {"steps": [{"prune": {"sparsity": 0.5, "groups": ["decoder.ffn"]}}]})
+    pruned, _ = recovery_student(
+        teacher, {"steps": [{"prune": {"sparsity": 0.5, "groups": ["decoder.ffn"]}}]}
+    )
     zeros = pruned.module.model.decoder.layers[1].fc1.weight == 0
     before = pruned.module.model.decoder.layers[1].fc1.weight.clone()
     run(pruned, teacher, dataset, DistillConfig(steps=3, batch_size=2, warmup_steps=0, learning_rate=3e-3))
@@ -172,22 +200,53 @@ def test_resume_from_checkpoint_gives_the_same_next_steps(tokenizer, speech_fold
     assert [p.loss for p in resumed if p.stage == "train"] == pytest.approx(straight[2:], rel=1e-5)
 
     with pytest.raises(ValueError, match="other settings"):
-        run(make_student(teacher, 2), teacher, dataset, DistillConfig(steps=4, batch_size=1, warmup_steps=1,
-                                                                     learning_rate=1e-3), checkpoint=folder)
+        run(
+            make_student(teacher, 2),
+            teacher,
+            dataset,
+            DistillConfig(steps=4, batch_size=1, warmup_steps=1, learning_rate=1e-3),
+            checkpoint=folder,
+        )
     (folder / "state.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
         run(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder)
 
 
-def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(tokenizer, speech_folder, tmp_path, capsys):
+def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(
+    tokenizer, speech_folder, tmp_path, capsys
+):
     from core.cli import main
-    from core.measure.store import model_identity, Store
+    from core.measure.store import Store, model_identity
 
     teacher_dir, out, store = tmp_path / "teacher", tmp_path / "student", tmp_path / "points.sqlite"
     save_model(tiny_teacher(tokenizer), teacher_dir)
-    code = main(["--threads", "1", "distill", "--teacher", str(teacher_dir), "--student-decoder-layers", "1",
-                 "--steps", "2", "--warmup", "0", "--batch-size", "2", "--dataset", str(speech_folder),
-                 "--eval-dataset", str(speech_folder), "--out", str(out), "--store", str(store), "--latency-runs", "0"])
+    code = main(
+        [
+            "--threads",
+            "1",
+            "distill",
+            "--teacher",
+            str(teacher_dir),
+            "--student-decoder-layers",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "2",
+            "--dataset",
+            str(speech_folder),
+            "--eval-dataset",
+            str(speech_folder),
+            "--out",
+            str(out),
+            "--store",
+            str(store),
+            "--latency-runs",
+            "0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "before training →" in printed and "stored on the Pareto plots" in printed
@@ -200,6 +259,22 @@ def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(tokenizer, 
     assert points[0].student["folder"] == str(out.resolve()) and points[0].recipe == {"steps": []}
     assert points[0].student["spec"]["decoder_layers"] == 1
 
-    assert main(["distill", "--teacher", str(teacher_dir), "--student-decoder-layers", "9", "--steps", "2",
-                 "--dataset", str(speech_folder), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher_dir),
+                "--student-decoder-layers",
+                "9",
+                "--steps",
+                "2",
+                "--dataset",
+                str(speech_folder),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "between 1 and 4" in capsys.readouterr().err
