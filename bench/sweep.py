@@ -12,8 +12,9 @@ WER of both modes is printed so any accuracy difference is visible. `--budget` a
 check: per-group greedy recipe vs the best uniform recipe of no larger size, measured on quick and full
 (`--measured`: the greedy measures each move on the sensitivity set instead of adding up the table).
 `--budget --signal divergence`: the table holds each group's KL divergence from the base model under
-several quantizers (core.sensitivity.divergence_plan), the plan is the exact allocation (allocate, its 3
-best candidates measured together), and the uniform recipes include every one of those quantizers.
+several quantizers (core.measure.sensitivity.divergence_plan), the plan is the exact allocation
+(allocate, its 3 best candidates measured together), and the uniform recipes include every one of those
+quantizers.
 """
 
 from __future__ import annotations

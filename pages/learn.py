@@ -80,7 +80,8 @@ def prune_view(model_name: str, layer: str) -> dict:
 
 
 def removed_fraction(model_name: str, layer: str, threshold: float) -> tuple[float, int]:
-    """Exactly what a threshold prune removes from this layer: |w| < threshold (as core.prune compares)."""
+    """Exactly what a threshold prune removes from this layer: |w| < threshold (as core.compress.prune
+    compares)."""
     magnitude = _weight(model_name, layer).abs()
     removed = int((magnitude < threshold).sum())
     return removed / max(1, magnitude.numel()), removed

@@ -1,7 +1,7 @@
 """Magnitude pruning: zero the smallest weights (unstructured) or cut whole heads / FFN neurons (structured).
 
 Unstructured pruning zeroes weights in place of a copy and keeps every tensor dense; the size gain
-comes later, when core.artifact stores mostly-zero tensors sparsely. Zeros are written as +0.0 (bit
+comes later, when core.io.artifact stores mostly-zero tensors sparsely. Zeros are written as +0.0 (bit
 pattern zero), which is what the sparse storage looks for.
 
 Structured pruning physically removes units, so the model really gets smaller and faster. The model

@@ -164,7 +164,7 @@ def _layout_entries(model: nn.Module) -> dict[str, dict]:
         elif reference is not None and not inside and type(reference.get(path)) is not type(module):
             raise ValueError(
                 f"cannot save module {path} ({type(module).__name__}): its class has no layout; "
-                "give it layout_kind, layout() and from_layout() (see core.artifact)"
+                "give it layout_kind, layout() and from_layout() (see core.io.artifact)"
             )
     return entries
 

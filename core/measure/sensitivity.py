@@ -14,7 +14,7 @@ across groups; the resulting recipe should be measured (`budget --verify` does).
 but it sees that errors compound when several groups are compressed together.
 
 With signal "divergence" each probe records its KL divergence from the base model instead of WER
-(core.divergence), `divergence_plan` probes several quantizers per group, and `allocate` picks the
+(core.measure.divergence), `divergence_plan` probes several quantizers per group, and `allocate` picks the
 per-group options exactly: the least summed divergence that fits the budget.
 """
 
@@ -205,7 +205,8 @@ def run_sensitivity(
     """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
 
     signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
-    teacher-forced KL from the base model and its size instead (core.divergence: continuous and cheaper)."""
+    teacher-forced KL from the base model and its size instead (core.measure.divergence: continuous and
+    cheaper)."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
     plan = sensitivity_plan() if plan is None else plan

@@ -164,7 +164,7 @@ class Point:
     size_bytes: int | None
     latency_ms: float | None
     parameters: int | None
-    result: dict  # the full evaluation (core.evaluate.EvalResult.to_dict()) without its rows
+    result: dict  # the full evaluation (core.measure.evaluate.EvalResult.to_dict()) without its rows
     rows: list[dict]  # per-utterance (or per-pack) scores
     timings: dict  # seconds spent: apply, evaluate, latency, total
     machine: dict  # CPU, threads, torch version

@@ -181,7 +181,7 @@ def grid_recipes(grid: dict, sample: int | None = None, seed: int = 0) -> list:
 class SweepSettings:
     """How points are measured. Everything that changes a number is part of the store key."""
 
-    packed: bool = True  # score packed 30 s windows (core.evaluate.pack_utterances), not one clip each
+    packed: bool = True  # score packed 30 s windows (core.data.pack_utterances), not one clip each
     latency_runs: int = 2  # timed runs of the latency clip (0 = no latency); warm-up is the evaluation
     reuse_encoder: bool = True  # reuse encoder outputs when the encoder's weights are unchanged (exact)
 
@@ -257,7 +257,7 @@ def measure_point(
     encoder_cache: EncoderCache | None = None,
     reuse: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Apply `recipe` to a copy of `model`, evaluate it; returns (core.evaluate result dict, timings).
+    """Apply `recipe` to a copy of `model`, evaluate it; returns (core.measure.evaluate result dict, timings).
 
     With `encoder_cache` (and settings.reuse_encoder), a variant whose encoder is still the base model's
     reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size.

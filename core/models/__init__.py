@@ -22,7 +22,6 @@ from core.models.base import (
     FeedForwardBlock,
     LayerInfo,
     SpeechModel,
-    check_groups,
 )
 from core.models.base import compressible_layers as _compressible_layers
 
@@ -42,12 +41,10 @@ __all__ = [
     "LayerInfo",
     "SpeechModel",
     "attention_blocks",
-    "check_groups",
     "compressible_layers",
     "family_named",
     "family_of",
     "ffn_blocks",
-    "layer_group",
 ]
 
 
@@ -65,11 +62,6 @@ def family_named(name: str) -> Family:
         if family.NAME == name:
             return family
     raise ValueError(f"unknown model family {name!r}; known: {', '.join(f.NAME for f in FAMILIES)}")
-
-
-def layer_group(name: str, module: nn.Module, family: Family) -> str | None:
-    """The group of the layer `module` at path `name` (None if it is not compressible)."""
-    return family.layer_group(name, module)
 
 
 def compressible_layers(module: nn.Module, groups: tuple[str, ...] | None = None) -> list[LayerInfo]:
