@@ -1,10 +1,14 @@
 """Helpers for real-browser tests: a `streamlit run app.py` server and Debian's headless Chromium via
 playwright.
 
-Not a test module. Use it from a test file under tests/app/ (whose conftest.py serves the app as the
-`streamlit_server` fixture):
+Not a test module. Use it from a test file:
 
-    from browser import open_page
+    from browser import open_page, serve_app
+
+    @pytest.fixture(scope="module")
+    def streamlit_server():
+        with serve_app() as server:
+            yield server
 
     def test_something(streamlit_server):
         with open_page(streamlit_server) as page:                   # plain browser
@@ -188,6 +192,15 @@ class StreamlitServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serve_app() -> Iterator[StreamlitServer]:
+    """The app served by `streamlit run`, always terminated afterwards; checks for a browser first (no point
+    starting a server that no browser will visit)."""
+    require_browser()
+    with StreamlitServer() as server:
+        yield server
 
 
 def chromium_args(fake_audio: str | Path | None = None) -> list[str]:

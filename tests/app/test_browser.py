@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from browser import (
     ARTIFACTS,
     REPO,
     exception_boxes,
     full_page_screenshot,
     open_page,
+    serve_app,
     wait_until_idle,
 )
 
 BASELINE_TIMEOUT_MS = 300_000  # first visit loads the model and measures the baseline on `quick`
 RECORD_SECONDS = 4  # of the fake microphone's 3 s clip (played in a loop): all of it, once
+
+
+@pytest.fixture(scope="module")
+def streamlit_server():
+    """One `streamlit run app.py` for the tests of this module."""
+    with serve_app() as server:
+        yield server
 
 
 def test_home_in_browser(streamlit_server):
