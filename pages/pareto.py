@@ -137,7 +137,7 @@ else:
     left, right = st.columns([1, 2])
     with left:
         st.code(json.dumps(chosen["recipe_json"], indent=1), language="json")
-        trained = chosen["student_folder"] is not None
+        trained = pd.notna(chosen["student_folder"])  # pandas keeps a missing folder as None or NaN
         if trained:
             st.caption(f"A trained student, saved in `{chosen['student_folder']}`.")
         if st.button("Open in Compress", disabled=trained or not chosen["recipe_json"].get("steps")):

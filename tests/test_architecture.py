@@ -5,6 +5,7 @@ Layers, bottom to top (a module may import from its own layer and the ones below
   models   core.models.*          (one module per family; the SpeechModel interface)
   compress core.compress.*        (techniques, recipes, the registry, bit packing)
   io       core.io.*              (saved folders and the artifact format)
+  deploy   core.deploy.*          (exports to other runtimes: CTranslate2)
   measure  core.measure.*         (evaluate, store, sweeps, sensitivity, divergence)
   train    core.train.*           (distillation)
   cli      core.cli.*, core.__main__
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-LAYERS = ("base", "models", "compress", "io", "measure", "train", "cli")
+LAYERS = ("base", "models", "compress", "io", "deploy", "measure", "train", "cli")
 LAZY_MARK = (
     "# lazy: --help"  # the one allowed reason for a core import inside a function (see core/cli/common.py)
 )
@@ -34,7 +35,7 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("models", "compress", "io", "measure", "train", "cli"):
+    if len(parts) > 1 and parts[1] in ("models", "compress", "io", "deploy", "measure", "train", "cli"):
         return parts[1]
     return "cli" if parts[-1] == "__main__" else "base"
 

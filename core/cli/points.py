@@ -1,10 +1,10 @@
-"""`pareto` and `export`: read the stored points back (the non-dominated ones, or all as CSV / JSON)."""
+"""`pareto` and `export --format csv|json`: read the stored points back (the non-dominated ones, or all as
+CSV / JSON). The `export` command itself lives in core/cli/export.py, which also exports models."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -57,17 +57,14 @@ def run_export(args: argparse.Namespace) -> None:
         sys.stdout.write(text)
 
 
+def add_points_args(parser: argparse.ArgumentParser) -> None:
+    """--store and --dataset: which stored points (shared with `export`)."""
+    add_store_arg(parser)
+    parser.add_argument("--dataset", default=None, help="only points measured on this dataset (by name)")
+
+
 def add_command(commands) -> None:
-    for name, help_text, run in (
-        ("pareto", "the non-dominated stored points", run_pareto),
-        ("export", "stored points as CSV or JSON", run_export),
-    ):
-        p = commands.add_parser(name, help=help_text)
-        add_store_arg(p)
-        p.add_argument("--dataset", default=None, help="only points measured on this dataset (by name)")
-        if name == "pareto":
-            p.add_argument("--x", choices=("size", "latency"), default="size", help="objective besides WER")
-        else:
-            p.add_argument("--format", choices=("csv", "json"), default="csv")
-            p.add_argument("--out", type=Path, help="output file (default: stdout)")
-        p.set_defaults(run=run)
+    p = commands.add_parser("pareto", help="the non-dominated stored points")
+    add_points_args(p)
+    p.add_argument("--x", choices=("size", "latency"), default="size", help="objective besides WER")
+    p.set_defaults(run=run_pareto)
