@@ -96,3 +96,34 @@ def save_tiny_wav2vec2(folder: Path) -> None:
     )
     torch.manual_seed(0)
     Wav2Vec2ForCTC(config).save_pretrained(folder)
+
+
+TINY_EN_VOCAB = (
+    51864  # the bundled English tokenizer's vocabulary: real transcripts tokenize, special tokens exist
+)
+
+
+def random_tiny_en(name: str, layers: int = 2, d_model: int = 32):
+    """A random Whisper with tiny.en's vocabulary, tokenizer and decoding facts, as a SpeechModel: small
+    enough to train or export in seconds, real enough to decode text and be found by other runtimes."""
+    from tokenizers import Tokenizer
+    from transformers import WhisperForConditionalGeneration
+
+    from core.models.ct2 import bundled_whisper_folder
+    from core.models.whisper import WhisperDecoding, speech_model
+
+    torch.manual_seed(0)
+    config = tiny_whisper_config(vocab_size=TINY_EN_VOCAB, d_model=d_model, layers=layers)
+    config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
+    config.decoder_start_token_id = 50257
+    module = WhisperForConditionalGeneration(config).eval()
+    module.proj_out.weight = module.model.decoder.embed_tokens.weight
+    decoding = WhisperDecoding(
+        prompt=(50257, 50362),
+        eot=50256,
+        suppress=tuple(range(50257, TINY_EN_VOCAB)),
+        suppress_at_begin=(220, 50256),
+        max_length=64,
+    )
+    tokenizer = Tokenizer.from_file(str(bundled_whisper_folder() / "tokenizer.json"))
+    return speech_model(name, module, tokenizer, decoding, {})

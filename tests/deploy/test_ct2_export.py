@@ -9,7 +9,7 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_whisper_config
+from conftest import REPO, random_tiny_en
 
 from core.audio import load_audio
 from core.cli import main
@@ -17,12 +17,8 @@ from core.compress.recipe import Recipe, apply_recipe
 from core.deploy.ct2 import export_ct2
 from core.io.folders import load_model, save_model
 from core.metrics import score
-from core.models.ct2 import bundled_whisper_folder, read_ct2
-from core.models.whisper import WhisperDecoding, speech_model
+from core.models.ct2 import read_ct2
 
-VOCAB = (
-    51864  # the bundled English tokenizer's vocabulary: CTranslate2 finds Whisper's special tokens by name
-)
 INT8 = {"steps": [{"quantize": {"bits": 8}}]}
 
 
@@ -42,24 +38,7 @@ def ct2_tokens(folder, model, features: torch.Tensor, compute_type: str = "defau
 @pytest.fixture(scope="module")
 def tiny():
     """A random 2-layer Whisper (width 64) with tiny.en's vocabulary and decoding facts."""
-    from tokenizers import Tokenizer
-    from transformers import WhisperForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = tiny_whisper_config(vocab_size=VOCAB, d_model=64, layers=2)
-    config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
-    config.decoder_start_token_id = 50257
-    module = WhisperForConditionalGeneration(config).eval()
-    module.proj_out.weight = module.model.decoder.embed_tokens.weight
-    decoding = WhisperDecoding(
-        prompt=(50257, 50362),
-        eot=50256,
-        suppress=tuple(range(50257, VOCAB)),
-        suppress_at_begin=(220, 50256),
-        max_length=64,
-    )
-    tokenizer = Tokenizer.from_file(str(bundled_whisper_folder() / "tokenizer.json"))
-    return speech_model("tiny-random", module, tokenizer, decoding, {})
+    return random_tiny_en("tiny-random", layers=2, d_model=64)
 
 
 def codes(layer) -> np.ndarray:

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_whisper_config
+from conftest import random_tiny_en
 
 from core.data import load_dataset
 from core.io.folders import load_model, save_model
-from core.models.whisper import WhisperDecoding, speech_model
 from core.train.distill import (
     CHECKPOINT,
     IGNORE,
@@ -28,36 +27,10 @@ from core.train.distill import (
     spaced_layers,
 )
 
-VOCAB = 51864  # the bundled English tokenizer's vocabulary, so real transcripts tokenize
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tokenizers import Tokenizer
-
-    from core.models.ct2 import bundled_whisper_folder
-
-    return Tokenizer.from_file(str(bundled_whisper_folder() / "tokenizer.json"))
-
-
-def tiny_teacher(tokenizer, layers: int = 4):
+def tiny_teacher(layers: int = 4):
     """A random 4-layer Whisper with tiny.en's vocabulary and decoding facts, wrapped as a SpeechModel."""
-    from transformers import WhisperForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = tiny_whisper_config(vocab_size=VOCAB, d_model=32, layers=layers)
-    config.pad_token_id = config.bos_token_id = config.eos_token_id = 50256
-    config.decoder_start_token_id = 50257
-    module = WhisperForConditionalGeneration(config).eval()
-    module.proj_out.weight = module.model.decoder.embed_tokens.weight
-    decoding = WhisperDecoding(
-        prompt=(50257, 50362),
-        eot=50256,
-        suppress=tuple(range(50257, VOCAB)),
-        suppress_at_begin=(220, 50256),
-        max_length=64,
-    )
-    return speech_model("tiny-teacher", module, tokenizer, decoding, {})
+    return random_tiny_en("tiny-teacher", layers=layers)
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +93,8 @@ def test_config_refuses_out_of_range_values():
         StudentSpec(decoder_layers=2, recipe={"steps": []})
 
 
-def test_student_copies_the_intended_layers(tokenizer):
-    teacher = tiny_teacher(tokenizer)
+def test_student_copies_the_intended_layers():
+    teacher = tiny_teacher()
     student = make_student(teacher, decoder_layers=2)
     t, s = teacher.module.model, student.module.model
     assert len(s.decoder.layers) == 2 and len(s.encoder.layers) == 4
@@ -136,8 +109,8 @@ def test_student_copies_the_intended_layers(tokenizer):
     assert smaller.transcribe([np.zeros(16000, dtype=np.float32)])[0] is not None
 
 
-def test_recovery_student_trains_float_weights_and_quantizes_after(tokenizer):
-    teacher = tiny_teacher(tokenizer)
+def test_recovery_student_trains_float_weights_and_quantizes_after():
+    teacher = tiny_teacher()
     recipe = {"steps": [{"prune": {"sparsity": 0.5, "scope": "global"}}, {"quantize": {"bits": 8}}]}
     student, after = recovery_student(teacher, recipe)
     assert [name for name, _ in after.steps] == ["quantize"]
@@ -160,8 +133,8 @@ def run(student, teacher, dataset, config, **kwargs) -> list:
     return list(distill(student, teacher, dataset, config, **kwargs))
 
 
-def test_training_lowers_the_loss_and_keeps_pruned_weights_at_zero(tokenizer, speech_folder, one_thread):
-    teacher, dataset = tiny_teacher(tokenizer), load_dataset(speech_folder)
+def test_training_lowers_the_loss_and_keeps_pruned_weights_at_zero(speech_folder, one_thread):
+    teacher, dataset = tiny_teacher(), load_dataset(speech_folder)
     config = DistillConfig(steps=12, batch_size=2, warmup_steps=1, learning_rate=1e-2, alpha=0.5)
     student = make_student(teacher, decoder_layers=1)
     progress = run(student, teacher, dataset, config, eval_set=dataset)
@@ -185,8 +158,8 @@ def test_training_lowers_the_loss_and_keeps_pruned_weights_at_zero(tokenizer, sp
     assert torch.all(after[zeros] == 0) and not torch.equal(after, before)
 
 
-def test_resume_from_checkpoint_gives_the_same_next_steps(tokenizer, speech_folder, tmp_path, one_thread):
-    teacher, dataset = tiny_teacher(tokenizer), load_dataset(speech_folder)
+def test_resume_from_checkpoint_gives_the_same_next_steps(speech_folder, tmp_path, one_thread):
+    teacher, dataset = tiny_teacher(), load_dataset(speech_folder)
     config = DistillConfig(steps=4, batch_size=1, warmup_steps=1, learning_rate=3e-3, checkpoint_every=2)
     straight = [p.loss for p in run(make_student(teacher, 2), teacher, dataset, config) if p.stage == "train"]
 
@@ -212,14 +185,12 @@ def test_resume_from_checkpoint_gives_the_same_next_steps(tokenizer, speech_fold
         run(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder)
 
 
-def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(
-    tokenizer, speech_folder, tmp_path, capsys
-):
+def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(speech_folder, tmp_path, capsys):
     from core.cli import main
     from core.measure.store import Store, model_identity
 
     teacher_dir, out, store = tmp_path / "teacher", tmp_path / "student", tmp_path / "points.sqlite"
-    save_model(tiny_teacher(tokenizer), teacher_dir)
+    save_model(tiny_teacher(), teacher_dir)
     code = main(
         [
             "--threads",
