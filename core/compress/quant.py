@@ -43,7 +43,7 @@ from torch import nn
 from core.compress.gptq import Calibration, gptq_codes, input_hessians
 from core.compress.packing import pack_bits, packed_nbytes, unpack_bits
 from core.compress.report import LayerReport, relative_error, set_module, swap_layers
-from core.compress.technique import Technique, groups_suffix
+from core.compress.technique import Technique, conv1d_layout, groups_suffix
 from core.models import DEFAULT_GROUPS, GROUPS
 
 BITS = (2, 3, 4, 5, 6, 7, 8, 16)
@@ -619,18 +619,7 @@ class QuantConv1d(QuantWeight):
         return module
 
     def layout(self) -> dict:
-        padding = self.padding if isinstance(self.padding, str) else self.padding[0]
-        return {
-            "in": self.in_channels,
-            "out": self.out_channels,
-            "kernel": self.kernel_size[0],
-            "stride": self.stride[0],
-            "padding": padding,
-            "dilation": self.dilation[0],
-            "groups": self.groups,
-            "bias": self.bias is not None,
-            **self._quant_layout(),
-        }
+        return {**conv1d_layout(self), **self._quant_layout()}
 
     @classmethod
     def from_layout(cls, layout: dict) -> QuantConv1d:

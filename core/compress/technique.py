@@ -82,6 +82,21 @@ class Technique:
         return self.apply(module, config, calibration) if self.calibrated else self.apply(module, config)
 
 
+def conv1d_layout(conv) -> dict:
+    """A 1-d convolution's constructor facts (nn.Conv1d or a layer with its attributes) for layout.json."""
+    padding = conv.padding if isinstance(conv.padding, str) else conv.padding[0]
+    return {
+        "in": conv.in_channels,
+        "out": conv.out_channels,
+        "kernel": conv.kernel_size[0],
+        "stride": conv.stride[0],
+        "padding": padding,
+        "dilation": conv.dilation[0],
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+    }
+
+
 def field_default(config_class: type, name: str):
     """A dataclass field's default (dataclasses.MISSING when it has none)."""
     for f in dataclasses.fields(config_class):

@@ -49,6 +49,7 @@ from torch import nn
 
 from core.compress.packing import huffman_decode, huffman_encode, pack_bits, unpack_bits
 from core.compress.registry import layer_classes
+from core.compress.technique import conv1d_layout
 from core.models import family_of
 
 WEIGHTS_FILE = "model.safetensors"
@@ -80,20 +81,6 @@ def _linear_layout(m: nn.Linear) -> dict:
     return {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
 
 
-def _conv1d_layout(m: nn.Conv1d) -> dict:
-    padding = m.padding if isinstance(m.padding, str) else m.padding[0]
-    return {
-        "in": m.in_channels,
-        "out": m.out_channels,
-        "kernel": m.kernel_size[0],
-        "stride": m.stride[0],
-        "padding": padding,
-        "dilation": m.dilation[0],
-        "groups": m.groups,
-        "bias": m.bias is not None,
-    }
-
-
 _BUILTIN: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {
     "linear": (nn.Linear, _linear_layout, lambda d: nn.Linear(d["in"], d["out"], d["bias"])),
     "embedding": (
@@ -103,7 +90,7 @@ _BUILTIN: dict[str, tuple[type[nn.Module], Callable[[nn.Module], dict], Callable
     ),
     "conv1d": (
         nn.Conv1d,
-        _conv1d_layout,
+        conv1d_layout,
         lambda d: nn.Conv1d(
             d["in"], d["out"], d["kernel"], d["stride"], d["padding"], d["dilation"], d["groups"], d["bias"]
         ),

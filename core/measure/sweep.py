@@ -377,7 +377,7 @@ def _point(
 
 def record_student(
     base,
-    student_model,
+    variant,
     dataset,
     store: Store,
     student: dict,
@@ -390,7 +390,6 @@ def record_student(
     """Measure a trained student (no recipe of `base` produces it) and store it among `base`'s points, so it
     joins the same Pareto plots; keyed by the student's own weights. `student` says where it was written
     ({"folder", "spec", "config"}), `recipe` which steps ran after training."""
-    variant = student_model
     base_id, fingerprint, key_settings = model_identity(base), dataset.fingerprint(), settings.key_json()
     key = point_key(base_id, {"model": model_identity(variant)}, fingerprint, key_settings)
     stored = store.get(key)

@@ -102,7 +102,8 @@ class Family(Protocol):
 
     # generative families only (GENERATIVE = True): decoding, teacher forcing, smaller students
     # decoder_logits(module, states, inputs), greedy_decode(module, states, decoding, n), label_tokens(model,
-    # text), token_room(model), parameter_part(name), layer_counts(module), smaller(module, dec, enc)
+    # text), token_room(model), parameter_part(name), layer_counts(module), smaller(module, dec, enc),
+    # vocab_size(module)
 
 
 @dataclass

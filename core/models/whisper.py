@@ -163,10 +163,9 @@ def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
 
 def calibration_batch(model: SpeechModel, window: np.ndarray, text: str) -> dict:
     prompt = list(model.decoding.prompt)
-    room = min(model.decoding.max_length, model.module.config.max_target_positions) - len(prompt)
     return {
         "input_features": model.features([window]),
-        "decoder_input_ids": torch.tensor([(prompt + label_tokens(model, text))[:room]]),
+        "decoder_input_ids": torch.tensor([(prompt + label_tokens(model, text))[: token_room(model)]]),
     }
 
 
