@@ -150,13 +150,7 @@ def label_tokens(model: SpeechModel, text: str) -> list[int]:
 
 def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
     states = model.encode(model.features(windows))
-    max_new = [
-        min(
-            model.decoding.max_length - len(model.decoding.prompt),
-            math.ceil(len(w) / SAMPLE_RATE * TOKENS_PER_SECOND) + TOKEN_MARGIN,
-        )
-        for w in windows
-    ]
+    max_new = [token_cap(model.decoding, len(w) / SAMPLE_RATE) for w in windows]
     tokens = greedy_decode(model.module, states, model.decoding, max(max_new))
     return [model.decode(seq[:cap]) for seq, cap in zip(tokens, max_new)]
 
@@ -213,26 +207,38 @@ def ends_in_loop(tokens: list[int], repeats: int = LOOP_REPEATS, min_tokens: int
 def greedy_decode(
     module: nn.Module, states: torch.Tensor, decoding: WhisperDecoding, max_new_tokens: int
 ) -> list[list[int]]:
-    """Greedy Whisper decoding over encoder `states` with a key/value cache; the new tokens of each item.
-
-    An item stops at end-of-text, or once it ends in a loop (`ends_in_loop`): greedy decoding seldom
-    leaves one, and the tokens a broken model would add up to the cap only cost time (and inflate WER)."""
+    """Greedy Whisper decoding over encoder `states` with a key/value cache; the new tokens of each item
+    (see `greedy_loop` for the stopping rules)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    batch = states.shape[0]
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+
+    def step(inputs: torch.Tensor) -> torch.Tensor:
+        hidden = module.model.decoder(
+            input_ids=inputs, encoder_hidden_states=states, past_key_values=cache, use_cache=True
+        ).last_hidden_state
+        return module.proj_out(hidden[:, -1])
+
+    return greedy_loop(step, states.shape[0], decoding, max_new_tokens)
+
+
+def greedy_loop(
+    step: Callable[[torch.Tensor], torch.Tensor], batch: int, decoding: WhisperDecoding, max_new_tokens: int
+) -> list[list[int]]:
+    """Whisper's greedy loop over any decoder: `step(inputs)` takes the new tokens (batch, n) (the prompt
+    first, then one token at a time), keeps its own cache and returns the next-token logits (batch, vocab).
+    Suppressed tokens never win; an item stops at end-of-text, or once it ends in a loop (`ends_in_loop`):
+    greedy decoding seldom leaves one, and the tokens a broken model would add up to the cap only cost time
+    (and inflate WER). Shared by the lab's module and the deployment runtimes that decode in Python."""
     inputs = torch.tensor([list(decoding.prompt)] * batch)
     suppress = torch.tensor(decoding.suppress, dtype=torch.long)
     suppress_begin = torch.tensor(decoding.suppress_at_begin, dtype=torch.long)
     done = torch.zeros(batch, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(batch)]
-    for step in range(max_new_tokens):
-        hidden = module.model.decoder(
-            input_ids=inputs, encoder_hidden_states=states, past_key_values=cache, use_cache=True
-        ).last_hidden_state
-        logits = module.proj_out(hidden[:, -1]).float()
+    for index in range(max_new_tokens):
+        logits = torch.as_tensor(step(inputs)).float().clone()
         logits[:, suppress] = -math.inf
-        if step == 0:
+        if index == 0:
             logits[:, suppress_begin] = -math.inf
         next_tokens = logits.argmax(-1)
         next_tokens[done] = decoding.eot
@@ -245,6 +251,13 @@ def greedy_decode(
             break
         inputs = next_tokens[:, None]
     return out
+
+
+def token_cap(decoding: WhisperDecoding, seconds: float) -> int:
+    """New tokens a clip of `seconds` may take: a generous speaking rate, within the decoder's length."""
+    return min(
+        decoding.max_length - len(decoding.prompt), math.ceil(seconds * TOKENS_PER_SECOND) + TOKEN_MARGIN
+    )
 
 
 # ----------------------------------------------------------------------------- building models
