@@ -1,4 +1,6 @@
-"""`evaluate`: WER, CER, size and latency of a model on a dataset."""
+"""`evaluate`: WER, CER, size and latency of a model on a dataset. A folder written by
+`export --format ct2|onnx|ggml` is measured inside its runtime (detected from the folder); `--parity`
+also evaluates the lab model it was exported from and lists the clips whose transcripts differ."""
 
 from __future__ import annotations
 
@@ -11,27 +13,68 @@ from core.cli.common import add_model_arg, load
 
 def run(args: argparse.Namespace) -> None:
     from core.data import load_dataset  # lazy: --help
+    from core.deploy.runtime import detect, export_facts, load_deployed  # lazy: --help
     from core.measure.evaluate import evaluate  # lazy: --help
 
     dataset = load_dataset(args.dataset)
-    model = load(args.model, args.recipe)
-    result = evaluate(model, dataset, latency_runs=args.latency_runs)
-    print(format_result(result.to_dict(), show_rows=args.rows))
+    if detect(args.model):
+        if args.recipe:
+            raise ValueError(f"{args.model} is an exported model: it runs as exported, without --recipe")
+        import torch  # lazy: --help
+
+        model = load_deployed(args.model, args.threads or torch.get_num_threads())
+    elif args.parity:
+        raise ValueError("--parity compares an exported folder with the lab model it came from")
+    else:
+        model = load(args.model, args.recipe)
+    result = evaluate(model, dataset, latency_runs=args.latency_runs).to_dict()
+    print(format_result(result, show_rows=args.rows))
+    if args.parity:
+        origin = export_facts(Path(args.model)).get("origin")
+        if not origin:
+            raise ValueError(f"{args.model} does not record the lab model it came from (exported by hand?)")
+        from core.compress.recipe import Recipe, apply_recipe  # lazy: --help
+
+        lab_model = load(origin["model"])
+        if origin["recipe"]:
+            lab_model = apply_recipe(lab_model, Recipe.from_json(origin["recipe"]))[0]
+        lab = evaluate(lab_model, dataset, latency_runs=args.latency_runs).to_dict()
+        print("\n" + format_parity(lab, result))
+        result["parity"] = {"lab": lab}
     if args.json:
-        args.json.write_text(json.dumps(result.to_dict(), indent=1))
+        args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
+
+
+def format_parity(lab: dict, deployed: dict) -> str:
+    """The lab's and the runtime's WER, size and latency side by side, then every clip they differ on."""
+    lines = [f"{'':10s} {'WER':>7s} {'size MB':>8s} {'latency ms':>11s}"]
+    for name, r in (("lab", lab), (deployed["runtime"], deployed)):
+        latency = f"{r['latency_ms']:11.0f}" if r["latency_ms"] is not None else f"{'-':>11s}"
+        lines.append(f"{name:10s} {100 * r['wer']:6.2f}% {r['size_bytes'] / 1e6:8.2f} {latency}")
+    lines.append(f"WER difference {100 * (deployed['wer'] - lab['wer']):+.2f} points")
+    differ = [(a, b) for a, b in zip(lab["rows"], deployed["rows"]) if a["hypothesis"] != b["hypothesis"]]
+    lines.append(f"{len(differ)} of {len(lab['rows'])} transcripts differ")
+    for a, b in differ:
+        lines.append(
+            f"  {a['id']}: lab: {a['hypothesis']}\n  {' ' * len(a['id'])}  {deployed['runtime']}: "
+            f"{b['hypothesis']}"
+        )
+    return "\n".join(lines)
 
 
 def format_result(r: dict, show_rows: bool = False) -> str:
     """A readable summary table of one evaluation."""
     low, high = r["wer_ci95"]
+    runtime = r.get("runtime", "lab")
+    where = "as safetensors" if runtime == "lab" else f"of the files {runtime} loads"
     lines = [
-        f"model        {r['model']}",
+        f"model        {r['model']}" + ("" if runtime == "lab" else f"  (measured in {runtime})"),
         f"dataset      {r['dataset']} ({r['n_utterances']} utterances, {r['n_words']} words)",
         f"WER          {100 * r['wer']:.2f}%  (95% CI {100 * low:.2f}–{100 * high:.2f}; "
         f"raw {100 * r['raw_wer']:.2f}%)",
         f"CER          {100 * r['cer']:.2f}%",
-        f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes as safetensors), "
+        f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes {where}), "
         f"{r['parameters']:,} parameters",
     ]
     if r["latency"]:
@@ -62,6 +105,16 @@ def add_command(commands) -> None:
     p.add_argument("--json", type=Path, help="also write the full result (with per-utterance rows) here")
     p.add_argument("--latency-runs", type=int, default=5, help="timed runs for latency (0 = skip)")
     p.add_argument("--rows", action="store_true", help="print every utterance")
-    add_model_arg(p)
+    add_model_arg(
+        p,
+        "'whisper-tiny.en' (bundled), a model/artifact folder, a Hugging Face id, or a folder written by "
+        "`export --format ct2|onnx|ggml` (measured in that runtime, on --threads threads)",
+    )
     p.add_argument("--recipe", type=Path, help="compression recipe JSON applied to the model first")
+    p.add_argument(
+        "--parity",
+        action="store_true",
+        help="with an exported folder: also evaluate the lab model it was exported from, and list the "
+        "clips whose transcripts differ",
+    )
     p.set_defaults(run=run)

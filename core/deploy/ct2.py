@@ -20,7 +20,6 @@ converts layers stored otherwise when it loads (float16 on a CPU without fast fl
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -31,12 +30,20 @@ from ctranslate2.converters.transformers import WhisperLoader
 from ctranslate2.specs import common_spec
 from torch import nn
 
+from core.audio import SAMPLE_RATE
 from core.compress.quant import QuantPositions, QuantWeight
 from core.compress.registry import TECHNIQUES
+from core.deploy.runtime import (
+    README_FILE,
+    Deployed,
+    Runtime,
+    by_windows,
+    export_facts,
+    write_export_facts,
+)
 from core.models import SpeechModel, attention_blocks
-from core.models.whisper import ATTENTION, WhisperDecoding
+from core.models.whisper import ATTENTION, WhisperDecoding, token_cap
 
-README_FILE = "README.txt"
 INT8_HINT = (
     "CTranslate2 stores int8 per output row: use quantize bits 8, granularity channel (or tensor), "
     "symmetric, outlier_columns 0 (or bits 16 for float16)"
@@ -241,7 +248,59 @@ def export_ct2(model: SpeechModel, folder: str | Path) -> Path:
     model.tokenizer.save(str(folder / "tokenizer.json"))
     WhisperFeatureExtractor(feature_size=model.module.config.num_mel_bins).save_pretrained(folder)
     (folder / README_FILE).write_text(readme_text(model, folder))
-    (folder / "speech_lab_export.json").write_text(
-        json.dumps({"name": model.name, "format": "ct2", "decoding": model.decoding.to_json()}, indent=1)
-    )
+    write_export_facts(folder, model, "ct2")
     return folder
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def load(folder: Path, threads: int) -> Deployed:
+    """The folder running in CTranslate2 on `threads` threads: the lab's features, prompt, suppressed
+    tokens and token cap, greedy (beam 1) through `ctranslate2.models.Whisper.generate`, the engine itself
+    (not faster-whisper's pipeline around it)."""
+    import ctranslate2
+    from tokenizers import Tokenizer
+    from transformers import WhisperFeatureExtractor
+
+    facts = export_facts(folder)
+    decoding = WhisperDecoding.from_json(facts["decoding"])
+    engine = ctranslate2.models.Whisper(str(folder), device="cpu", intra_threads=threads, inter_threads=1)
+    extractor = WhisperFeatureExtractor.from_pretrained(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def window_text(window: np.ndarray) -> str:
+        cap = token_cap(decoding, len(window) / SAMPLE_RATE)
+        mel = extractor([window], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        result = engine.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(mel, dtype=np.float32)),
+            [list(decoding.prompt)],
+            beam_size=1,
+            # CTranslate2 4.8.5 stops after max_length // 2 new tokens behind Whisper's prompt (measured),
+            # so ask for twice the cap (within the decoder's positions) and cut at the cap
+            max_length=min(2 * (cap + len(decoding.prompt)), decoding.max_length),
+            suppress_tokens=list(decoding.suppress),
+        )
+        ids = [i for i in result[0].sequences_ids[0][:cap] if i < decoding.eot]
+        return tokenizer.decode(ids).strip()
+
+    return Deployed(
+        name=facts["name"],
+        runtime="ct2",
+        folder=folder,
+        threads=threads,
+        transcribe=by_windows(window_text),
+        files=RUNTIME.model_files(folder),
+        parameters=facts.get("parameters", 0),
+    )
+
+
+RUNTIME = Runtime(
+    name="ct2",
+    title="CTranslate2 4.8.5",
+    package="ctranslate2",
+    files=("model.bin", "config.json", "vocabulary.json"),  # what ctranslate2.models.Whisper reads
+    inexpressible=inexpressible,
+    export=export_ct2,
+    load=load,
+)

@@ -2,7 +2,9 @@
 
 Every number here is measured, never estimated: size is the byte count of the model written as
 safetensors (the same files `python -m core compress` produces), latency is the median of timed
-runs after a warm-up with the thread count recorded.
+runs after a warm-up with the thread count recorded. A model exported for a deployment runtime
+(`core.deploy.runtime.Deployed`) is evaluated inside that runtime: its transcripts, the bytes of the
+files the runtime loads, and its latency at its own pinned thread count.
 
 Packed mode (`evaluate(..., packed=True)`, used by sweeps): consecutive utterances are joined with
 short silences into 30 s windows and each window is scored against the joined references. Whisper
@@ -16,7 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import torch
 
 from core.audio import SAMPLE_RATE, load_audio
 from core.data import Dataset, load_waves, pack_utterances
+from core.deploy.runtime import Deployed
 from core.io.artifact import save_weights
 from core.metrics import Scores, score
 from core.models import SpeechModel
@@ -72,6 +75,7 @@ class EvalResult:
     eval_seconds: float
     machine: dict = field(default_factory=dict)
     packed: bool = False  # rows are packed windows (ids joined by "+"), see pack_utterances
+    runtime: str = "lab"  # where it ran: "lab" (PyTorch, this process) or a deployment runtime's name
 
     def to_dict(self) -> dict:
         """Flat JSON-ready summary plus the per-utterance rows."""
@@ -94,35 +98,39 @@ class EvalResult:
             "eval_seconds": self.eval_seconds,
             "machine": self.machine,
             "packed": self.packed,
+            "runtime": self.runtime,
             "rows": scores["rows"],
         }
 
 
-def machine_facts() -> dict:
-    """What a timing depends on: CPU, thread count, torch version."""
+def machine_facts(threads: int | None = None) -> dict:
+    """What a timing depends on: CPU, thread count (torch's unless given), torch version."""
     return {
         "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
 
 
-def transcribe_dataset(model: SpeechModel, waves: list[np.ndarray]) -> Iterator[str]:
+def transcribe_dataset(model: SpeechModel | Deployed, waves: list[np.ndarray]) -> Iterator[str]:
     """Transcribe one utterance at a time (batching does not pay on a few CPU cores), yielding each."""
     for wave in waves:
         yield model.transcribe([wave])[0]
 
 
-def model_size_bytes(model: SpeechModel) -> int:
-    """Bytes of the model's weights as saved (safetensors + layout), measured by writing them."""
+def model_size_bytes(model: SpeechModel | Deployed) -> int:
+    """Bytes of the model's weights as saved (safetensors + layout), measured by writing them; for a
+    deployed model the bytes of the files its runtime loads."""
+    if isinstance(model, Deployed):
+        return model.size_bytes()
     with tempfile.TemporaryDirectory() as folder:
         save_weights(model.module, Path(folder))
         return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
 
 
 def measure_latency(
-    model: SpeechModel, wave: np.ndarray | None = None, runs: int = 5, warmup: int = 1
+    model: SpeechModel | Deployed, wave: np.ndarray | None = None, runs: int = 5, warmup: int = 1
 ) -> Latency:
     """Median/min/max wall time of transcribing one fixed clip, after `warmup` untimed runs."""
     if wave is None:
@@ -139,28 +147,34 @@ def measure_latency(
         min_ms=min(times),
         max_ms=max(times),
         runs=runs,
-        threads=torch.get_num_threads(),
+        threads=model.threads if isinstance(model, Deployed) else torch.get_num_threads(),
         clip_seconds=len(wave) / SAMPLE_RATE,
     )
 
 
 def evaluate(
-    model: SpeechModel,
+    model: SpeechModel | Deployed,
     dataset: Dataset,
     waves: list[np.ndarray] | None = None,
     latency_runs: int = 5,
     packed: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Transcribe every utterance and score it; measure size and (if latency_runs > 0) latency.
 
     packed=True scores `pack_utterances` windows instead of single utterances (rows are windows;
-    n_utterances still counts utterances)."""
+    n_utterances still counts utterances). A `Deployed` model is measured in its runtime. `progress(done,
+    total)` is called after each transcript."""
     start = time.perf_counter()
     waves = waves if waves is not None else load_waves(dataset)
     references, ids = [u.text for u in dataset.utterances], [u.id for u in dataset.utterances]
     if packed:
         waves, references, ids = pack_utterances(waves, references, ids)
-    hypotheses = list(transcribe_dataset(model, waves))
+    hypotheses = []
+    for text in transcribe_dataset(model, waves):
+        hypotheses.append(text)
+        if progress:
+            progress(len(hypotheses), len(waves))
     scores = score(references, hypotheses, ids=ids)
     scores.n_utterances = len(dataset.utterances)
     latency = measure_latency(model, runs=latency_runs) if latency_runs > 0 else None
@@ -169,9 +183,10 @@ def evaluate(
         dataset=dataset.name,
         scores=scores,
         size_bytes=model_size_bytes(model),
-        parameters=model.num_parameters(),
+        parameters=model.parameters if isinstance(model, Deployed) else model.num_parameters(),
         latency=latency,
         eval_seconds=time.perf_counter() - start,
-        machine=machine_facts(),
+        machine=machine_facts(model.threads if isinstance(model, Deployed) else None),
         packed=packed,
+        runtime=model.runtime if isinstance(model, Deployed) else "lab",
     )

@@ -50,6 +50,7 @@ FLAT_FIELDS = (
     "model_id",
     "dataset_fingerprint",
     "student_folder",
+    "runtime",
 )
 
 _SCHEMA = """
@@ -179,6 +180,12 @@ class Point:
         return Latency.from_json(data) if data else None
 
     @property
+    def runtime(self) -> str:
+        """Where it was measured: "lab" (the lab's PyTorch runtime) or a deployment runtime's name
+        ("ct2", "onnx", "ggml"; part of the key through the settings, see core.measure.deployment)."""
+        return self.settings.get("runtime", "lab")
+
+    @property
     def is_student(self) -> bool:
         """A trained model (loaded from its folder), not the base model with `recipe` applied."""
         return self.student is not None
@@ -206,6 +213,7 @@ class Point:
             "model_id": self.model_id,
             "dataset_fingerprint": self.dataset_fingerprint,
             "student_folder": self.student["folder"] if self.student else None,
+            "runtime": self.runtime,
         }
 
     def to_json(self) -> dict:

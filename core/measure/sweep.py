@@ -46,7 +46,15 @@ EVAL_METHOD = 1  # bump when the way a point is measured changes: old points are
 CORE = Path(__file__).resolve().parent.parent
 # Code that produces a point's numbers (and every registered technique's module): editing (or upgrading)
 # any of it retires old points.
-MEASURING_CODE = ("audio.py", "data.py", "metrics.py", "models", "compress", "io", "measure/evaluate.py")
+MEASURING_CODE = (
+    "audio.py",
+    "data.py",
+    "metrics.py",
+    "models",
+    "compress",
+    "io",
+    "measure/evaluate.py",
+)
 
 
 # ----------------------------------------------------------------------------- grids
@@ -200,14 +208,14 @@ class SweepSettings:
 NAIVE = SweepSettings(packed=False, latency_runs=5, reuse_encoder=False)  # what `evaluate` does by default
 
 
-def code_version() -> str:
-    """A short sha256 over the measuring code and every registered technique's module (a few ms): points
-    measured by other code differ."""
+def code_version(parts: tuple[str, ...] = MEASURING_CODE, techniques: bool = True) -> str:
+    """A short sha256 over the code under core/ named by `parts` (default: the measuring code) and every
+    registered technique's module (a few ms): points measured by other code differ."""
     files = set()
-    for part in MEASURING_CODE:
+    for part in parts:
         path = CORE / part
         files |= set(path.rglob("*.py")) if path.is_dir() else {path}
-    for t in TECHNIQUES.values():
+    for t in TECHNIQUES.values() if techniques else ():
         source = getattr(sys.modules.get(t.apply.__module__), "__file__", None)
         if source:
             files.add(Path(source).resolve())
@@ -323,7 +331,7 @@ def run_sweep(
     reuse: dict = {}
     for key, recipe in missing:
         result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache, reuse)
-        point = _point(
+        point = stored_point(
             key,
             model,
             model_id,
@@ -339,7 +347,7 @@ def run_sweep(
         yield point
 
 
-def _point(
+def stored_point(
     key: str,
     base,
     base_id: str,
@@ -352,6 +360,7 @@ def _point(
     timings: dict,
     student: dict | None = None,
 ) -> Point:
+    """A Point of `base` from an evaluation result (its per-clip rows moved out of `result`) and timings."""
     rows = result.pop("rows")
     return Point(
         key=key,
@@ -405,7 +414,7 @@ def record_student(
         settings,
         EncoderCache() if encoder_cache is None else encoder_cache,
     )
-    point = _point(
+    point = stored_point(
         key,
         base,
         base_id,
