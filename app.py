@@ -22,6 +22,7 @@ navigation = st.navigation(
         st.Page(PAGES / "record.py", title="Record & compare", icon="🎤"),
         st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
         st.Page(PAGES / "distill.py", title="Distill", icon="🧑‍🏫"),
+        st.Page(PAGES / "deploy.py", title="Deploy", icon="🚀"),
         st.Page(PAGES / "learn.py", title="Learn", icon="🎓"),
     ]
 )

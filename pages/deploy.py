@@ -1,0 +1,172 @@
+"""Deploy: export a compressed model to the runtime you deploy with, measure it there, take it away."""
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.compress.recipe import Recipe
+from core.deploy.runtime import MODULES, README_FILE, runtime
+from core.measure.deployment import measure_deployed
+from core.measure.store import model_identity
+from core.paths import data_dir
+from ui.jobs import find, submit
+from ui.navigation import stay_in_app_navigation
+from ui.resources import (
+    LIVE,
+    base_model,
+    chosen_model_name,
+    compressed_model,
+    dataset_waves,
+    measure,
+    results_store,
+)
+
+stay_in_app_navigation()
+
+DATASET = "quick"
+
+st.title("Deploy")
+st.caption(
+    "Write the compressed model in the format of the runtime you deploy with, then measure it *in that "
+    "runtime*: WER on the bundled `quick` set (synthetic espeak-ng / flite speech, packed windows), size = "
+    "bytes of the files the runtime loads, latency in the runtime at the same thread count as the lab. "
+    "The lab's quantized codes are written as the runtime's own format, not re-quantized."
+)
+
+model_name = chosen_model_name()
+store = results_store()
+
+
+def stored_recipes() -> dict[str, str]:
+    """Label -> recipe JSON of this model's recipe points measured in the lab (not trained students)."""
+    base = base_model(model_name)
+    dataset, _ = dataset_waves(DATASET)
+    points = store.points(model_identity(base), dataset.fingerprint(), LIVE.key_json())
+    return {
+        f"{p.label} · WER {100 * p.wer:.1f}% · {p.size_bytes / 1e6:.1f} MB": json.dumps(
+            p.recipe, sort_keys=True
+        )
+        for p in points
+        if not p.is_student
+    }
+
+
+def zipped(folder: str, stamp: float) -> bytes:
+    """The export folder as a zip (stamp: the folder's newest change, so a rewritten folder zips anew)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(Path(folder).iterdir()):
+            archive.write(path, f"{Path(folder).name}/{path.name}")
+    return buffer.getvalue()
+
+
+zipped = st.cache_data(show_spinner=False, max_entries=2)(zipped)
+
+source = st.radio("What to deploy", ["The Compress page's recipe", "A stored point"], horizontal=True)
+if source == "A stored point":
+    choices = stored_recipes()
+    if not choices:
+        st.info("No point measured yet for this model: use the Compress or Pareto page first.")
+        st.stop()
+    recipe_json = choices[st.selectbox("Point", list(choices))]
+else:
+    recipe_json = st.session_state.get("recipe_json", json.dumps({"steps": []}))
+recipe = Recipe.from_json(json.loads(recipe_json))
+titles, missing = {}, []
+for name in MODULES:
+    try:
+        titles[runtime(name).title] = name
+    except ImportError as exc:  # a runtime whose package is not installed here
+        missing.append(f"{name}: {exc}")
+if missing:
+    st.info("Not available on this machine (install the runtime's package): " + "; ".join(missing))
+name = titles[st.radio("Runtime", list(titles), horizontal=True)]
+target = runtime(name)
+st.write(f"**Recipe:** {recipe.describe()}  ·  **runtime:** {target.title} (`pip install {target.package}`)")
+
+with st.spinner("Applying the recipe …"):
+    variant, _ = compressed_model(model_name, recipe_json)
+problems = target.inexpressible(variant)
+if problems:
+    st.warning(
+        f"{target.title} cannot hold this model exactly, so the lab will not export it (nothing is "
+        "converted silently). What to change:\n\n" + "\n".join(f"- {p}" for p in problems[:8])
+    )
+
+key = hashlib.sha256(f"{model_name}|{recipe_json}|{name}".encode()).hexdigest()[:16]
+folder = data_dir() / "exports" / f"{name}-{key}"
+
+
+def work(report):
+    """The lab's point of this recipe, then the export measured in the runtime (each from the store when
+    it was measured before)."""
+    report("lab", 0.0)
+    lab = measure(model_name, recipe)
+    dataset, waves = dataset_waves(DATASET)
+    there = measure_deployed(
+        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves=waves, progress=report
+    )
+    return lab, there
+
+
+if st.button(f"Export and measure in {target.title}", type="primary", disabled=bool(problems)):
+    submit(key, f"{recipe.describe()} in {target.title}", work)
+
+
+def show_result(lab, there) -> None:
+    """The lab's and the runtime's numbers side by side, the clips they differ on, the folder to take."""
+    rows = []
+    for where, point in (("lab (PyTorch)", lab), (target.title, there)):
+        latency = point.latency
+        rows.append(
+            {
+                "measured in": where,
+                "WER %": round(100 * point.wer, 2),
+                "size MB": round(point.size_bytes / 1e6, 2),
+                "latency ms": round(point.latency_ms) if point.latency_ms else None,
+                "latency range ms": f"{latency.min_ms:.0f}–{latency.max_ms:.0f}" if latency else "",
+                "threads": latency.threads if latency else None,
+            }
+        )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    differ = [(a, b) for a, b in zip(lab.rows, there.rows) if a["hypothesis"] != b["hypothesis"]]
+    st.caption(
+        f"WER {100 * (there.wer - lab.wer):+.2f} points in {target.title} against the lab on the same "
+        f"windows; {len(differ)} of {len(lab.rows)} transcripts differ. Synthetic speech: check on your own "
+        "audio before you ship."
+    )
+    if differ:
+        table = [{"lab": a["hypothesis"], target.title: b["hypothesis"]} for a, b in differ]
+        st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    stamp = max(p.stat().st_mtime for p in folder.iterdir())
+    st.download_button(
+        f"Download the {target.title} folder (zip)",
+        zipped(str(folder), stamp),
+        file_name=f"{folder.name}.zip",
+        mime="application/zip",
+        on_click="ignore",
+    )
+    st.caption(f"Also on this machine: `{folder}`. How to load it:")
+    st.code((folder / README_FILE).read_text(), language="python")
+
+
+job = find(key)
+if job is not None and not job.done:
+
+    @st.fragment(run_every=1.0)
+    def poll() -> None:
+        """Progress while the job runs; the whole page once it is done."""
+        if job.done:
+            st.rerun()
+        st.progress(job.fraction, text=f"{job.label}: {job.stage} … (you may leave this page; it goes on)")
+
+    poll()
+elif job is not None and job.error is not None:
+    st.error(f"Export or measurement failed: {job.error}")
+elif job is not None:
+    show_result(*job.future.result())
