@@ -54,6 +54,20 @@ def load(model: str, recipe: Path | None = None):
     return apply_recipe(loaded, Recipe.load(recipe))[0] if recipe else loaded
 
 
+def load_or_deployed(model: str, recipe: Path | None, threads: int | None):
+    """The model named on the command line (see `load`), or, for a folder written by `export --format ...`,
+    that folder running in its runtime on `threads` threads (torch's count when None)."""
+    from core.deploy.runtime import detect, load_deployed  # lazy: --help
+
+    if not detect(model):
+        return load(model, recipe)
+    if recipe:
+        raise ValueError(f"{model} is an exported model: it runs as exported, without --recipe")
+    import torch  # lazy: --help
+
+    return load_deployed(model, threads or torch.get_num_threads())
+
+
 def settings(args: argparse.Namespace):
     """The SweepSettings named by --naive / --latency-runs."""
     from core.measure.sweep import NAIVE, SweepSettings  # lazy: --help

@@ -8,25 +8,18 @@ import argparse
 import json
 from pathlib import Path
 
-from core.cli.common import add_model_arg, load
+from core.cli.common import add_model_arg, load, load_or_deployed
 
 
 def run(args: argparse.Namespace) -> None:
     from core.data import load_dataset  # lazy: --help
-    from core.deploy.runtime import detect, export_facts, load_deployed  # lazy: --help
+    from core.deploy.runtime import Deployed, export_facts  # lazy: --help
     from core.measure.evaluate import evaluate  # lazy: --help
 
     dataset = load_dataset(args.dataset)
-    if detect(args.model):
-        if args.recipe:
-            raise ValueError(f"{args.model} is an exported model: it runs as exported, without --recipe")
-        import torch  # lazy: --help
-
-        model = load_deployed(args.model, args.threads or torch.get_num_threads())
-    elif args.parity:
+    model = load_or_deployed(args.model, args.recipe, args.threads)
+    if args.parity and not isinstance(model, Deployed):
         raise ValueError("--parity compares an exported folder with the lab model it came from")
-    else:
-        model = load(args.model, args.recipe)
     result = evaluate(model, dataset, latency_runs=args.latency_runs).to_dict()
     print(format_result(result, show_rows=args.rows))
     if args.parity:

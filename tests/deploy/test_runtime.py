@@ -85,7 +85,7 @@ def test_detect_reads_the_export_facts(tmp_path):
         load_deployed(tmp_path, 1)
 
 
-def test_bundled_int8_export_transcribes_hello_in_ctranslate2_as_a_user_would(tmp_path):
+def test_bundled_int8_export_transcribes_hello_in_ctranslate2_as_a_user_would(tmp_path, capsys):
     folder = tmp_path / "ct2"
     assert (
         main(["export", "--format", "ct2", "--out", str(folder), "--recipe", str(recipe_file(tmp_path))]) == 0
@@ -102,6 +102,21 @@ def test_bundled_int8_export_transcribes_hello_in_ctranslate2_as_a_user_would(tm
         "vocabulary.json",
     }
     assert deployed.size_bytes() == sum(f.stat().st_size for f in deployed.files) > 40e6
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "--threads",
+                "1",
+                "transcribe",
+                str(REPO / "assets" / "samples" / "hello.wav"),
+                "--model",
+                str(folder),
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip() == deployed.transcribe([wave])[0]
 
 
 def recipe_file(folder):
