@@ -106,7 +106,7 @@ def onnx_stock(model, folder: Path, kind: str) -> str:
         if kind == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(path, path, per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(path, path, per_channel=True, weight_type=QuantType.QUInt8)
         else:
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -114,7 +114,7 @@ def onnx_stock(model, folder: Path, kind: str) -> str:
             quantizer.process()
             quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
     if kind == "int8":
-        return "onnxruntime.quantization.quantize_dynamic(per_channel=True, QInt8)"
+        return "onnxruntime.quantization.quantize_dynamic(per_channel=True, QUInt8)"
     return "onnxruntime MatMulNBitsQuantizer(bits=4, block_size=32, symmetric)"
 
 

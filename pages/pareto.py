@@ -47,13 +47,20 @@ def technique(point) -> str:
     return " + ".join(steps) if steps else "uncompressed"
 
 
+RUNTIME_KEYS = ("runtime", "runtime_version", "export_code")  # what a runtime point adds to the settings
+WHERE = {"lab": "lab (PyTorch)", "ct2": "CTranslate2", "onnx": "ONNX Runtime", "ggml": "whisper.cpp"}
+
+
 def stored_points() -> pd.DataFrame:
-    """This model's points on the quick set, measured with the live settings, as a table."""
+    """This model's points on the quick set, measured with the live settings (in the lab or exported to a
+    runtime on the Deploy page), as a table."""
     points = store.points(model_identity(model), dataset.fingerprint())
-    points = [p for p in points if p.settings == LIVE.key_json()]
+    live = LIVE.key_json()
+    points = [p for p in points if {k: v for k, v in p.settings.items() if k not in RUNTIME_KEYS} == live]
     rows = [
         {
             "key": p.key,
+            "runtime": p.runtime,
             "recipe": p.label,
             "technique": technique(p),
             "WER %": 100 * p.wer,
@@ -125,6 +132,16 @@ table = stored_points()
 if table.empty:
     st.info("No point measured yet for this model: use the Compress page, or run a sweep below.")
 else:
+    counts = table["runtime"].value_counts()
+    where = st.radio(
+        "Measured in",
+        [r for r in WHERE if r in counts],
+        format_func=lambda r: f"{WHERE[r]} · {counts[r]}",
+        horizontal=True,
+        help="Each runtime's points are measured in that runtime (Deploy page): its WER, the bytes of the "
+        "files it loads, its latency at the same thread count.",
+    )
+    table = table[table["runtime"] == where].reset_index(drop=True)
     charts = st.columns(2)
     for column, x in zip(charts, ["size MB", "latency ms"]):
         column.plotly_chart(front_figure(table, x), width="stretch", key=f"front_{x}")

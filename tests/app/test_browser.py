@@ -1,6 +1,6 @@
 """The real app in a real (headless Chromium) browser: `streamlit run app.py`, then look at its pages.
 
-Leaves screenshots (home, compress, record, distill .png) and the server log in the git-ignored
+Leaves screenshots (home, compress, record, distill, deploy .png) and the server log in the git-ignored
 `test-artifacts/` only; tests never write tracked files. `python tools/screenshots.py` copies the
 screenshots into `docs/screenshots/` when the README images should be refreshed.
 """
@@ -8,6 +8,8 @@ screenshots into `docs/screenshots/` when the README images should be refreshed.
 from __future__ import annotations
 
 import re
+import zipfile
+from pathlib import Path
 
 import pytest
 from browser import (
@@ -141,3 +143,28 @@ def test_distill_short_run_shows_the_loss_curve_and_wer(streamlit_server):
         )
         assert page.locator(".js-plotly-plot").count() >= 2  # the flow diagram and the loss curve
         full_page_screenshot(page, ARTIFACTS / "distill.png")
+
+
+def test_deploy_the_compress_recipe_to_ctranslate2_and_download_it(streamlit_server, tmp_path):
+    with open_page(streamlit_server, "compress") as page:  # Compress's default recipe: 8 bits
+        page.locator('[data-testid="stMetric"]').filter(has_text="Size").wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        page.get_by_role("link", name="Deploy").click()  # same session: the recipe comes along
+        page.get_by_text("What to deploy").wait_for(timeout=BASELINE_TIMEOUT_MS)
+        page.get_by_text("CTranslate2 4.8.5", exact=True).click()
+        wait_until_idle(page)
+        page.get_by_role("button", name="Export and measure in CTranslate2 4.8.5").click()
+        download = page.get_by_role("button", name="Download the CTranslate2 4.8.5 folder (zip)")
+        download.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        assert not exception_boxes(page), exception_boxes(page)
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        assert "8-bit channel" in text and "ctranslate2.models.Whisper" in text, text[-800:]
+        full_page_screenshot(page, ARTIFACTS / "deploy.png")
+        with page.expect_download(timeout=BASELINE_TIMEOUT_MS) as started:
+            download.click()
+        archive = tmp_path / "export.zip"
+        started.value.save_as(archive)
+        with zipfile.ZipFile(archive) as zipped:
+            names = {Path(n).name for n in zipped.namelist()}
+        assert {"model.bin", "config.json", "tokenizer.json", "README.txt"} <= names, names

@@ -37,6 +37,13 @@ def test_deploy_exports_the_compress_recipe_to_ctranslate2_and_measures_it_there
     assert any("ctranslate2.models.Whisper" in c.value for c in at.code)
     assert any("points in CTranslate2" in c.value for c in at.caption)
 
+    pareto = page("pages/pareto.py")  # the runtime's point joins the Pareto page under its runtime
+    where = next(r for r in pareto.radio if r.label == "Measured in")
+    assert where.options == ["lab (PyTorch) · 1", "CTranslate2 · 1"] and where.value == "lab"
+    where.set_value("ct2").run(timeout=TIMEOUT)
+    assert not problems(pareto), problems(pareto)
+    assert any("8-bit" in option for option in pareto.selectbox[0].options)
+
 
 def test_deploy_explains_a_recipe_the_runtime_cannot_hold():
     at = page("pages/deploy.py")
