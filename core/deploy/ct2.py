@@ -37,8 +37,9 @@ from core.deploy.runtime import (
     README_FILE,
     Deployed,
     Runtime,
-    by_windows,
     export_facts,
+    refuse,
+    running,
     write_export_facts,
 )
 from core.models import SpeechModel, attention_blocks
@@ -106,14 +107,7 @@ def _quant_problem(module: QuantWeight) -> str | None:
 
 def check_expressible(model: SpeechModel) -> None:
     """ValueError listing what of `model` CTranslate2 cannot hold exactly (see `inexpressible`)."""
-    problems = inexpressible(model)
-    if problems:
-        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
-            "this model cannot be written exactly in CTranslate2 format (nothing is converted silently):\n  "
-            + "\n  ".join(problems[:8])
-            + more
-        )
+    refuse(inexpressible(model), "in CTranslate2 format")
 
 
 # ----------------------------------------------------------------------------- weights, CTranslate2's way
@@ -284,15 +278,7 @@ def load(folder: Path, threads: int) -> Deployed:
         ids = [i for i in result[0].sequences_ids[0][:cap] if i < decoding.eot]
         return tokenizer.decode(ids).strip()
 
-    return Deployed(
-        name=facts["name"],
-        runtime="ct2",
-        folder=folder,
-        threads=threads,
-        transcribe=by_windows(window_text),
-        files=RUNTIME.model_files(folder),
-        parameters=facts.get("parameters", 0),
-    )
+    return running(RUNTIME, folder, threads, window_text)
 
 
 RUNTIME = Runtime(

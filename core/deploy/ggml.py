@@ -62,7 +62,15 @@ from torch import nn
 from core.audio import SAMPLE_RATE
 from core.compress.quant import QuantWeight
 from core.compress.registry import TECHNIQUES
-from core.deploy.runtime import README_FILE, Deployed, Runtime, by_windows, export_facts, write_export_facts
+from core.deploy.runtime import (
+    README_FILE,
+    Deployed,
+    Runtime,
+    export_facts,
+    refuse,
+    running,
+    write_export_facts,
+)
 from core.models import SpeechModel, attention_blocks
 from core.models.whisper import WhisperDecoding, token_cap
 
@@ -316,13 +324,7 @@ def whispercpp_prompt(vocab_size: int) -> tuple[int, ...]:
 
 def check_expressible(model: SpeechModel, requantize: str | None = None) -> None:
     """ValueError listing what of `model` whisper.cpp cannot hold (see `inexpressible`)."""
-    problems = inexpressible(model, requantize)
-    if problems:
-        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
-            "this model cannot be written exactly in whisper.cpp's ggml format (nothing is converted "
-            "silently):\n  " + "\n  ".join(problems[:8]) + more
-        )
+    refuse(inexpressible(model, requantize), "in whisper.cpp's ggml format")
 
 
 def weight_type(model: SpeechModel) -> str:
@@ -644,15 +646,7 @@ def load(folder: Path, threads: int) -> Deployed:
             segments = engine.transcribe(np.ascontiguousarray(window, np.float32), max_tokens=max(cap - 1, 1))
         return " ".join(segment.text.strip() for segment in segments)
 
-    return Deployed(
-        name=facts["name"],
-        runtime="ggml",
-        folder=folder,
-        threads=threads,
-        transcribe=by_windows(window_text),
-        files=RUNTIME.model_files(folder),
-        parameters=facts.get("parameters", 0),
-    )
+    return running(RUNTIME, folder, threads, window_text)
 
 
 RUNTIME = Runtime(

@@ -54,8 +54,9 @@ from core.deploy.runtime import (
     README_FILE,
     Deployed,
     Runtime,
-    by_windows,
     export_facts,
+    refuse,
+    running,
     write_export_facts,
 )
 from core.models import SpeechModel
@@ -136,14 +137,7 @@ def quant_problem(layer: QuantWeight) -> str | None:
 
 def check_expressible(model: SpeechModel) -> None:
     """ValueError listing what of `model` ONNX Runtime cannot hold exactly (see `inexpressible`)."""
-    problems = inexpressible(model)
-    if problems:
-        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
-        raise ValueError(
-            "this model cannot be written exactly for ONNX Runtime (nothing is converted silently):\n  "
-            + "\n  ".join(problems[:8])
-            + more
-        )
+    refuse(inexpressible(model), "for ONNX Runtime")
 
 
 # ----------------------------------------------------------------------------- weights, ONNX Runtime's way
@@ -728,15 +722,7 @@ def load(folder: str | Path, threads: int) -> Deployed:
         tokens = decode_window(encoder, decoder, mel.astype(np.float32), decoding, cap)
         return tokenizer.decode([t for t in tokens if t < decoding.eot])
 
-    return Deployed(
-        name=facts["name"],
-        runtime="onnx",
-        folder=folder,
-        threads=threads,
-        transcribe=by_windows(window_text),
-        files=RUNTIME.model_files(folder),
-        parameters=facts.get("parameters", 0),
-    )
+    return running(RUNTIME, folder, threads, window_text)
 
 
 RUNTIME = Runtime(

@@ -123,3 +123,31 @@ def by_windows(window_text: Callable[[np.ndarray], str]) -> Callable[[list[np.nd
         return texts
 
     return transcribe
+
+
+def refuse(problems: list[str], where: str) -> None:
+    """ValueError listing (up to eight of) `problems`: what of a model `where` (e.g. "in CTranslate2
+    format") cannot hold exactly. Exporters call it before writing anything: nothing is converted silently."""
+    if problems:
+        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+        raise ValueError(
+            f"this model cannot be written exactly {where} (nothing is converted silently):\n  "
+            + "\n  ".join(problems[:8])
+            + more
+        )
+
+
+def running(
+    target: Runtime, folder: Path, threads: int, window_text: Callable[[np.ndarray], str]
+) -> Deployed:
+    """The Deployed model of an exported `folder` whose runtime transcribes one window with `window_text`."""
+    facts = export_facts(folder)
+    return Deployed(
+        name=facts["name"],
+        runtime=target.name,
+        folder=folder,
+        threads=threads,
+        transcribe=by_windows(window_text),
+        files=target.model_files(folder),
+        parameters=facts.get("parameters", 0),
+    )
