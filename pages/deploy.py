@@ -138,7 +138,8 @@ def show_result(lab, there) -> None:
     st.caption(
         f"WER {100 * (there.wer - lab.wer):+.2f} points in {target.title} against the lab on the same "
         f"windows; {len(differ)} of {len(lab.rows)} transcripts differ. Synthetic speech: check on your own "
-        "audio before you ship."
+        "audio before you ship. The two latencies were measured at different times (each when its point was "
+        "first measured); for a head-to-head on the same clips, interleaved: `python -m bench.runtimes`."
     )
     if differ:
         table = [{"lab": a["hypothesis"], target.title: b["hypothesis"]} for a, b in differ]

@@ -5,7 +5,7 @@ Layers, bottom to top (a module may import from its own layer and the ones below
   models   core.models.*          (one module per family; the SpeechModel interface)
   compress core.compress.*        (techniques, recipes, the registry, bit packing)
   io       core.io.*              (saved folders and the artifact format)
-  deploy   core.deploy.*          (exports to other runtimes: CTranslate2)
+  deploy   core.deploy.*          (exports to other runtimes: CTranslate2, ONNX Runtime, whisper.cpp)
   measure  core.measure.*         (evaluate, store, sweeps, sensitivity, divergence)
   train    core.train.*           (distillation)
   cli      core.cli.*, core.__main__

@@ -17,7 +17,7 @@ Usage (from the repository root)
         never `playwright install`), then copy only screenshots taken by that run. Copies nothing if the
         tests fail.
 
-The browser tests take home, compress, record and distill; docs/screenshots/learn.png comes from no test
+The browser tests take home, compress, record, distill and deploy; docs/screenshots/learn.png comes from no test
 and stays as it is.
 """
 

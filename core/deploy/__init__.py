@@ -1,8 +1,12 @@
 """Deployment: write a (compressed) SpeechModel in another runtime's own format, so it runs there.
 
-One module per runtime. `ct2.py` writes a Whisper model as a CTranslate2 folder (model.bin,
-config.json, vocabulary.json, tokenizer.json, preprocessor_config.json, README.txt) that
-`ctranslate2.models.Whisper` and faster-whisper load; the lab's 8-bit codes become CTranslate2's own
-int8 weights, and a recipe the runtime cannot hold exactly is refused with the nearest option.
-This layer sits on core.io (and so may use core.models and core.compress), below core.measure.
+One module per runtime, each defining `RUNTIME` (core/deploy/runtime.py: how to export, what the runtime
+cannot hold, how to load and transcribe with the runtime's own API):
+  * `ct2.py`  CTranslate2 (and faster-whisper): the lab's 8-bit codes as CTranslate2's int8 weights;
+  * `onnx.py` ONNX Runtime: hand-built encoder/decoder graphs, the lab's block-wise codes as MatMulNBits,
+    8-bit rows as MatMulInteger, low-rank factors as two MatMuls, any head count or width per layer;
+  * `ggml.py` whisper.cpp: the lab's codes as ggml's q4_0 / q4_1 / q5_0 / q5_1 / q8_0 blocks, bit for bit.
+A recipe a runtime cannot hold exactly is refused with the layer and the nearest option; nothing is
+requantized silently. This layer sits on core.io (and so may use core.models and core.compress), below
+core.measure (which evaluates an exported folder inside its runtime: core/measure/deployment.py).
 """
