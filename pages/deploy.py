@@ -42,18 +42,12 @@ model_name = chosen_model_name()
 store = results_store()
 
 
-def stored_recipes() -> dict[str, str]:
-    """Label -> recipe JSON of this model's recipe points measured in the lab (not trained students)."""
+def stored_points() -> dict:
+    """Label -> point of this model's points measured in the lab (recipes and trained students)."""
     base = base_model(model_name)
     dataset, _ = dataset_waves(DATASET)
     points = store.points(model_identity(base), dataset.fingerprint(), LIVE.key_json())
-    return {
-        f"{p.label} · WER {100 * p.wer:.1f}% · {p.size_bytes / 1e6:.1f} MB": json.dumps(
-            p.recipe, sort_keys=True
-        )
-        for p in points
-        if not p.is_student
-    }
+    return {f"{p.label} · WER {100 * p.wer:.1f}% · {p.size_bytes / 1e6:.1f} MB": p for p in points}
 
 
 def zipped(folder: str, stamp: float) -> bytes:
@@ -68,15 +62,19 @@ def zipped(folder: str, stamp: float) -> bytes:
 zipped = st.cache_data(show_spinner=False, max_entries=2)(zipped)
 
 source = st.radio("What to deploy", ["The Compress page's recipe", "A stored point"], horizontal=True)
+student = None  # a stored point of a trained student: deployed from its folder
 if source == "A stored point":
-    choices = stored_recipes()
+    choices = stored_points()
     if not choices:
         st.info("No point measured yet for this model: use the Compress or Pareto page first.")
         st.stop()
-    recipe_json = choices[st.selectbox("Point", list(choices))]
+    chosen = choices[st.selectbox("Point", list(choices))]
+    recipe_json = json.dumps(chosen.recipe, sort_keys=True)
+    student = chosen if chosen.is_student else None
 else:
     recipe_json = st.session_state.get("recipe_json", json.dumps({"steps": []}))
 recipe = Recipe.from_json(json.loads(recipe_json))
+student_folder = student.student["folder"] if student else None
 titles, missing = {}, []
 for name in MODULES:
     try:
@@ -87,10 +85,11 @@ if missing:
     st.info("Not available on this machine (install the runtime's package): " + "; ".join(missing))
 name = titles[st.radio("Runtime", list(titles), horizontal=True)]
 target = runtime(name)
-st.write(f"**Recipe:** {recipe.describe()}  ·  **runtime:** {target.title} (`pip install {target.package}`)")
+what = f"the trained student in `{student_folder}`" if student else recipe.describe()
+st.write(f"**Deploying:** {what}  ·  **runtime:** {target.title} (`pip install {target.package}`)")
 
 with st.spinner("Applying the recipe …"):
-    variant, _ = compressed_model(model_name, recipe_json)
+    variant, _ = compressed_model(model_name, recipe_json, student_folder)
 problems = target.inexpressible(variant)
 if problems:
     st.warning(
@@ -98,7 +97,7 @@ if problems:
         "converted silently). What to change:\n\n" + "\n".join(f"- {p}" for p in problems[:8])
     )
 
-key = hashlib.sha256(f"{model_name}|{recipe_json}|{name}".encode()).hexdigest()[:16]
+key = hashlib.sha256(f"{model_name}|{recipe_json}|{student_folder}|{name}".encode()).hexdigest()[:16]
 folder = data_dir() / "exports" / f"{name}-{key}"
 
 
@@ -106,10 +105,10 @@ def work(report):
     """The lab's point of this recipe, then the export measured in the runtime (each from the store when
     it was measured before)."""
     report("lab", 0.0)
-    lab = measure(model_name, recipe)
+    lab = student or measure(model_name, recipe)
     dataset, waves = dataset_waves(DATASET)
     there = measure_deployed(
-        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves=waves, progress=report
+        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves, report, student
     )
     return lab, there
 

@@ -21,6 +21,7 @@ import torch
 from core.compress.recipe import Recipe, apply_recipe
 from core.data import load_waves
 from core.deploy.runtime import record_origin, runtime
+from core.io.folders import load_model
 from core.measure.evaluate import evaluate
 from core.measure.store import Point, Store, model_identity, point_key
 from core.measure.sweep import SweepSettings, code_version, recipe_identity, stored_point
@@ -46,37 +47,41 @@ def measure_deployed(
     settings: SweepSettings = SweepSettings(),
     waves: list | None = None,
     progress: Callable[[str, float], None] | None = None,
+    student: Point | None = None,
 ) -> Point:
-    """`base` with `recipe` applied, exported for runtime `name` into `folder` and measured there: the
-    stored point (measured once per key; the folder is written again whenever it is missing).
+    """`base` with `recipe` applied (or the trained `student` of a stored student point, loaded from its
+    folder), exported for runtime `name` into `folder` and measured there: the stored point (measured once
+    per key; the folder is written again whenever it is missing).
 
     ValueError (nothing measured) when the runtime cannot hold the compressed model exactly.
     `progress(stage, fraction)` hears "export", "transcribe" (after each clip but the last) and "latency"
     (once every clip is transcribed)."""
     say = progress or (lambda stage, fraction: None)
     target, folder = runtime(name), Path(folder)
+    say("export", 0.0)
+    if student is not None:  # keyed by its weights, as core.measure.sweep.record_student keys it
+        variant = load_model(student.student["folder"])
+        recipe, what = Recipe.from_json(student.recipe), {"model": model_identity(variant)}
+    else:
+        variant = (
+            apply_recipe(base, recipe, name=f"{base.name} + {recipe.describe()}")[0] if recipe.steps else base
+        )
+        what = recipe_identity(recipe)
     base_id, fingerprint = model_identity(base), dataset.fingerprint()
     key_settings = runtime_settings(settings, name)
-    key = point_key(base_id, recipe_identity(recipe), fingerprint, key_settings)
+    key = point_key(base_id, what, fingerprint, key_settings)
     stored = store.get(key)
-    if (
-        stored is not None
-        and target.model_files(folder)
-        and len(target.model_files(folder)) == len(target.files)
-    ):
+    if stored is not None and all((folder / f).is_file() for f in target.files):
         return stored
     start = time.perf_counter()
-    say("export", 0.0)
-    variant = (
-        apply_recipe(base, recipe, name=f"{base.name} + {recipe.describe()}")[0] if recipe.steps else base
-    )
     target.export(variant, folder)
-    record_origin(folder, base.name, recipe.to_json())
+    record_origin(
+        folder, student.student["folder"] if student else base.name, recipe.to_json() if not student else None
+    )
     exported = time.perf_counter()
     if stored is not None:
         return stored
-    deployed = target.load(folder, torch.get_num_threads())
-    deployed = replace(deployed, name=variant.name)
+    deployed = replace(target.load(folder, torch.get_num_threads()), name=variant.name)
     result = evaluate(
         deployed,
         dataset,
@@ -87,17 +92,19 @@ def measure_deployed(
     ).to_dict()
     done = time.perf_counter()
     timings = {"apply": exported - start, "evaluate": done - exported, "latency": 0.0, "total": done - start}
+    label = student.label if student else recipe.describe()
     point = stored_point(
         key,
         base,
         base_id,
         recipe.to_json(),
-        recipe.describe(),
+        label,
         dataset,
         fingerprint,
         key_settings,
         result,
         timings,
+        student.student if student else None,
     )
     store.put(point)
     return point

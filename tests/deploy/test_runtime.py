@@ -191,3 +191,23 @@ def test_runtime_points_are_stored_beside_the_labs_under_their_own_key(tiny, tmp
                 tmp_path / "x",
             )
         assert len(store) == 2
+
+
+def test_a_trained_student_deploys_from_its_folder(tiny, tmp_path, one_thread):
+    from core.measure.sweep import record_student
+    from core.models.whisper import smaller
+
+    dataset = sine_dataset(tmp_path / "data")
+    student = tiny.with_module(smaller(tiny.module, [1], [0, 1]), name="one-layer student")
+    save_model(student, tmp_path / "student")
+    facts = {"folder": str(tmp_path / "student"), "spec": {"decoder_layers": 1}, "config": {}}
+    with Store(tmp_path / "results.sqlite") as store:
+        trained = record_student(tiny, student, dataset, store, facts, Recipe(), "student 1 dec", FAST)
+        point = measure_deployed(
+            tiny, Recipe(), "onnx", dataset, store, tmp_path / "onnx", FAST, student=trained
+        )
+        assert point.is_student and point.student == facts and point.label == "student 1 dec"
+        assert point.runtime == "onnx" and point.key != trained.key
+        lab = evaluate(student, dataset, latency_runs=0, packed=True)
+        assert point.rows == lab.to_dict()["rows"]  # float weights through the lab's greedy loop: the same
+        assert json.loads((tmp_path / "onnx" / EXPORT_FILE).read_text())["origin"]["model"] == facts["folder"]
