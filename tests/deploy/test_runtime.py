@@ -211,3 +211,49 @@ def test_a_trained_student_deploys_from_its_folder(tiny, tmp_path, one_thread):
         lab = evaluate(student, dataset, latency_runs=0, packed=True)
         assert point.rows == lab.to_dict()["rows"]  # float weights through the lab's greedy loop: the same
         assert json.loads((tmp_path / "onnx" / EXPORT_FILE).read_text())["origin"]["model"] == facts["folder"]
+
+
+@pytest.mark.parametrize(
+    "fmt, recipe",
+    [
+        ("onnx", {"steps": [{"quantize": {"bits": 4, "granularity": "group", "group_size": 32}}]}),
+        (
+            "ggml",
+            {
+                "steps": [
+                    {
+                        "quantize": {
+                            "bits": 16,
+                            "groups": [
+                                "encoder.attention",
+                                "encoder.ffn",
+                                "decoder.attention",
+                                "decoder.ffn",
+                                "embedding",
+                                "conv",
+                            ],
+                        }
+                    }
+                ]
+            },
+        ),
+    ],
+)
+def test_cli_exports_and_transcribes_in_each_runtime(tiny, tmp_path, capsys, fmt, recipe):
+    save_model(tiny, tmp_path / "tiny")
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    out = tmp_path / fmt
+    argv = ["export", "--model", str(tmp_path / "tiny"), "--format", fmt, "--out", str(out)]
+    assert main(argv + ["--recipe", str(tmp_path / "recipe.json")]) == 0
+    assert f"that {runtime(fmt).title} loads" in capsys.readouterr().out
+    assert detect(out) == fmt and (out / "README.txt").is_file()
+    clip = tmp_path / "tone.wav"
+    sf.write(clip, (0.3 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 300)).astype(np.float32), 16000)
+    assert main(["--threads", "1", "transcribe", str(clip), "--model", str(out)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == load_deployed(out, 1).transcribe([sf.read(clip, dtype="float32")[0]])[0]
+    # not holdable: refused by name, nothing written
+    (tmp_path / "bad.json").write_text(json.dumps({"steps": [{"quantize": {"bits": 3}}]}))
+    bad = ["export", "--model", str(tmp_path / "tiny"), "--format", fmt, "--out", str(tmp_path / "bad")]
+    assert main(bad + ["--recipe", str(tmp_path / "bad.json")]) == 2
+    assert "cannot be written exactly" in capsys.readouterr().err and not (tmp_path / "bad").exists()
