@@ -50,6 +50,7 @@ def stored_points() -> dict:
     return {f"{p.label} · WER {100 * p.wer:.1f}% · {p.size_bytes / 1e6:.1f} MB": p for p in points}
 
 
+@st.cache_data(show_spinner=False, max_entries=2)
 def zipped(folder: str, stamp: float) -> bytes:
     """The export folder as a zip (stamp: the folder's newest change, so a rewritten folder zips anew)."""
     buffer = io.BytesIO()
@@ -58,8 +59,6 @@ def zipped(folder: str, stamp: float) -> bytes:
             archive.write(path, f"{Path(folder).name}/{path.name}")
     return buffer.getvalue()
 
-
-zipped = st.cache_data(show_spinner=False, max_entries=2)(zipped)
 
 source = st.radio("What to deploy", ["The Compress page's recipe", "A stored point"], horizontal=True)
 student = None  # a stored point of a trained student: deployed from its folder
