@@ -729,8 +729,9 @@ RUNTIME = Runtime(
     name="onnx",
     title=f"ONNX Runtime {ORT_VERSION}",
     package="onnxruntime",
-    files=FILES + tuple(f"{f}.data" for f in FILES),  # the .data files only past protobuf's 2 GB
+    files=FILES,
     inexpressible=inexpressible,
     export=export_onnx,
     load=load,
+    extra_files=tuple(f"{f}.data" for f in FILES),  # only past protobuf's 2 GB (save_graph)
 )

@@ -54,10 +54,11 @@ class Runtime:
     inexpressible: Callable[[SpeechModel], list[str]]  # one line per layer it cannot hold exactly
     export: Callable[[SpeechModel, Path], Path]  # writes the folder; ValueError if inexpressible
     load: Callable[[Path, int], Deployed]  # (folder, threads) -> the model running in the runtime
+    extra_files: tuple[str, ...] = ()  # files it also loads when an export has them (e.g. external data)
 
     def model_files(self, folder: Path) -> tuple[Path, ...]:
         """The files of `folder` this runtime loads (those present)."""
-        return tuple(Path(folder) / f for f in self.files if (Path(folder) / f).is_file())
+        return tuple(Path(folder) / f for f in self.files + self.extra_files if (Path(folder) / f).is_file())
 
 
 def runtime(name: str) -> Runtime:
