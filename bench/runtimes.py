@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
+from core.audio import SAMPLE_RATE
 from core.compress.recipe import Recipe, apply_recipe
 from core.data import load_dataset, load_waves
 from core.deploy.runtime import runtime
 from core.io.folders import load_model
 from core.measure.store import Store
 from core.measure.sweep import SweepSettings, run_sweep
-from core.metrics import score
+from core.metrics import by_length, score
 
 GROUPS = ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn", "embedding"]
 
@@ -244,12 +245,21 @@ def main() -> None:
         medians = [statistics.median(t) for t in times]
         stock = next((m for v, m in zip(group, medians) if v.label in ("stock int8", "stock q8_0")), None)
         print(f"\n{header}\n|{'---|' * 7}")
+        lengths = []
         for v, d, text, t, median in zip(group, deployed, texts, times, medians):
             speed = f"{stock / median:.2f}×" if stock else "—"
+            scores = score(refs, text)
             print(
-                f"| {runtime(name).title} | {v.label} | {v.origin} | {100 * score(refs, text).wer:.2f} | "
+                f"| {runtime(name).title} | {v.label} | {v.origin} | {100 * scores.wer:.2f} | "
                 f"{d.size_bytes() / 1e6:.2f} | {median:.0f} ({min(t):.0f}–{max(t):.0f}) | {speed} |"
             )
+            buckets = by_length(scores.rows, [len(w) / SAMPLE_RATE for w in waves], t)
+            lengths.append(
+                f"| {v.label} | " + " | ".join(f"{100 * b.wer:.2f}% · {b.median_ms:.0f} ms" for b in buckets)
+            )
+        counts = ", ".join(f"{b.bucket}: {b.clips} clips" for b in buckets)
+        print(f"\nby clip length ({counts}): WER · median ms per clip")
+        print("\n".join(line + " |" for line in lengths))
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

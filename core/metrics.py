@@ -6,6 +6,7 @@ short ones, as in the Whisper paper. Text is normalized first so "Seven apples!"
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -128,6 +129,46 @@ def score(
         insertions=sum(r.insertions for r in rows),
         rows=rows,
     )
+
+
+LENGTH_BUCKETS = (
+    ("≤ 3 s", 0.0, 3.0),
+    ("3–10 s", 3.0, 10.0),
+    ("10–30 s", 10.0, 30.0),
+    ("> 30 s", 30.0, math.inf),
+)
+
+
+@dataclass(frozen=True)
+class BucketScore:
+    """WER and time per clip of the clips whose length falls in one bucket."""
+
+    bucket: str  # e.g. "3–10 s": over 3 s, up to 10 s
+    clips: int
+    words: int
+    wer: float
+    median_ms: float | None  # median transcription time per clip (None when not timed)
+
+
+def by_length(
+    rows: list[UtteranceScore], seconds: list[float], ms: list[float] | None = None
+) -> list[BucketScore]:
+    """Corpus WER (and median time per clip) per clip-length bucket of LENGTH_BUCKETS, for one score row
+    per clip of `seconds` length: short commands and long dictation fail differently, and a model tuned
+    for one may not serve the other. Empty buckets, and buckets whose references have no words, are left
+    out."""
+    if len(rows) != len(seconds) or (ms is not None and len(ms) != len(rows)):
+        raise ValueError(f"{len(rows)} rows, {len(seconds)} lengths and {len(ms or [])} times must pair up")
+    out = []
+    for label, low, high in LENGTH_BUCKETS:
+        inside = [i for i, s in enumerate(seconds) if (low < s or low == 0) and s <= high]
+        words = sum(rows[i].n_words for i in inside)
+        if not inside or not words:
+            continue
+        errors = sum(rows[i].errors for i in inside)
+        median = float(np.median([ms[i] for i in inside])) if ms is not None else None
+        out.append(BucketScore(label, len(inside), words, errors / words, median))
+    return out
 
 
 def word_diff(reference: str, hypothesis: str) -> list[tuple[str, str, str]]:

@@ -134,3 +134,23 @@ def test_word_diff_counts_agree_with_score():
     assert ops.count("substitute") == row.substitutions
     assert ops.count("delete") == row.deletions
     assert ops.count("insert") == row.insertions
+
+
+def test_by_length_scores_each_clip_length_bucket_on_its_own():
+    from core.metrics import by_length
+
+    rows = score(
+        ["red green blue", "cat dog", "sun moon star sky", "tree"],
+        ["red green blue", "cat", "sun moon star", "bush"],
+    ).rows
+    buckets = by_length(rows, [1.0, 3.0, 7.5, 45.0], [100.0, 300.0, 500.0, 900.0])
+    assert [(b.bucket, b.clips, b.words) for b in buckets] == [
+        ("≤ 3 s", 2, 5),
+        ("3–10 s", 1, 4),
+        ("> 30 s", 1, 1),
+    ]
+    assert [b.wer for b in buckets] == [1 / 5, 1 / 4, 1.0]
+    assert [b.median_ms for b in buckets] == [200.0, 500.0, 900.0]  # the 10–30 s bucket is empty: left out
+    assert by_length(rows, [1.0] * 4)[0].median_ms is None
+    with pytest.raises(ValueError, match="must pair up"):
+        by_length(rows, [1.0, 2.0])

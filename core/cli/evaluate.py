@@ -78,6 +78,13 @@ def format_result(r: dict, show_rows: bool = False) -> str:
             f"{lat['runs']} runs, {lat['threads']} threads) on a {lat['clip_seconds']:.1f} s clip, "
             f"RTF {r['real_time_factor']:.3f}"
         )
+    if r.get("by_length"):
+        lines.append("by length    (one clip per window; time = transcription of the clip)")
+    for b in r.get("by_length") or []:
+        lines.append(
+            f"  {b['bucket']:>8s}   WER {100 * b['wer']:6.2f}% on {b['clips']} clips ({b['words']} words), "
+            f"{b['median_ms']:.0f} ms median per clip"
+        )
     lines.append(f"eval time    {r['eval_seconds']:.1f} s")
     if show_rows:
         lines.append("")

@@ -29,7 +29,7 @@ from core.audio import SAMPLE_RATE, load_audio
 from core.data import Dataset, load_waves, pack_utterances
 from core.deploy.runtime import Deployed
 from core.io.artifact import save_weights
-from core.metrics import Scores, score
+from core.metrics import BucketScore, Scores, by_length, score
 from core.models import SpeechModel
 
 LATENCY_CLIP = Path(__file__).resolve().parents[2] / "assets" / "samples" / "hello.wav"
@@ -75,6 +75,7 @@ class EvalResult:
     eval_seconds: float
     machine: dict = field(default_factory=dict)
     packed: bool = False  # rows are packed windows (ids joined by "+"), see pack_utterances
+    by_length: list[BucketScore] = field(default_factory=list)  # per clip-length bucket (not when packed)
     runtime: str = "lab"  # where it ran: "lab" (PyTorch, this process) or a deployment runtime's name
 
     def to_dict(self) -> dict:
@@ -99,6 +100,7 @@ class EvalResult:
             "machine": self.machine,
             "packed": self.packed,
             "runtime": self.runtime,
+            "by_length": [asdict(b) for b in self.by_length],
             "rows": scores["rows"],
         }
 
@@ -170,13 +172,18 @@ def evaluate(
     references, ids = [u.text for u in dataset.utterances], [u.id for u in dataset.utterances]
     if packed:
         waves, references, ids = pack_utterances(waves, references, ids)
-    hypotheses = []
+    hypotheses, clip_ms = [], []
+    clock = time.perf_counter()
     for text in transcribe_dataset(model, waves):
         hypotheses.append(text)
+        clip_ms.append((time.perf_counter() - clock) * 1000)
         if progress:
             progress(len(hypotheses), len(waves))
+        clock = time.perf_counter()
     scores = score(references, hypotheses, ids=ids)
     scores.n_utterances = len(dataset.utterances)
+    seconds = [len(w) / SAMPLE_RATE for w in waves]
+    buckets = [] if packed else by_length(scores.rows, seconds, clip_ms)
     latency = measure_latency(model, runs=latency_runs) if latency_runs > 0 else None
     return EvalResult(
         model=model.name,
@@ -188,5 +195,6 @@ def evaluate(
         eval_seconds=time.perf_counter() - start,
         machine=machine_facts(model.threads if isinstance(model, Deployed) else None),
         packed=packed,
+        by_length=buckets,
         runtime=model.runtime if isinstance(model, Deployed) else "lab",
     )

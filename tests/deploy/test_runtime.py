@@ -148,6 +148,8 @@ def test_cli_evaluates_an_exported_folder_in_its_runtime_with_parity(tiny, tmp_p
     assert "WER difference" in printed and "transcripts differ" in printed
     result = json.loads(report.read_text())
     assert result["runtime"] == "ct2" and result["latency"]["threads"] == 1
+    assert [(b["bucket"], b["clips"]) for b in result["by_length"]] == [("10–30 s", 3)]  # the 12 s tones
+    assert "10–30 s   WER" in printed
     assert result["parity"]["lab"]["runtime"] == "lab"
     # an exported model runs as exported; a lab model has nothing to compare with
     assert main(argv + ["--recipe", str(recipe_file(tmp_path))]) == 2
