@@ -61,6 +61,25 @@ cols[3].metric(
     help=Latency.from_json(result["latency"]).describe().capitalize(),
 )
 
+st.caption(
+    "WER on the bundled `quick` set: 16 sentences of synthetic speech (espeak-ng and flite voices), one clip "
+    "per 30 s window. It shows changes in WER well; your own speech will score differently."
+)
+with st.expander("By clip length"):
+    st.dataframe(
+        [
+            {
+                "clip length": b["bucket"],
+                "clips": b["clips"],
+                "words": b["words"],
+                "WER %": round(100 * b["wer"], 1),
+                "median ms per clip": round(b["median_ms"]),
+            }
+            for b in result.get("by_length", [])
+        ],
+        width="stretch",
+        hide_index=True,
+    )
 with st.expander("Per-utterance transcripts"):
     st.dataframe(
         [

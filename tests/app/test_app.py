@@ -55,8 +55,11 @@ def test_home_metric_cards(home):
 
 
 def test_home_per_utterance_table(home):
-    assert len(home.dataframe) == 1
-    table = home.dataframe[0].value
+    assert len(home.dataframe) == 2
+    lengths = home.dataframe[0].value  # WER by clip length: the quick clips are 2.5-5.3 s long
+    assert list(lengths["clip length"]) == ["≤ 3 s", "3–10 s"] and lengths["clips"].sum() == QUICK_UTTERANCES
+    assert any("synthetic speech" in c.value for c in home.caption)
+    table = home.dataframe[1].value
     assert len(table) == QUICK_UTTERANCES
     assert list(table.columns) == ["id", "reference", "hypothesis", "WER"]
     assert table["id"].is_unique
