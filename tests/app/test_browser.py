@@ -156,6 +156,7 @@ def test_deploy_the_compress_recipe_to_ctranslate2_and_download_it(streamlit_ser
         page.get_by_role("button", name="Export and measure in CTranslate2 4.8.5").click()
         download = page.get_by_role("button", name="Download the CTranslate2 4.8.5 folder (zip)")
         download.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        page.get_by_text("ctranslate2.models.Whisper", exact=False).first.wait_for()  # the loading snippet
         wait_until_idle(page)
         assert not exception_boxes(page), exception_boxes(page)
         text = page.locator('[data-testid="stMain"]').inner_text()

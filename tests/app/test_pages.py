@@ -100,7 +100,7 @@ def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compr
     # a 2-point sweep: uncompressed (stored already) and 8-bit channel (stored by the Compress tests)
     at.multiselect[0].set_value([0.0]).run(timeout=TIMEOUT)
     at.multiselect[1].set_value([16, 8]).run(timeout=TIMEOUT)
-    at.radio[0].set_value("channel").run(timeout=TIMEOUT)
+    next(r for r in at.radio if r.label == "Quantization scales").set_value("channel").run(timeout=TIMEOUT)
     sweep = next(b for b in at.button if b.label.startswith("Run the sweep"))
     assert "(2 recipes)" in sweep.label
     sweep.click().run(timeout=TIMEOUT)
