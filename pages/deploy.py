@@ -107,7 +107,7 @@ def work(report):
     lab = student or measure(model_name, recipe)
     dataset, waves = dataset_waves(DATASET)
     there = measure_deployed(
-        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves, report, student
+        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves, report, student, model_name
     )
     return lab, there
 

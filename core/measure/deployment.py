@@ -48,11 +48,14 @@ def measure_deployed(
     waves: list | None = None,
     progress: Callable[[str, float], None] | None = None,
     student: Point | None = None,
+    origin: str | None = None,
 ) -> Point:
     """`base` with `recipe` applied (or the trained `student` of a stored student point, loaded from its
     folder), exported for runtime `name` into `folder` and measured there: the stored point (measured once
     per key; the folder is written again whenever it is missing).
 
+    `origin`: how `load_model` names `base` (default its display name), recorded in the folder so that
+    `evaluate --model FOLDER --parity` finds the lab model again.
     ValueError (nothing measured) when the runtime cannot hold the compressed model exactly.
     `progress(stage, fraction)` hears "export", "transcribe" (after each clip but the last) and "latency"
     (once every clip is transcribed)."""
@@ -75,9 +78,10 @@ def measure_deployed(
         return stored
     start = time.perf_counter()
     target.export(variant, folder)
-    record_origin(
-        folder, student.student["folder"] if student else base.name, recipe.to_json() if not student else None
-    )
+    if student is not None:
+        record_origin(folder, student.student["folder"], None)
+    else:
+        record_origin(folder, origin or base.name, recipe.to_json())
     exported = time.perf_counter()
     if stored is not None:
         return stored

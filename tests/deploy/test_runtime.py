@@ -180,6 +180,8 @@ def test_runtime_points_are_stored_beside_the_labs_under_their_own_key(tiny, tmp
         direct = evaluate(load_deployed(tmp_path / "out", 1), dataset, latency_runs=0, packed=True)
         assert point.wer == direct.scores.wer and point.size_bytes == direct.size_bytes
         assert {p.runtime for p in store.points()} == {"lab", "ct2"}
+        facts = json.loads((tmp_path / "out" / EXPORT_FILE).read_text())
+        assert facts["origin"] == {"model": "tiny-random", "recipe": recipe.to_json()}
         # measured once: asked again it comes from the store, and a deleted folder is written again
         again = measure_deployed(tiny, recipe, "ct2", dataset, store, tmp_path / "again", FAST)
         assert again.cached and again.key == point.key and (tmp_path / "again" / "model.bin").is_file()
