@@ -27,6 +27,7 @@ from core.measure.deployment import measure_deployed
 from core.measure.evaluate import evaluate
 from core.measure.store import Store
 from core.measure.sweep import SweepSettings, run_sweep
+from core.models import DEFAULT_GROUPS
 
 INT8 = {"steps": [{"quantize": {"bits": 8}}]}
 FAST = SweepSettings(latency_runs=1)
@@ -228,14 +229,7 @@ def test_a_trained_student_deploys_from_its_folder(tiny, tmp_path, one_thread):
                     {
                         "quantize": {
                             "bits": 16,
-                            "groups": [
-                                "encoder.attention",
-                                "encoder.ffn",
-                                "decoder.attention",
-                                "decoder.ffn",
-                                "embedding",
-                                "conv",
-                            ],
+                            "groups": [*DEFAULT_GROUPS, "embedding", "conv"],
                         }
                     }
                 ]
