@@ -37,8 +37,9 @@ from core.io.folders import load_model
 from core.measure.store import Store
 from core.measure.sweep import SweepSettings, run_sweep
 from core.metrics import by_length, score
+from core.models import DEFAULT_GROUPS
 
-GROUPS = ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn", "embedding"]
+GROUPS = [*DEFAULT_GROUPS, "embedding"]  # every matrix: whisper.cpp has one type for all of them
 
 
 def quantize(groups=GROUPS, **config) -> dict:
@@ -63,8 +64,8 @@ SLOTS = {
     # ONNX Runtime's 4-bit quantizer keeps the float token table for the lookup (only the logits MatMul is
     # 4-bit): the same layers, the lab's codes, for a comparison at about equal size
     ("onnx", "int4 linear"): [
-        quantize(GROUPS[:4], bits=4, **GROUP32, method="mse"),
-        quantize(GROUPS[:4], bits=4, **GROUP32, method="mse", symmetric=False),
+        quantize(list(DEFAULT_GROUPS), bits=4, **GROUP32, method="mse"),
+        quantize(list(DEFAULT_GROUPS), bits=4, **GROUP32, method="mse", symmetric=False),
     ],
     ("ggml", "q8_0"): [quantize(bits=8, **GROUP32), quantize(bits=8, **GROUP32, method="mse")],
     ("ggml", "q5_1"): [
