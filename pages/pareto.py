@@ -135,8 +135,8 @@ else:
     counts = table["runtime"].value_counts()
     where = st.radio(
         "Measured in",
-        [r for r in WHERE if r in counts],
-        format_func=lambda r: f"{WHERE[r]} · {counts[r]}",
+        [r for r in WHERE if r in counts] + [r for r in counts.index if r not in WHERE],
+        format_func=lambda r: f"{WHERE.get(r, r)} · {counts[r]}",
         horizontal=True,
         help="Each runtime's points are measured in that runtime (Deploy page): its WER, the bytes of the "
         "files it loads, its latency at the same thread count.",
