@@ -65,11 +65,8 @@ def measure_deployed(
     if student is not None:  # keyed by its weights, as core.measure.sweep.record_student keys it
         variant = load_model(student.student["folder"])
         recipe, what = Recipe.from_json(student.recipe), {"model": model_identity(variant)}
-    else:
-        variant = (
-            apply_recipe(base, recipe, name=f"{base.name} + {recipe.describe()}")[0] if recipe.steps else base
-        )
-        what = recipe_identity(recipe)
+    else:  # keyed by the recipe: a stored point with its folder in place costs no apply_recipe
+        variant, what = None, recipe_identity(recipe)
     base_id, fingerprint = model_identity(base), dataset.fingerprint()
     key_settings = runtime_settings(settings, name)
     key = point_key(base_id, what, fingerprint, key_settings)
@@ -77,6 +74,10 @@ def measure_deployed(
     if stored is not None and all((folder / f).is_file() for f in target.files):
         return stored
     start = time.perf_counter()
+    if variant is None:
+        variant = (
+            apply_recipe(base, recipe, name=f"{base.name} + {recipe.describe()}")[0] if recipe.steps else base
+        )
     target.export(variant, folder)
     if student is not None:
         record_origin(folder, student.student["folder"], None)
