@@ -41,6 +41,20 @@ def normalize(text: str) -> str:
     return _normalizer()(text)
 
 
+def ends_in_repeat(text: str, min_words: int = 6) -> bool:
+    """True when the words of `text` end with one phrase said over and over: more than twice back to back
+    (the last time possibly cut off) and over at least `min_words` words ("go forward ten meters go forward
+    ten meters go forward"): what a decoding loop leaves once the loop stop or the token cap cuts it."""
+    words = text.split()
+    for n in range(1, len(words) // 2 + 1):
+        periodic = n  # the longest end of `words` that repeats with period n
+        while periodic < len(words) and words[-1 - periodic] == words[-1 - periodic + n]:
+            periodic += 1
+        if periodic >= max(min_words, 2 * n + 1):
+            return True
+    return False
+
+
 @dataclass
 class UtteranceScore:
     id: str
@@ -58,6 +72,11 @@ class UtteranceScore:
     def errors(self) -> int:
         return self.substitutions + self.deletions + self.insertions
 
+    @property
+    def looped(self) -> bool:
+        """The hypothesis ends in a repeated phrase that the reference does not: a decoding loop cut short."""
+        return ends_in_repeat(self.normalized_hypothesis) and not ends_in_repeat(self.normalized_reference)
+
 
 @dataclass
 class Scores:
@@ -71,6 +90,11 @@ class Scores:
     deletions: int = 0
     insertions: int = 0
     rows: list[UtteranceScore] = field(default_factory=list)
+
+    @property
+    def looped(self) -> int:
+        """Transcripts that end in a decoding loop (see UtteranceScore.looped)."""
+        return sum(row.looped for row in self.rows)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (the interval as a two-item list)."""

@@ -1,5 +1,5 @@
-"""`distill`: train a smaller student, or fine-tune a compressed model back; options left out take
-DistillConfig's defaults."""
+"""`distill`: train a smaller student, or fine-tune a compressed model back, either one optionally in
+short-context mode; options left out take DistillConfig's defaults."""
 
 from __future__ import annotations
 
@@ -38,7 +38,13 @@ def run(args: argparse.Namespace) -> None:
     )
 
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
-    spec = StudentSpec(args.student_decoder_layers, args.student_encoder_layers, recipe)
+    context = {"floor_seconds": args.context_floor} if args.context_floor is not None else {}
+    spec = StudentSpec(
+        args.student_decoder_layers,
+        args.student_encoder_layers,
+        recipe,
+        context if args.short_context or args.context_floor is not None else None,
+    )
     given = {
         field: getattr(args, option)
         for option, field in CONFIG_OPTIONS.items()
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> None:
     )
     if wers:
         was = f"{100 * wers[0]:.2f}% before training → " if len(wers) > 1 else ""
-        print(f"WER on {eval_set.name} (packed windows): {was}{100 * wers[-1]:.2f}% after")
+        mode = "one clip per window" if spec.short_context is not None else "packed windows"
+        print(f"WER on {eval_set.name} ({mode}): {was}{100 * wers[-1]:.2f}% after")
     print(f"wrote {args.out}; load it with --model {args.out}")
     if point is not None:
         print(
@@ -100,7 +107,7 @@ def add_command(commands) -> None:
         default=DEFAULT_MODEL,
         help="teacher: 'whisper-tiny.en', 'whisper-base', a model folder or a Hugging Face id",
     )
-    shape = p.add_mutually_exclusive_group(required=True)
+    shape = p.add_mutually_exclusive_group()
     shape.add_argument("--student-decoder-layers", type=int, help="smaller student: decoder layers to keep")
     shape.add_argument(
         "--recipe", type=Path, help="recovery: fine-tune the teacher compressed by this recipe"
@@ -108,14 +115,27 @@ def add_command(commands) -> None:
     p.add_argument(
         "--student-encoder-layers", type=int, help="smaller student: encoder layers (default: all)"
     )
+    p.add_argument(
+        "--short-context",
+        action="store_true",
+        help="the student's encoder sees only the clip, not a 30 s window (alone: the teacher's shape); "
+        "the output folder remembers it",
+    )
+    p.add_argument(
+        "--context-floor", type=float, help="short context: the fewest seconds the encoder sees (default 1)"
+    )
     p.add_argument("--steps", type=int, help="optimizer steps (default 200)")
     p.add_argument("--out", type=Path, required=True, help="output folder; rerun the same command to resume")
     p.add_argument("--dataset", default="train", help="training data: 'train' (bundled) or any dataset path")
-    p.add_argument("--eval-dataset", default="quick", help="WER before/after training (packed windows)")
+    p.add_argument(
+        "--eval-dataset",
+        default="quick",
+        help="WER before/after training (packed windows; short context: one clip per window)",
+    )
     p.add_argument("--temperature", type=float, help="softens both distributions (default 2)")
     p.add_argument("--alpha", type=float, help="weight of the hard-label loss (default 0.5)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
-    p.add_argument("--batch-size", type=int, help="30 s windows per step (default 4)")
+    p.add_argument("--batch-size", type=int, help="30 s windows (short context: clips) per step (default 4)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default 10)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: before and after only)")

@@ -67,6 +67,7 @@ def format_result(r: dict, show_rows: bool = False) -> str:
         f"WER          {100 * r['wer']:.2f}%  (95% CI {100 * low:.2f}–{100 * high:.2f}; "
         f"raw {100 * r['raw_wer']:.2f}%)",
         f"CER          {100 * r['cer']:.2f}%",
+        f"loops        {r.get('looped', 0)} transcript(s) end in a repeated phrase (a loop cut short)",
         f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes {where}), "
         f"{r['parameters']:,} parameters",
     ]

@@ -12,11 +12,13 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from core.compress import lowrank, prune, quant
+from core.compress import context, lowrank, prune, quant
 from core.compress.technique import Technique
 
 BUILTIN_KINDS = ("linear", "embedding", "conv1d", "layer_norm")  # plain torch layers core.io.artifact records
-TECHNIQUES: dict[str, Technique] = {t.name: t for t in (prune.TECHNIQUE, lowrank.TECHNIQUE, quant.TECHNIQUE)}
+TECHNIQUES: dict[str, Technique] = {
+    t.name: t for t in (context.TECHNIQUE, prune.TECHNIQUE, lowrank.TECHNIQUE, quant.TECHNIQUE)
+}
 
 
 def register(technique: Technique) -> Technique:

@@ -88,6 +88,7 @@ class EvalResult:
             "wer": scores["wer"],
             "cer": scores["cer"],
             "raw_wer": scores["raw_wer"],
+            "looped": self.scores.looped,
             "wer_ci95": scores["wer_ci95"],
             "n_utterances": scores["n_utterances"],
             "n_words": scores["n_words"],

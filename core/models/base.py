@@ -89,6 +89,7 @@ class Family(Protocol):
     def ffn_blocks(self, module: nn.Module) -> list[FeedForwardBlock]: ...
     def encoder(self, module: nn.Module) -> nn.Module: ...
     def encode(self, module: nn.Module, features: torch.Tensor) -> torch.Tensor: ...
+    def encoder_input(self, model: SpeechModel, windows: list[np.ndarray]) -> torch.Tensor: ...
     def transcribe(self, model: SpeechModel, windows: list[np.ndarray]) -> list[str]: ...
     def calibration_batch(self, model: SpeechModel, window: np.ndarray, text: str) -> dict: ...
     def over_audio(self, name: str) -> bool: ...
@@ -103,7 +104,7 @@ class Family(Protocol):
     # generative families only (GENERATIVE = True): decoding, teacher forcing, smaller students
     # decoder_logits(module, states, inputs), greedy_decode(module, states, decoding, n), label_tokens(model,
     # text), token_room(model), parameter_part(name), layer_counts(module), smaller(module, dec, enc),
-    # vocab_size(module)
+    # vocab_size(module), short_context(module) (the short-context policy it runs with, or None)
 
 
 @dataclass
@@ -154,6 +155,11 @@ class SpeechModel:
     def encoder(self) -> nn.Module:
         """The encoder part of the module (its weights decide the encoder outputs)."""
         return self.family.encoder(self.module)
+
+    def encoder_input(self, windows: list[np.ndarray]) -> torch.Tensor:
+        """Features of a batch of windows as the encoder takes them (a Whisper model in short-context mode:
+        cut to the frames the longest window needs)."""
+        return self.family.encoder_input(self, windows)
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder outputs for a batch of features,

@@ -77,8 +77,13 @@ def over_audio(name: str) -> bool:
     return True
 
 
+def encoder_input(model: SpeechModel, windows: list[np.ndarray]) -> torch.Tensor:
+    """The raw waveforms as the encoder takes them (a CTC model sees each clip at its own length)."""
+    return model.features(windows)
+
+
 def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
-    logits = model.encode(model.features(windows))
+    logits = model.encode(encoder_input(model, windows))
     return [model.decode(ids.tolist()) for ids in logits.argmax(-1)]
 
 

@@ -2,8 +2,11 @@
 module names.
 
 Mel padding convention (kept identical for every model we compare): the waveform is padded with
-silence to the full 30 s window *before* the log-mel, as OpenAI and Hugging Face do; Whisper always
-sees a 3000-frame window. Decoding is greedy with a key/value cache and a loop stop.
+silence to the full 30 s window *before* the log-mel, as OpenAI and Hugging Face do; Whisper sees a
+3000-frame window. A model in short-context mode (`short_context` on its config, set by the
+`short_context` technique, remembered in config.json) sees only the first frames of that window, as
+many as the clip needs (rounded up, with a floor): the encoder's cost falls with the clip's length.
+Decoding is greedy with a key/value cache and a loop stop.
 The token embedding `model.decoder.embed_tokens.weight` IS the output projection `proj_out.weight`.
 """
 
@@ -29,6 +32,7 @@ TOKENS_PER_SECOND = 8  # generous speaking-rate cap, so a broken model cannot lo
 TOKEN_MARGIN = 12
 LOOP_REPEATS, LOOP_MIN_TOKENS = 3, 12  # a decoding loop: an n-gram 3+ times in a row over 12+ tokens
 ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+FRAMES_PER_SECOND = 100  # log-mel frames per second of audio (a hop of 160 samples at 16 kHz)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,54 @@ def encoder(module: nn.Module) -> nn.Module:
 
 
 def encode(module: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    return module.model.encoder(features).last_hidden_state
+    """Encoder states (batch, frames / 2, d) of log-mel `features` (batch, mels, frames) of any even frame
+    count up to the full window: Hugging Face's encoder forward with the position table sliced to the frames
+    given (its own forward refuses anything but 3000 frames)."""
+    encoder = module.model.encoder
+    hidden = nn.functional.gelu(encoder.conv2(nn.functional.gelu(encoder.conv1(features)))).permute(0, 2, 1)
+    if hidden.shape[1] > encoder.embed_positions.weight.shape[0]:
+        raise ValueError(
+            f"the encoder takes at most {2 * encoder.embed_positions.weight.shape[0]} frames, "
+            f"got {features.shape[-1]}"
+        )
+    hidden = hidden + encoder.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
+def full_frames(module: nn.Module) -> int:
+    """Log-mel frames of the full window (3000: 30 s)."""
+    return 2 * module.config.max_source_positions
+
+
+def short_context(module: nn.Module) -> dict | None:
+    """The short-context policy this module runs with ({"floor_seconds", "step_seconds"}), or None."""
+    return getattr(module.config, "short_context", None) or None
+
+
+def set_short_context(module: nn.Module, policy: dict | None) -> None:
+    """Record the short-context policy on the module's config (saved in config.json with the weights)."""
+    module.config.short_context = dict(policy) if policy else None
+
+
+def context_frames(policy: dict | None, seconds: float, full: int = 3000) -> int:
+    """Encoder input frames for a clip of `seconds` under a short-context `policy` (None: the full window):
+    the clip's length rounded up to a whole number of steps, at least the floor, even (the convolutions
+    halve it), at most the full window."""
+    if not policy:
+        return full
+    step = policy["step_seconds"]
+    wanted = max(policy["floor_seconds"], step * math.ceil(seconds / step - 1e-9))
+    return min(full, 2 * math.ceil(wanted * FRAMES_PER_SECOND / 2))
+
+
+def encoder_input(model: SpeechModel, windows: list[np.ndarray]) -> torch.Tensor:
+    """Log-mel features of a batch of windows, cut to the frames the model's context needs for the longest."""
+    features = model.features(windows)
+    seconds = max(len(w) for w in windows) / SAMPLE_RATE
+    return features[..., : context_frames(short_context(model.module), seconds, features.shape[-1])]
 
 
 def decoder_logits(module: nn.Module, states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -149,7 +200,7 @@ def label_tokens(model: SpeechModel, text: str) -> list[int]:
 
 
 def transcribe(model: SpeechModel, windows: list[np.ndarray]) -> list[str]:
-    states = model.encode(model.features(windows))
+    states = model.encode(encoder_input(model, windows))
     max_new = [token_cap(model.decoding, len(w) / SAMPLE_RATE) for w in windows]
     tokens = greedy_decode(model.module, states, model.decoding, max(max_new))
     return [model.decode(seq[:cap]) for seq, cap in zip(tokens, max_new)]

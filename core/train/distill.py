@@ -7,9 +7,12 @@ Two kinds of student, of a model family with a decoder (Whisper):
             quantize steps run after training (fine-tune the float model, then quantize it).
 Loss per token, padding masked: α · CE(student, hard label) + (1 − α) · T² · KL(p_teacher ‖ p_student),
 both distributions at temperature T. Hard labels are the reference transcripts, or the teacher's own
-transcripts where there is no reference. Teacher outputs (encoder states, logits) and a frozen student
-encoder's outputs are computed once and reused every epoch. Training is a generator of `Progress`,
-deterministic for a seed, and resumes from a safetensors checkpoint.
+transcripts where there is no reference. A student in short-context mode (core.compress.context) learns
+on clips of 1–30 s (core.data.training_clips) that its encoder sees cut to the clip, from a teacher that
+hears each clip in its full 30 s window: it learns to stop where the teacher stops instead of looping.
+Teacher outputs (encoder states, logits) and a frozen student encoder's outputs are computed once and
+reused every epoch. Training is a generator of `Progress`, deterministic for a seed, and resumes from a
+safetensors checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 
 from core.compress.recipe import Recipe, apply_recipe
 from core.compress.registry import technique
-from core.data import Dataset, load_waves, pack_utterances
+from core.data import Dataset, load_waves, pack_utterances, training_clips
 from core.io.folders import save_model
 from core.measure.evaluate import evaluate
 from core.measure.store import Point, Store, model_identity, weights_hash
@@ -48,7 +51,7 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5  # weight of the hard-label cross-entropy; 1 − α goes to the soft labels
     learning_rate: float = 3e-4
-    batch_size: int = 4  # 30 s windows per step
+    batch_size: int = 4  # examples per step: 30 s windows, or clips for a short-context student
     warmup_steps: int = 10
     seed: int = 0
     pseudo_labels: bool = False  # hard labels from the teacher's transcripts instead of the references
@@ -179,7 +182,7 @@ def recovery_student(teacher: SpeechModel, recipe) -> tuple[SpeechModel, object]
 class Example:
     """One training window: the teacher's cached outputs and the hard labels."""
 
-    features: torch.Tensor  # (mels, frames), only kept when the student encoder trains
+    features: torch.Tensor  # (mels, frames) the student's encoder input, only kept when its encoder trains
     encoder_states: torch.Tensor  # (frames, d) the frozen student encoder's output (empty if it trains)
     inputs: list[int]  # prompt + label tokens
     labels: list[int]  # IGNORE under the prompt but its last token, then label tokens + end-of-text
@@ -190,9 +193,13 @@ class Example:
 def prepare_examples(
     teacher: SpeechModel, student: SpeechModel, waves: list, texts: list[str], config: DistillConfig
 ) -> Iterator[Example]:
-    """Pack utterances into 30 s windows and compute, once, what every epoch reuses: the teacher's encoder
-    states and logits and, when the student encoder is frozen and differs from the teacher's, its states."""
-    windows, references, _ = pack_utterances(waves, texts, [str(i) for i in range(len(waves))])
+    """Pack utterances into 30 s windows (a short-context student: into clips of 1–30 s) and compute, once,
+    what every epoch reuses: the teacher's encoder states and logits and, when the student encoder is frozen
+    and its input or weights differ from the teacher's, its states."""
+    if student.family.short_context(student.module):
+        windows, references = training_clips(waves, texts, config.seed)
+    else:
+        windows, references, _ = pack_utterances(waves, texts, [str(i) for i in range(len(waves))])
     decoding = teacher.decoding
     same_encoder = weights_hash(student.encoder()) == weights_hash(teacher.encoder())
     room = teacher.token_room() - 1
@@ -206,14 +213,15 @@ def prepare_examples(
         inputs = list(decoding.prompt) + tokens
         labels = [IGNORE] * (len(decoding.prompt) - 1) + tokens + [decoding.eot]
         logits = teacher.decoder_logits(teacher_states, torch.tensor([inputs]))[0]
+        student_features = student.encoder_input([window])
         if config.train_encoder:  # the encoder runs in every step instead
             states = torch.empty(0)
-        elif same_encoder:
+        elif same_encoder and student_features.shape == features.shape:
             states = teacher_states[0]
         else:
-            states = student.encode(features)[0]
+            states = student.encode(student_features)[0]
         yield Example(
-            features=features[0] if config.train_encoder else torch.empty(0),
+            features=student_features[0] if config.train_encoder else torch.empty(0),
             encoder_states=states,
             inputs=inputs,
             labels=labels,
@@ -369,20 +377,34 @@ def train_step(
     rate: float,
     config: DistillConfig,
 ) -> LossParts:
-    """One optimizer step on a batch: loss, backward, pruned weights kept at zero, clipped AdamW update."""
+    """One optimizer step on a batch: loss, backward, pruned weights kept at zero, clipped AdamW update.
+    Examples whose encoder input differs in length (short-context clips) run in groups of one length, their
+    losses weighted by scored tokens: the same loss as one batch would give."""
     module.train()
     family = family_of(module)
-    inputs, labels, teacher_logits = collate(batch, pad)
-    if config.train_encoder:
-        states = family.encode(module, torch.stack([e.features for e in batch]))
-    else:
-        states = torch.stack([e.encoder_states for e in batch])
-    loss = distill_loss(
-        family.decoder_logits(module, states, inputs),
-        teacher_logits,
-        labels,
-        config.temperature,
-        config.alpha,
+    by_shape: dict[tuple, list[Example]] = {}
+    for e in batch:
+        by_shape.setdefault(
+            tuple((e.features if config.train_encoder else e.encoder_states).shape), []
+        ).append(e)
+    scored = sum(sum(label != IGNORE for label in e.labels) for e in batch)
+    parts = []
+    for group in by_shape.values():
+        inputs, labels, teacher_logits = collate(group, pad)
+        if config.train_encoder:
+            states = family.encode(module, torch.stack([e.features for e in group]))
+        else:
+            states = torch.stack([e.encoder_states for e in group])
+        part = distill_loss(
+            family.decoder_logits(module, states, inputs),
+            teacher_logits,
+            labels,
+            config.temperature,
+            config.alpha,
+        )
+        parts.append((part, (labels != IGNORE).sum().item() / scored))
+    loss = LossParts(
+        *(sum(weight * getattr(part, f) for part, weight in parts) for f in LossParts.__dataclass_fields__)
     )
     for group in optimizer.param_groups:
         group["lr"] = rate
@@ -401,11 +423,12 @@ def train_step(
 def evaluate_student(
     student: SpeechModel, dataset: Dataset, waves: list, encoder_cache: EncoderCache
 ) -> float:
-    """WER of the student on packed windows (the sweeps' mode),
-    reusing encoder outputs while the encoder is frozen."""
+    """WER of the student on packed windows (the sweeps' mode; a short-context student: one clip per window,
+    the mode it is for), reusing encoder outputs while the encoder is frozen."""
     student.module.eval()
     scored = student.with_encoder_cache(encoder_cache, encoder_identity(student))
-    return evaluate(scored, dataset, waves=waves, latency_runs=0, packed=True).scores.wer
+    packed = not student.family.short_context(student.module)
+    return evaluate(scored, dataset, waves=waves, latency_runs=0, packed=packed).scores.wer
 
 
 def distill(
@@ -513,31 +536,56 @@ def distill(
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """What to train: a smaller student (decoder_layers, optionally encoder_layers) or a recovery recipe."""
+    """What to train: a smaller student (decoder_layers, optionally encoder_layers) or a recovery recipe,
+    either one (or the teacher's own shape) optionally in short-context mode (a short_context step's JSON
+    settings, {} for its defaults)."""
 
     decoder_layers: int | None = None
     encoder_layers: int | None = None
     recipe: dict | None = None  # recipe JSON: recovery fine-tuning of the teacher compressed by it
+    short_context: dict | None = None  # core.compress.context.ShortContextConfig fields
 
     def __post_init__(self):
-        if (self.decoder_layers is None) == (self.recipe is None):
+        if self.decoder_layers is not None and self.recipe is not None:
             raise ValueError(
                 "choose either a smaller student (decoder layers) or a recipe to recover, not both"
             )
+        if self.decoder_layers is None and self.recipe is None and self.short_context is None:
+            raise ValueError(
+                "choose a smaller student (decoder layers), a recipe to recover, or short context"
+            )
         if self.recipe is not None and self.encoder_layers is not None:
             raise ValueError("encoder layers apply to a smaller student, not to a recovery recipe")
+        if self.short_context is not None:
+            self.context_step()  # validates the settings
+
+    def context_step(self) -> Recipe:
+        """The short_context step as a recipe (empty when the student runs with the full window)."""
+        if self.short_context is None:
+            return Recipe()
+        return Recipe.from_json({"steps": [{"short_context": self.short_context}]})
 
     def build(self, teacher: SpeechModel):
         """(student, recipe of the steps to run after training)."""
         if self.recipe is not None:
-            return recovery_student(teacher, self.recipe)
-        return make_student(teacher, self.decoder_layers, self.encoder_layers), Recipe()
+            student, after = recovery_student(teacher, self.recipe)
+        elif self.decoder_layers is not None:
+            student, after = make_student(teacher, self.decoder_layers, self.encoder_layers), Recipe()
+        else:
+            _check_plain(teacher, "teacher")
+            student, after = teacher, Recipe()  # the short_context step below copies it
+        if self.short_context is not None:
+            student = apply_recipe(student, self.context_step(), name=student.name + " (short context)")[0]
+        return student, after
 
     def describe(self, steps: int) -> str:
+        context = " in short context" if self.short_context is not None else ""
         if self.recipe is not None:
-            return f"recovered {Recipe.from_json(self.recipe).describe()} ({steps} steps)"
+            return f"recovered {Recipe.from_json(self.recipe).describe()}{context} ({steps} steps)"
+        if self.decoder_layers is None:
+            return f"distilled to short context ({steps} steps)"
         encoder = f", {self.encoder_layers}-layer encoder" if self.encoder_layers else ""
-        return f"distilled {self.decoder_layers}-layer decoder{encoder} ({steps} steps)"
+        return f"distilled {self.decoder_layers}-layer decoder{encoder}{context} ({steps} steps)"
 
 
 def finish_student(
@@ -607,7 +655,13 @@ def publish_student(
 def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:
     """A folder per distinct run under `root`: the same settings find their checkpoint again (resume)."""
     key = json.dumps([teacher, asdict(spec), config.to_json(), data], sort_keys=True)
-    kind = "recovery" if spec.recipe is not None else f"student-{spec.decoder_layers}dec"
+    kind = (
+        "recovery"
+        if spec.recipe is not None
+        else f"student-{spec.decoder_layers}dec"
+        if spec.decoder_layers is not None
+        else "short-context"
+    )
     return Path(root) / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 

@@ -136,7 +136,7 @@ def test_describe():
     [
         (
             {"steps": [{"prun": {"sparsity": 0.3}}]},
-            "step 1: unknown step 'prun'; allowed steps: prune, low_rank, quantize",
+            "step 1: unknown step 'prun'; allowed steps: short_context, prune, low_rank, quantize",
         ),
         (
             {"steps": [{"prune": {"sparsity": 0.3}}, {"low_rank": {"engery": 0.9}}]},

@@ -249,3 +249,75 @@ def test_cli_distill_writes_a_student_that_loads_and_joins_the_store(speech_fold
         == 2
     )
     assert "between 1 and 4" in capsys.readouterr().err
+
+
+def test_short_context_student_learns_on_clips_and_loads_back(speech_folder, tmp_path, one_thread):
+    from core.models import whisper
+    from core.train.distill import finish_student, prepare_examples
+
+    teacher, dataset = tiny_teacher(), load_dataset(speech_folder)
+    spec = StudentSpec(decoder_layers=2, short_context={"floor_seconds": 2.0})
+    student, after = spec.build(teacher)
+    assert whisper.short_context(student.module)["floor_seconds"] == 2.0
+    assert whisper.short_context(teacher.module) is None
+    assert spec.describe(5) == "distilled 2-layer decoder in short context (5 steps)"
+
+    config = DistillConfig(steps=10, batch_size=3, warmup_steps=1, learning_rate=1e-2)
+    waves = [np.asarray(sf.read(u.path, dtype="float32")[0]) for u in dataset.utterances]
+    examples = list(prepare_examples(teacher, student, waves, [u.text for u in dataset.utterances], config))
+    frames = {e.encoder_states.shape[0] for e in examples}
+    assert all(f < 1500 for f in frames) and len(frames) > 1  # clips of their own lengths, not 30 s windows
+
+    progress = run(student, teacher, dataset, config, eval_set=dataset)
+    losses = [p.loss for p in progress if p.stage == "train"]
+    assert losses[-1] < losses[0] - 0.1
+    finish_student(student, after, teacher, spec, config, tmp_path / "out", None, None)
+    loaded = load_model(tmp_path / "out")
+    assert whisper.short_context(loaded.module) == whisper.short_context(student.module)
+    assert loaded.transcribe(waves[:1]) == student.transcribe(waves[:1])
+
+    alone = StudentSpec(short_context={})
+    assert len(alone.build(teacher)[0].module.model.decoder.layers) == 4
+    with pytest.raises(ValueError, match="or short context"):
+        StudentSpec()
+    with pytest.raises(ValueError, match="short_context.floor_seconds"):
+        StudentSpec(short_context={"floor_seconds": 99})
+
+
+def test_cli_distill_short_context_remembers_the_mode(speech_folder, tmp_path, capsys):
+    from core.cli import main
+    from core.models import whisper
+
+    teacher_dir, out = tmp_path / "teacher", tmp_path / "student"
+    save_model(tiny_teacher(), teacher_dir)
+    args = [
+        "--threads",
+        "1",
+        "distill",
+        "--teacher",
+        str(teacher_dir),
+        "--short-context",
+        "--context-floor",
+        "3",
+    ]
+    args += [
+        "--student-decoder-layers",
+        "1",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "2",
+        "--no-store",
+    ]
+    args += ["--dataset", str(speech_folder), "--eval-dataset", str(speech_folder), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(one clip per window)" in printed
+    student = load_model(out)
+    assert whisper.short_context(student.module) == {"floor_seconds": 3.0, "step_seconds": 1.0}
+    assert len(student.module.model.decoder.layers) == 1
+    assert json.loads((out / "speech_lab.json").read_text())["distill"]["student"]["short_context"] == {
+        "floor_seconds": 3.0
+    }
