@@ -37,6 +37,7 @@ from core.deploy.runtime import (
     README_FILE,
     Deployed,
     Runtime,
+    context_frames,
     export_facts,
     refuse,
     running,
@@ -266,6 +267,7 @@ def load(folder: Path, threads: int) -> Deployed:
     def window_text(window: np.ndarray) -> str:
         cap = token_cap(decoding, len(window) / SAMPLE_RATE)
         mel = extractor([window], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        mel = mel[..., : context_frames(facts, window)]  # the engine takes a short input as it comes
         result = engine.generate(
             ctranslate2.StorageView.from_array(np.ascontiguousarray(mel, dtype=np.float32)),
             [list(decoding.prompt)],

@@ -66,6 +66,7 @@ from core.deploy.runtime import (
     README_FILE,
     Deployed,
     Runtime,
+    context_frames,
     export_facts,
     refuse,
     running,
@@ -621,6 +622,13 @@ def decoding_params(decoding: WhisperDecoding, threads: int) -> dict:
     }
 
 
+def audio_ctx(facts: dict, window: np.ndarray) -> int:
+    """whisper.cpp's `audio_ctx` for a window: the encoder positions a short-context model uses (half its
+    frames), or 0 (whisper.cpp's default: all 1500) for a model exported with the full window."""
+    frames = context_frames(facts, window)
+    return frames // 2 if facts.get("short_context") else 0
+
+
 def load(folder: Path, threads: int) -> Deployed:
     """The folder running in whisper.cpp (pywhispercpp's Model) on `threads` threads: its own mel and
     greedy loop on each 30 s window, capped at the lab's token cap for the window."""
@@ -643,7 +651,11 @@ def load(folder: Path, threads: int) -> Deployed:
         cap = token_cap(decoding, len(window) / SAMPLE_RATE)
         # whisper.cpp ends a window once the token after max_tokens is out: cap - 1 gives cap tokens
         with redirect_stderr(to=None):  # whisper.cpp's own warnings (e.g. a window under 100 ms)
-            segments = engine.transcribe(np.ascontiguousarray(window, np.float32), max_tokens=max(cap - 1, 1))
+            segments = engine.transcribe(
+                np.ascontiguousarray(window, np.float32),
+                max_tokens=max(cap - 1, 1),
+                audio_ctx=audio_ctx(facts, window),
+            )
         return " ".join(segment.text.strip() for segment in segments)
 
     return running(RUNTIME, folder, threads, window_text)

@@ -54,6 +54,7 @@ from core.deploy.runtime import (
     README_FILE,
     Deployed,
     Runtime,
+    context_frames,
     export_facts,
     refuse,
     running,
@@ -718,6 +719,7 @@ def load(folder: str | Path, threads: int) -> Deployed:
 
     def window_text(window: np.ndarray) -> str:
         mel = extractor(window, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        mel = mel[..., : context_frames(facts, window)]  # the encoder graph's frame axis is dynamic
         cap = token_cap(decoding, len(window) / SAMPLE_RATE)
         tokens = decode_window(encoder, decoder, mel.astype(np.float32), decoding, cap)
         return tokenizer.decode([t for t in tokens if t < decoding.eot])

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.audio import split_windows
-from core.models import SpeechModel
+from core.audio import SAMPLE_RATE, split_windows
+from core.models import SpeechModel, whisper
 from core.models.base import WINDOW_SECONDS
 
 EXPORT_FILE = "speech_lab_export.json"  # {"name", "format", "decoding", ...}: written by every exporter
@@ -92,6 +92,7 @@ def write_export_facts(folder: Path, model: SpeechModel, fmt: str, **extra) -> N
     """Record what was exported and for which runtime (read back by `detect` and the runtime's loader)."""
     facts = {"name": model.name, "format": fmt, "decoding": model.decoding.to_json()}
     facts["parameters"] = model.num_parameters()
+    facts["short_context"] = model.family.short_context(model.module)  # None: the full 30 s window
     (folder / EXPORT_FILE).write_text(json.dumps({**facts, **extra}, indent=1))
 
 
@@ -101,6 +102,11 @@ def record_origin(folder: Path, model: str, recipe: dict | None) -> None:
     facts = export_facts(folder)
     facts["origin"] = {"model": model, "recipe": recipe}
     (Path(folder) / EXPORT_FILE).write_text(json.dumps(facts, indent=1))
+
+
+def context_frames(facts: dict, window: np.ndarray) -> int:
+    """Encoder input frames for `window` under the exported model's short-context policy (3000 without)."""
+    return whisper.context_frames(facts.get("short_context"), len(window) / SAMPLE_RATE)
 
 
 def load_deployed(folder: str | Path, threads: int) -> Deployed:

@@ -255,3 +255,30 @@ def test_cli_exports_and_transcribes_in_each_runtime(tiny, tmp_path, capsys, fmt
     bad = ["export", "--model", str(tmp_path / "tiny"), "--format", fmt, "--out", str(tmp_path / "bad")]
     assert main(bad + ["--recipe", str(tmp_path / "bad.json")]) == 2
     assert "cannot be written exactly" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_a_short_context_model_runs_short_in_every_runtime(tiny, tmp_path, monkeypatch):
+    """The export facts carry the policy; each runtime's loader cuts the encoder input to the clip (whisper.cpp
+    through audio_ctx), and ONNX Runtime's float transcript is the lab's."""
+    import importlib
+
+    from core.compress.recipe import apply_recipe
+
+    short, _ = apply_recipe(tiny, Recipe.from_json({"steps": [{"short_context": {"floor_seconds": 2}}]}))
+    wave = (0.3 * np.sin(np.arange(int(16000 * 2.5)) / 16000 * 2 * np.pi * 300)).astype(np.float32)
+    recipes = {"ct2": Recipe(), "onnx": Recipe(), "ggml": Recipe.from_json({"steps": [{"quantize": {"bits": 16}}]})}
+    for fmt, recipe in recipes.items():
+        module = importlib.import_module(MODULES[fmt])
+        model, _ = apply_recipe(short, recipe)
+        runtime(fmt).export(model, tmp_path / fmt)
+        facts = json.loads((tmp_path / fmt / EXPORT_FILE).read_text())
+        assert facts["short_context"] == {"floor_seconds": 2, "step_seconds": 1.0}
+        seen = []
+        original = module.context_frames
+        monkeypatch.setattr(module, "context_frames", lambda f, w: seen.append(original(f, w)) or seen[-1])
+        text = load_deployed(tmp_path / fmt, 1).transcribe([wave])[0]
+        assert seen == [300], fmt
+        if fmt == "onnx":
+            assert text == short.transcribe([wave])[0]
+        if fmt == "ggml":
+            assert module.audio_ctx(facts, wave) == 150 and module.audio_ctx({}, wave) == 0
