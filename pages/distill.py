@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -26,7 +27,9 @@ st.title("Distill")
 st.caption(
     "A student learns from the teacher's probabilities (soft labels, softened by temperature T) and from "
     "the reference transcripts (hard labels). Trained on the bundled `train` split, evaluated on "
-    "`quick` (packed windows, like every Pareto point); the student then joins the Pareto page."
+    "`quick` (packed windows, like every Pareto point; a short-context student one clip per window, the "
+    "mode it is for); the student then joins the Pareto page. The bundled speech is synthetic "
+    "(espeak-ng, flite), and no voice of `quick`/`full` is in `train`."
 )
 
 
@@ -88,6 +91,14 @@ with left:
         except ValueError as exc:
             st.error(f"This recipe is not valid: {exc}")
             st.stop()
+    if st.checkbox(
+        "Short context",
+        key="distill_short_context",
+        help="The student's encoder sees only the clip (rounded up to whole seconds) instead of a 30 s "
+        "window: much faster on short clips. It learns on 1–30 s clips from the full-window teacher, so it "
+        "stops looping; the student's folder remembers the mode.",
+    ):
+        spec = replace(spec, short_context={})
     knobs = st.columns(2)
     temperature = knobs[0].slider("Temperature T", 1.0, 5.0, 2.0, 0.5, help="Softens both distributions")
     alpha = knobs[1].slider("α (hard-label weight)", 0.0, 1.0, 0.5, 0.1)
@@ -127,7 +138,8 @@ if finished.exists() and not resumable:
         before = f"{100 * done['wer_before']:.1f}% → " if done.get("wer_before") is not None else ""
         st.success(
             f"Trained before with these settings: WER on quick {before}{100 * done['wer_after']:.1f}% "
-            "(packed). Its point is on the Pareto page; Start trains it again."
+            f"({'one clip per window' if spec.short_context is not None else 'packed'}). Its point is on "
+            "the Pareto page; Start trains it again."
         )
 if not st.button("Resume" if resumable else "Start", type="primary"):
     st.info("Leaving this page while training pauses it; the last checkpoint (every 50 steps) is kept.")

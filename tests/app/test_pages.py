@@ -182,6 +182,15 @@ def test_distill_recovery_takes_a_recipe_and_explains_a_bad_one():
     assert not distill.button  # nothing to start with an invalid recipe
 
 
+def test_distill_short_context_gets_its_own_run_folder():
+    distill = page("pages/distill.py")
+    plain = next(c.value for c in distill.caption if "Output folder" in c.value)
+    distill.checkbox(key="distill_short_context").check().run(timeout=TIMEOUT)
+    assert not problems(distill), problems(distill)
+    short = next(c.value for c in distill.caption if "Output folder" in c.value)
+    assert "student-2dec-" in short and short != plain  # a 2-layer student in short context: another run
+
+
 def test_compress_sliders_reproduce_a_recipe_or_say_why_not():
     from ui.forms import compress_widget_state
 
