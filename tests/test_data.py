@@ -179,8 +179,16 @@ def test_train_split_is_synthesized_once_and_disjoint_from_evaluation(tmp_path, 
     train = load_dataset("train")
     words = lambda text: " ".join(re.sub(r"[^a-z0-9']+", " ", text.lower()).split())
     held_out = {words(u.text) for name in ("quick", "full") for u in load_dataset(name).utterances}
-    assert len(train) == 320 and not {words(u.text) for u in train.utterances} & held_out
+    assert len(train) == 480 and not {words(u.text) for u in train.utterances} & held_out
     assert all(u.path.is_relative_to(tmp_path) for u in train.utterances)
-    stamp = (tmp_path / "train-320" / "manifest.csv").stat().st_mtime_ns
+    manifest = tmp_path / "train-v2-480" / "manifest.csv"  # versioned: never an older recipe's folder
+
+    def voices(path: Path) -> set[str]:
+        with open(path, newline="", encoding="utf-8") as f:
+            return {row["voice"] for row in csv.DictReader(f)}
+
+    assert len(voices(manifest)) >= 14
+    assert not voices(manifest) & voices(REPO / "assets" / "eval" / "manifest.csv")  # unheard voices
+    stamp = manifest.stat().st_mtime_ns
     assert load_dataset("train").fingerprint() == train.fingerprint()  # read back, not made again
-    assert (tmp_path / "train-320" / "manifest.csv").stat().st_mtime_ns == stamp
+    assert manifest.stat().st_mtime_ns == stamp

@@ -258,15 +258,19 @@ def test_cli_exports_and_transcribes_in_each_runtime(tiny, tmp_path, capsys, fmt
 
 
 def test_a_short_context_model_runs_short_in_every_runtime(tiny, tmp_path, monkeypatch):
-    """The export facts carry the policy; each runtime's loader cuts the encoder input to the clip (whisper.cpp
-    through audio_ctx), and ONNX Runtime's float transcript is the lab's."""
+    """The export facts carry the policy; each runtime's loader cuts the encoder input to the clip
+    (whisper.cpp through audio_ctx), and ONNX Runtime's float transcript is the lab's."""
     import importlib
 
     from core.compress.recipe import apply_recipe
 
     short, _ = apply_recipe(tiny, Recipe.from_json({"steps": [{"short_context": {"floor_seconds": 2}}]}))
     wave = (0.3 * np.sin(np.arange(int(16000 * 2.5)) / 16000 * 2 * np.pi * 300)).astype(np.float32)
-    recipes = {"ct2": Recipe(), "onnx": Recipe(), "ggml": Recipe.from_json({"steps": [{"quantize": {"bits": 16}}]})}
+    recipes = {
+        "ct2": Recipe(),
+        "onnx": Recipe(),
+        "ggml": Recipe.from_json({"steps": [{"quantize": {"bits": 16}}]}),
+    }
     for fmt, recipe in recipes.items():
         module = importlib.import_module(MODULES[fmt])
         model, _ = apply_recipe(short, recipe)
@@ -274,8 +278,12 @@ def test_a_short_context_model_runs_short_in_every_runtime(tiny, tmp_path, monke
         facts = json.loads((tmp_path / fmt / EXPORT_FILE).read_text())
         assert facts["short_context"] == {"floor_seconds": 2, "step_seconds": 1.0}
         seen = []
-        original = module.context_frames
-        monkeypatch.setattr(module, "context_frames", lambda f, w: seen.append(original(f, w)) or seen[-1])
+
+        def spy(facts, window, seen=seen, original=module.context_frames):
+            seen.append(original(facts, window))
+            return seen[-1]
+
+        monkeypatch.setattr(module, "context_frames", spy)
         text = load_deployed(tmp_path / fmt, 1).transcribe([wave])[0]
         assert seen == [300], fmt
         if fmt == "onnx":
