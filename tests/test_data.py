@@ -192,3 +192,17 @@ def test_train_split_is_synthesized_once_and_disjoint_from_evaluation(tmp_path, 
     stamp = manifest.stat().st_mtime_ns
     assert load_dataset("train").fingerprint() == train.fingerprint()  # read back, not made again
     assert manifest.stat().st_mtime_ns == stamp
+
+
+def test_training_clips_use_every_utterance_once_in_1_to_30_s_clips():
+    from core.data import training_clips
+
+    waves = [np.full(16000 * (1 + i % 5), 0.1, dtype=np.float32) for i in range(60)]
+    texts = [f"word{i}" for i in range(60)]
+    clips, transcripts = training_clips(waves, texts, seed=3)
+    assert sorted(w for t in transcripts for w in t.split()) == sorted(texts)
+    assert all(16000 <= len(c) <= 30 * 16000 for c in clips)
+    assert any(len(t.split()) == 1 for t in transcripts) and any(len(t.split()) > 2 for t in transcripts)
+    again, same = training_clips(waves, texts, seed=3)
+    assert same == transcripts and all(np.array_equal(a, b) for a, b in zip(again, clips))
+    assert training_clips(waves, texts, seed=4)[1] != transcripts

@@ -154,3 +154,18 @@ def test_by_length_scores_each_clip_length_bucket_on_its_own():
     assert by_length(rows, [1.0] * 4)[0].median_ms is None
     with pytest.raises(ValueError, match="must pair up"):
         by_length(rows, [1.0, 2.0])
+
+
+def test_a_transcript_cut_from_a_decoding_loop_is_counted():
+    from core.metrics import ends_in_repeat
+
+    assert ends_in_repeat("go forward ten meters go forward ten meters go forward")  # cut mid-phrase
+    assert ends_in_repeat("yes " * 6)
+    assert not ends_in_repeat("the the the")  # too short to call a loop
+    assert not ends_in_repeat("hello this is a test hello this is a test")  # said twice is speech
+    scores = score(
+        ["go forward ten meters", "go go go go go go go", "stop"],
+        ["go forward ten meters go forward ten meters go forward", "go go go go go go go", "stop"],
+    )
+    assert [row.looped for row in scores.rows] == [True, False, False]  # the reference says it too
+    assert scores.looped == 1
