@@ -120,6 +120,7 @@ with left:
 
 config = DistillConfig(
     steps=int(steps),
+    train_encoder=spec.short_context is not None,  # the encoder learns the short window (see README)
     temperature=temperature,
     alpha=alpha,
     learning_rate=learning_rate,

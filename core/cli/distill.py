@@ -52,7 +52,10 @@ def run(args: argparse.Namespace) -> None:
     }
     if "warmup_steps" not in given:  # the default warm-up, but never all of a short run
         given["warmup_steps"] = min(DistillConfig.warmup_steps, given.get("steps", DistillConfig.steps) - 1)
-    config = DistillConfig(pseudo_labels=args.pseudo_labels, train_encoder=args.train_encoder, **given)
+    # a short-context student's encoder learns the short window unless frozen on purpose (measured on quick:
+    # 7.8% WER trained, 14.9% frozen, both 150 steps)
+    train_encoder = args.train_encoder or (spec.short_context is not None and not args.freeze_encoder)
+    config = DistillConfig(pseudo_labels=args.pseudo_labels, train_encoder=train_encoder, **given)
     train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
     teacher = load_model(args.teacher)
     student, after = spec.build(teacher)
@@ -140,7 +143,14 @@ def add_command(commands) -> None:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: before and after only)")
     p.add_argument("--pseudo-labels", action="store_true", help="hard labels from the teacher's transcripts")
-    p.add_argument("--train-encoder", action="store_true", help="train the encoder too (much slower)")
+    p.add_argument(
+        "--train-encoder", action="store_true", help="train the encoder too (slower; on with --short-context)"
+    )
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="with --short-context: keep the encoder frozen (faster to train, measured far less accurate)",
+    )
     add_store_arg(p)
     p.add_argument("--no-store", action="store_true", help="do not add the student to the Pareto store")
     p.add_argument("--latency-runs", type=int, default=2, help="timed latency runs for the stored point")
