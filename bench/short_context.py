@@ -2,7 +2,7 @@
 
 Usage (from the repository root): pip install -r requirements-bench.txt;
        python -m bench.short_context --student DIR [--student DIR ...] [--dataset full] [--threads 2]
-              [--runtimes ct2,onnx]
+              [--runtimes ct2,onnx,ggml]
 
 Each --student is a folder written by `python -m core distill --short-context ...` (its steps and settings
 chosen on `quick`, which is what `distill` evaluates on; never on --dataset). Per runtime, the variants are
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.runtimes import ct2_stock_int8, interleaved, onnx_stock, quantize
+from bench.runtimes import GROUP32, GROUPS, ct2_stock_int8, ggml_stock, interleaved, onnx_stock, quantize
 from core.audio import SAMPLE_RATE
 from core.compress.recipe import Recipe, apply_recipe
 from core.data import ASSETS_DIR, load_dataset, load_waves, pack_utterances
@@ -36,20 +36,24 @@ from core.deploy.runtime import runtime
 from core.io.folders import load_model
 from core.measure.evaluate import machine_facts
 from core.metrics import LENGTH_BUCKETS, by_length, score
-from core.models import DEFAULT_GROUPS
 
-INT8 = {  # the lab's int8 per runtime: CTranslate2's converter also quantizes the convolutions
-    "ct2": quantize([*DEFAULT_GROUPS, "embedding", "conv"], bits=8),
-    "onnx": quantize([*DEFAULT_GROUPS, "embedding"], bits=8),
+INT8 = {  # the lab's 8-bit recipe per runtime, the layers its stock 8-bit quantizes
+    "ct2": quantize([*GROUPS, "conv"], bits=8),  # CTranslate2's converter quantizes the convolutions too
+    "onnx": quantize(GROUPS, bits=8),
+    "ggml": quantize(GROUPS, bits=8, **GROUP32),  # q8_0
 }
 STOCK_SHORT = {"steps": [{"short_context": {}}]}
 
 
 def stock_int8(name: str, model, folder: Path) -> None:
+    """The runtime's own 8-bit tiny.en: CTranslate2's converter int8, ONNX Runtime's quantize_dynamic,
+    whisper.cpp's q8_0."""
     if name == "ct2":
         ct2_stock_int8(model, folder)
-    else:
+    elif name == "onnx":
         onnx_stock(model, folder, "int8")
+    else:
+        ggml_stock(model, folder, "q8_0")
 
 
 def voices(dataset) -> list[str]:
@@ -67,8 +71,10 @@ def table(labels, texts, times, refs, seconds, short: int, stock: int | None) ->
         scores = score(refs, text)
         median = statistics.median(t[:short])
         speed = f"{base / median:.2f}×" if base else "—"
+        found = {b.bucket: b for b in by_length(scores.rows, seconds, t)}
         buckets = " | ".join(
-            f"{100 * b.wer:.2f}% · {b.median_ms:.0f} ms" for b in by_length(scores.rows, seconds, t)
+            f"{100 * found[label].wer:.2f}% · {found[label].median_ms:.0f} ms" if label in found else "—"
+            for label, *_ in LENGTH_BUCKETS[:3]
         )
         lines.append(
             f"| {label} | {100 * score(refs[:short], text[:short]).wer:.2f} | {scores.looped} | "
@@ -85,7 +91,7 @@ def main() -> None:
     )
     parser.add_argument("--dataset", default="full", help="the set reported on (never used for choosing)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runtimes", default="ct2,onnx")
+    parser.add_argument("--runtimes", default="ct2,onnx,ggml")
     parser.add_argument("--keep", type=Path, default=None, help="keep the exported folders here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
