@@ -389,12 +389,12 @@ def train_step(
         ).append(e)
     scored = sum(sum(label != IGNORE for label in e.labels) for e in batch)
     parts = []
-    for group in by_shape.values():
-        inputs, labels, teacher_logits = collate(group, pad)
+    for same_length in by_shape.values():
+        inputs, labels, teacher_logits = collate(same_length, pad)
         if config.train_encoder:
-            states = family.encode(module, torch.stack([e.features for e in group]))
+            states = family.encode(module, torch.stack([e.features for e in same_length]))
         else:
-            states = torch.stack([e.encoder_states for e in group])
+            states = torch.stack([e.encoder_states for e in same_length])
         part = distill_loss(
             family.decoder_logits(module, states, inputs),
             teacher_logits,
