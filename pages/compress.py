@@ -10,7 +10,15 @@ from core.compress.recipe import Recipe
 from ui.diff import DIFF_LEGEND, diff_html
 from ui.forms import FORMS, widget_defaults
 from ui.navigation import stay_in_app_navigation
-from ui.resources import artifact_zip, base_model, chosen_model_name, compressed_model, measure
+from ui.resources import (
+    artifact_zip,
+    base_model,
+    baseline_result,
+    chosen_model_name,
+    clip_result,
+    compressed_model,
+    measure,
+)
 
 stay_in_app_navigation()
 for key, value in widget_defaults().items():  # widgets read their values from session state only
@@ -29,6 +37,22 @@ def speed_text(ratio: float | None) -> str | None:
     if not ratio:
         return None
     return f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+
+
+def by_length_rows(baseline: dict, variant: dict) -> list[dict]:
+    """One row per clip-length bucket: WER and median time per clip of the baseline and the variant."""
+    base = {b["bucket"]: b for b in baseline["by_length"]}
+    return [
+        {
+            "clip length": b["bucket"],
+            "clips": b["clips"],
+            "baseline WER %": round(100 * base[b["bucket"]]["wer"], 1) if b["bucket"] in base else None,
+            "WER %": round(100 * b["wer"], 1),
+            "baseline ms per clip": round(base[b["bucket"]]["median_ms"]) if b["bucket"] in base else None,
+            "ms per clip": round(b["median_ms"]),
+        }
+        for b in variant["by_length"]
+    ]
 
 
 def recipe_from_widgets() -> dict:
@@ -107,7 +131,9 @@ with results:
         "on this CPU, so measured speed stays near 1×.",
     )
 
-    transcripts, layers, export = st.tabs(["Transcripts", "Per layer", "Recipe & export"])
+    transcripts, lengths, layers, export = st.tabs(
+        ["Transcripts", "By clip length", "Per layer", "Recipe & export"]
+    )
     with transcripts:
         st.markdown(DIFF_LEGEND, unsafe_allow_html=True)
         for row in point.rows:
@@ -116,6 +142,20 @@ with results:
                 unsafe_allow_html=True,
             )
             st.caption(f"reference: {row['reference']}")
+    with lengths:
+        st.caption(
+            "The cards score packed 30 s windows; short clips behave differently (a short-context model is "
+            "fast on them). This measures both models one clip per window, like `python -m core evaluate`."
+        )
+        if st.button("Measure by clip length", key="by_length"):
+            with st.spinner("Transcribing each clip of `quick` with both models …"):
+                before = baseline_result(model_name, "quick")
+                after = clip_result(model_name, st.session_state["recipe_json"])
+            st.dataframe(by_length_rows(before, after), hide_index=True, width="stretch")
+            st.caption(
+                f"Transcripts that end in a loop: {after['looped']} (baseline {before.get('looped', 0)}). "
+                "Synthetic speech (espeak-ng, flite)."
+            )
     with layers:
         if reports:
             table = pd.DataFrame([r.__dict__ for r in reports])

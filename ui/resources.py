@@ -56,6 +56,14 @@ def baseline_result(model_name: str, dataset_name: str) -> dict:
     return evaluate(base_model(model_name), dataset, waves=waves).to_dict()
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def clip_result(model_name: str, recipe_json: str, dataset_name: str = "quick") -> dict:
+    """A recipe's result measured one clip per window (by-length buckets, loops), like `evaluate`."""
+    dataset, waves = dataset_waves(dataset_name)
+    model = compressed_model(model_name, recipe_json)[0]
+    return evaluate(model, dataset, waves=waves, latency_runs=0).to_dict()
+
+
 def measure(model_name: str, recipe: Recipe, dataset_name: str = "quick") -> Point:
     """One point from the results store, or measured now and stored (every point joins the Pareto store)."""
     dataset, waves = dataset_waves(dataset_name)

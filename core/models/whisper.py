@@ -115,9 +115,9 @@ def encode(module: nn.Module, features: torch.Tensor) -> torch.Tensor:
     given (its own forward refuses anything but 3000 frames)."""
     encoder = module.model.encoder
     hidden = nn.functional.gelu(encoder.conv2(nn.functional.gelu(encoder.conv1(features)))).permute(0, 2, 1)
-    if hidden.shape[1] > encoder.embed_positions.weight.shape[0]:
+    if hidden.shape[1] > module.config.max_source_positions:
         raise ValueError(
-            f"the encoder takes at most {2 * encoder.embed_positions.weight.shape[0]} frames, "
+            f"the encoder takes at most {2 * module.config.max_source_positions} frames, "
             f"got {features.shape[-1]}"
         )
     hidden = hidden + encoder.embed_positions(torch.arange(hidden.shape[1], device=hidden.device))
@@ -125,11 +125,6 @@ def encode(module: nn.Module, features: torch.Tensor) -> torch.Tensor:
     for layer in encoder.layers:
         hidden = layer(hidden, None)
     return encoder.layer_norm(hidden)
-
-
-def full_frames(module: nn.Module) -> int:
-    """Log-mel frames of the full window (3000: 30 s)."""
-    return 2 * module.config.max_source_positions
 
 
 def short_context(module: nn.Module) -> dict | None:

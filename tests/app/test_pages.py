@@ -41,6 +41,15 @@ def test_compress_default_is_8_bit_and_measured(compress):
     assert compress.tabs and len(compress.dataframe) == 1  # the per-layer table
 
 
+def test_compress_measures_by_clip_length_on_demand(compress):
+    compress.button(key="by_length").click().run(timeout=TIMEOUT)
+    assert not problems(compress), problems(compress)
+    table = compress.dataframe[0].value  # the by-length table comes before the per-layer one
+    assert list(table["clip length"]) == ["≤ 3 s", "3–10 s"] and table["clips"].sum() == 16
+    assert table["WER %"].notna().all() and table["baseline WER %"].notna().all()
+    assert any("end in a loop: 0 (baseline 0)" in c.value for c in compress.caption)
+
+
 def test_compress_slider_changes_the_result(compress):
     before = metrics(compress)
     compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT)
