@@ -7,6 +7,7 @@ other libsndfile formats), then we downmix to mono and resample with torchaudio.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ import torch
 import torchaudio.functional as AF
 
 SAMPLE_RATE = 16000
+RATE_RANGE = (4000, 384_000)  # sample rates a real recording has; a header outside them is refused
+MAX_SECONDS_ENV = "SPEECH_LAB_MAX_AUDIO_SECONDS"  # the longest audio accepted (default MAX_SECONDS)
+MAX_SECONDS = 3600.0
 SILENCE_PEAK = 1e-4  # a peak below this (about -80 dBFS) is treated as a silent recording
 EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -51,9 +55,35 @@ def decode_audio(data: bytes, name: str = "recording") -> np.ndarray:
     return _decode(io.BytesIO(data), name)
 
 
-def _decode(source: Path | io.BytesIO, name: str) -> np.ndarray:
-    """Shared by load_audio and decode_audio: decode, check, downmix, resample."""
+def max_seconds() -> float:
+    """The longest audio accepted: $SPEECH_LAB_MAX_AUDIO_SECONDS, else MAX_SECONDS (one hour)."""
+    value = os.environ.get(MAX_SECONDS_ENV)
     try:
+        return float(value) if value else MAX_SECONDS
+    except ValueError:
+        raise ValueError(f"{MAX_SECONDS_ENV}={value!r} is not a number of seconds") from None
+
+
+def _check_header(source: Path | io.BytesIO, name: str) -> None:
+    """Refuse, before decoding anything, audio whose header claims an implausible sample rate or a length
+    over max_seconds(): what the header says decides how much memory decoding and resampling take."""
+    info = sf.info(source)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    low, high = RATE_RANGE
+    if not low <= info.samplerate <= high:
+        raise AudioError(name, f"its header claims {info.samplerate} Hz; accepted: {low:,}–{high:,} Hz")
+    seconds, limit = info.frames / info.samplerate, max_seconds()
+    if seconds > limit:
+        raise AudioError(
+            name, f"is {seconds / 60:.1f} minutes long; the limit is {limit / 60:.1f} (set {MAX_SECONDS_ENV})"
+        )
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> np.ndarray:
+    """Shared by load_audio and decode_audio: check the header, decode, check, downmix, resample."""
+    try:
+        _check_header(source, name)
         samples, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, EOFError, OSError) as err:
         detail = getattr(err, "error_string", None) or str(err)

@@ -142,3 +142,26 @@ def test_split_windows():
     assert len(split_windows(wave, seconds=10.0)) == 7
     with pytest.raises(ValueError):
         split_windows(wave, seconds=0)
+
+
+def test_a_header_decides_nothing_it_should_not(tmp_path, monkeypatch):
+    """A header claiming 1 Hz (which would be resampled to hours) or audio over the length limit is refused
+    before decoding; the limit is configurable."""
+    import io
+    import struct
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(SAMPLE_RATE, dtype=np.int16), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[24:32] = struct.pack("<II", 1, 2)  # sample rate 1 Hz, byte rate 2
+    with pytest.raises(AudioError, match="evil.wav: its header claims 1 Hz; accepted: 4,000–384,000 Hz"):
+        decode_audio(bytes(data), "evil.wav")
+    path = tmp_path / "long.wav"
+    sf.write(path, 0.1 * np.ones(3 * SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    monkeypatch.setenv("SPEECH_LAB_MAX_AUDIO_SECONDS", "2")
+    with pytest.raises(
+        AudioError, match="is 0.1 minutes long; the limit is 0.0 .set SPEECH_LAB_MAX_AUDIO_SECONDS"
+    ):
+        load_audio(path)
+    monkeypatch.setenv("SPEECH_LAB_MAX_AUDIO_SECONDS", "4")
+    assert load_audio(path).shape == (3 * SAMPLE_RATE,)

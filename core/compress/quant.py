@@ -53,6 +53,8 @@ BACKENDS = ("fake", "int8_dynamic")
 SCALE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 MSE_SHRINKS = tuple(1.0 - 0.05 * i for i in range(11))  # clip ranges tried by method="mse": 100%..50%
 
+MAX_GROUP_SIZE = 8192  # columns per scale; wider than any Whisper layer (a larger group only pads)
+
 
 @dataclass(frozen=True)
 class QuantConfig:
@@ -74,7 +76,7 @@ class QuantConfig:
     outlier_columns: int = 0  # keep this many weight columns (input dims) in fp16, out of the rows' ranges
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or self.bits not in BITS:
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in BITS:
             raise ValueError(f"quantize.bits must be one of 2..8 or 16, got {self.bits!r}")
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"quantize.symmetric must be true or false, got {self.symmetric!r}")
@@ -82,8 +84,14 @@ class QuantConfig:
             raise ValueError(
                 f"quantize.granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}"
             )
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ValueError(f"quantize.group_size must be a positive integer, got {self.group_size!r}")
+        if (
+            isinstance(self.group_size, bool)
+            or not isinstance(self.group_size, int)
+            or not 1 <= self.group_size <= MAX_GROUP_SIZE
+        ):
+            raise ValueError(
+                f"quantize.group_size must be an integer in 1..{MAX_GROUP_SIZE}, got {self.group_size!r}"
+            )
         if self.method not in METHODS:
             raise ValueError(f"quantize.method must be one of {list(METHODS)}, got {self.method!r}")
         if isinstance(self.groups, str) or not all(isinstance(g, str) for g in self.groups):

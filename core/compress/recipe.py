@@ -35,6 +35,30 @@ from core.models import SpeechModel
 
 # ----------------------------------------------------------------------------- JSON <-> configs
 
+MAX_JSON_BYTES = 1_000_000  # a recipe is a few hundred bytes; anything this large is not one
+MAX_STEPS = 32
+
+
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"recipe: key(s) {repeated} given twice in one object; give each once")
+    return dict(pairs)
+
+
+def parse_json(text: str | bytes):
+    """Recipe JSON text parsed, refusing what json.loads would take silently or crash on: duplicate keys
+    (the last would win), text over MAX_JSON_BYTES, nesting too deep to parse."""
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"recipe: {len(text):,} bytes of JSON; a recipe is at most {MAX_JSON_BYTES:,}")
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"recipe is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("recipe: the JSON is nested too deeply to be a recipe") from None
+
 
 def _from_json_value(value):
     if isinstance(value, list):
@@ -153,10 +177,7 @@ class Recipe:
         if isinstance(obj, Recipe):
             return obj
         if isinstance(obj, (str, bytes)):
-            try:
-                obj = json.loads(obj)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"recipe is not valid JSON: {exc}") from None
+            obj = parse_json(obj)
         if isinstance(obj, dict):
             unknown = [k for k in obj if k != "steps"]
             if unknown or "steps" not in obj:
@@ -164,6 +185,8 @@ class Recipe:
             obj = obj["steps"]
         if not isinstance(obj, (list, tuple)):
             raise ValueError(f"recipe: steps must be a list of {{name: settings}} objects, got {obj!r}")
+        if len(obj) > MAX_STEPS:
+            raise ValueError(f"recipe: {len(obj)} steps; a recipe has at most {MAX_STEPS}")
         steps, keys = [], []
         for i, step in enumerate(obj, 1):
             where = f"recipe step {i}"

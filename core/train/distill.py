@@ -40,6 +40,7 @@ from core.models import EncoderCache, SpeechModel, family_of
 
 IGNORE = -100  # label of a position that is not scored (prompt, padding)
 CHECKPOINT = "checkpoint"  # subfolder of the output folder while training runs
+MAX_STEPS = 20_000  # about a day of training on a laptop CPU; more is a typo
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class DistillConfig:
 
     def __post_init__(self):
         checks = {
-            "steps": (self.steps >= 1, "an integer ≥ 1"),
+            "steps": (
+                isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
+                f"an integer in 1..{MAX_STEPS}",
+            ),
             "temperature": (0 < self.temperature <= 20, "a number in (0, 20]"),
             "alpha": (0 <= self.alpha <= 1, "a number in [0, 1]"),
             "learning_rate": (0 < self.learning_rate <= 0.1, "a number in (0, 0.1]"),

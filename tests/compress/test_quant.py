@@ -204,7 +204,7 @@ def test_outlier_columns_are_kept_and_free_the_rows_ranges():
         ({"bits": True}, "quantize.bits"),
         ({"symmetric": "yes"}, "quantize.symmetric"),
         ({"granularity": "row"}, "quantize.granularity must be one of"),
-        ({"group_size": 0}, "quantize.group_size must be a positive integer"),
+        ({"group_size": 0}, "quantize.group_size must be an integer in 1..8192, got 0"),
         ({"method": "gptq"}, "quantize.method must be one of"),  # GPTQ is its own switch: gptq=true
         ({"groups": ("attention",)}, "quantize.groups"),
         ({"groups": ()}, "quantize.groups"),

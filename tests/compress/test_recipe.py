@@ -249,3 +249,22 @@ def test_registered_steps_work_like_built_ins():
             Recipe.from_json([{"scale": {"factor": -1}}])
     with pytest.raises(ValueError, match="unknown step 'scale'"):
         Recipe.from_json([{"scale": {"factor": 3}}])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"steps": [{"quantize": {"bits": 4.0}}]}', "bits must be one of 2..8 or 16, got 4.0"),
+        ('{"steps": [{"quantize": {"bits": 4, "bits": 8}}]}', r"key\(s\) \['bits'\] given twice"),
+        (
+            '{"steps": [{"quantize": {"granularity": "group", "group_size": 100000}}]}',
+            "in 1..8192, got 100000",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"steps": [' + ", ".join(['{"prune": {"sparsity": 0.1}}'] * 33) + "]}", "at most 32"),
+        (" " * 1_000_001, "a recipe is at most 1,000,000"),
+    ],
+)
+def test_unbounded_or_ambiguous_recipes_are_refused(text, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.from_json(text)
