@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -130,14 +131,43 @@ def _step_config(step: str, field: str, value) -> tuple[str, object]:
     return field, aliases.get((field, value), value) if isinstance(value, (str, int, float)) else value
 
 
+MAX_GRID_POINTS = 100_000  # a grid beyond this is only ever sampled (--sample), never expanded whole
+
+
+def _combination(axes: list[list], index: int) -> tuple:
+    """The `index`-th combination of itertools.product(*axes), computed without the ones before it."""
+    values = []
+    for axis in reversed(axes):
+        index, position = divmod(index, len(axis))
+        values.append(axis[position])
+    return tuple(reversed(values))
+
+
 def expand_grid(grid: dict, sample: int | None = None, seed: int = 0) -> list[dict]:
     """Recipe JSON objects for every point of the grid (or `sample` of them at random), duplicates dropped.
 
-    Structure only; values are checked by `grid_recipes`. ValueError names the offending key."""
+    The points are counted first: a grid of more than MAX_GRID_POINTS is refused unless sampled, and then
+    only the sampled combinations are built. Structure only; values are checked by `grid_recipes`.
+    ValueError names the offending key."""
     parsed = _parse_keys(grid)
     keys = list(parsed)
+    axes = [parsed[k][2] for k in keys]
+    count = math.prod(len(axis) for axis in axes)
+    if sample is not None and sample < 1:
+        raise ValueError(f"sample must be at least 1, got {sample}")
+    huge = count > MAX_GRID_POINTS
+    if huge and sample is None:
+        raise ValueError(
+            f"the grid has {count:,} points (more than {MAX_GRID_POINTS:,}); evaluate a random sample of "
+            "them (--sample N) or give fewer values"
+        )
+    if huge:
+        picks = random.Random(seed).sample(range(count), min(sample, count))
+        combinations = (_combination(axes, i) for i in sorted(picks))
+    else:
+        combinations = itertools.product(*axes)
     recipes, seen = [], set()
-    for combo in itertools.product(*(parsed[k][2] for k in keys)):
+    for combo in combinations:
         configs: dict[str, dict] = {}
         on: set[str] = set()
         for key, value in zip(keys, combo):
@@ -151,9 +181,7 @@ def expand_grid(grid: dict, sample: int | None = None, seed: int = 0) -> list[di
         if text not in seen:
             seen.add(text)
             recipes.append(recipe)
-    if sample is not None:
-        if sample < 1:
-            raise ValueError(f"sample must be at least 1, got {sample}")
+    if sample is not None and not huge:
         picks = random.Random(seed).sample(range(len(recipes)), min(sample, len(recipes)))
         recipes = [recipes[i] for i in sorted(picks)]
     return recipes

@@ -439,3 +439,34 @@ def test_a_grid_reuses_the_steps_its_recipes_share(setup, monkeypatch):
             for a, b in zip(variant.module.state_dict().values(), fresh.module.state_dict().values())
         )
     assert len(calls) == 3
+
+
+def test_a_huge_grid_is_counted_not_expanded():
+    """6 × 10^10 points: refused unless sampled, and a sample builds only the points it draws."""
+    import itertools
+    import time
+
+    from core.measure.sweep import _combination
+
+    axes = [[1, 2], [3, 4, 5], [6, 7]]
+    assert [_combination(axes, i) for i in range(12)] == list(itertools.product(*axes))
+    grid = {
+        "prune.sparsity": [round(i / 100_000, 5) for i in range(60_000)],
+        "quantize.bits": [2, 3, 4, 5, 6, 7, 8, 16],
+        "quantize.group_size": list(range(1, 126)),
+        "quantize.granularity": "group",
+        "quantize.method": ["minmax", "mse"] * 500,
+    }
+    with pytest.raises(ValueError, match=r"the grid has 60,000,000,000 points .* \(--sample N\)"):
+        expand_grid(grid)
+    start = time.perf_counter()
+    recipes = expand_grid(grid, sample=7, seed=1)
+    assert len(recipes) == 7 and time.perf_counter() - start < 5
+    assert recipes == expand_grid(grid, sample=7, seed=1)  # seeded
+
+
+def test_distillation_steps_are_bounded():
+    from core.train.distill import DistillConfig
+
+    with pytest.raises(ValueError, match=r"steps = 200000 is out of range; allowed: an integer in 1..20000"):
+        DistillConfig(steps=200_000)
