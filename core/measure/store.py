@@ -251,17 +251,34 @@ class Store:
     """A SQLite file of points; safe to share between threads of one process and between processes."""
 
     def __init__(self, path: str | Path | None = None):
+        """Open (or create) the store; ValueError, before any work is done, when `path` is in a folder that
+        does not exist (a mistyped path is reported, not created), is a folder, or is not a usable SQLite
+        file (garbage, truncated, another program's database)."""
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if path is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.parent.is_dir():
+            raise ValueError(
+                f"results store {self.path}: the folder {self.path.parent} does not exist; create it or give "
+                "another path"
+            )
+        if self.path.is_dir():
+            raise ValueError(f"results store {self.path} is a folder; give a file path (e.g. points.sqlite)")
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
-        with self._conn:
-            self._conn.executescript(_SCHEMA)
-            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(points)")}
-            if "student" not in columns:  # a store written before students had their own field
-                self._conn.execute("ALTER TABLE points ADD COLUMN student TEXT")
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            with self._conn:
+                self._conn.executescript(_SCHEMA)
+                columns = {row[1] for row in self._conn.execute("PRAGMA table_info(points)")}
+                if "student" not in columns:  # a store written before students had their own field
+                    self._conn.execute("ALTER TABLE points ADD COLUMN student TEXT")
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"results store {self.path} cannot be used ({exc}): it is not a store written by the lab, "
+                "or it is damaged; move it away or give another path"
+            ) from None
 
     def put(self, point: Point) -> None:
         """Write one point in its own transaction (replacing a point with the same key)."""

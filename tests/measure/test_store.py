@@ -199,3 +199,19 @@ def test_model_identity_ignores_the_display_name(tiny_whisper):
     assert model_identity(model) == model_identity(model.with_module(tiny_whisper, name="b"))
     other = speech_model("a", tiny_whisper, None, WhisperDecoding((117,), 116, (5,), ()), {})
     assert model_identity(other) != model_identity(model)
+
+
+def test_a_store_that_cannot_be_used_is_refused_before_any_work(tmp_path):
+    (tmp_path / "garbage.sqlite").write_bytes(b"not a database at all " * 100)
+    (tmp_path / "truncated.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x00" * 50)
+    (tmp_path / "folder.sqlite").mkdir()
+    for name, message in [
+        ("garbage.sqlite", "cannot be used .*not a store written by the lab"),
+        ("truncated.sqlite", "cannot be used"),
+        ("folder.sqlite", "is a folder"),
+        ("typo/points.sqlite", "the folder .*typo does not exist"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Store(tmp_path / name)
+    assert not (tmp_path / "typo").exists()  # a mistyped path is reported, not created
+    assert (tmp_path / "garbage.sqlite").read_bytes().startswith(b"not a database")  # left as it was
