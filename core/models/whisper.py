@@ -52,6 +52,27 @@ class WhisperDecoding:
     def from_json(cls, data: dict) -> WhisperDecoding:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
+    def check(self, vocab_size: int, max_positions: int) -> None:
+        """ValueError naming the field when a token id is outside the vocabulary or the lengths do not fit
+        the decoder (e.g. an end token of -1 would end every transcript before it starts)."""
+        ids = {"eot": (self.eot,), "prompt": self.prompt, "suppress": self.suppress}
+        ids["suppress_at_begin"] = self.suppress_at_begin
+        for name, values in ids.items():
+            bad = [
+                v for v in values if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size
+            ]
+            if bad:
+                raise ValueError(
+                    f"decoding.{name}: token ids {bad[:3]} are outside the vocabulary (0..{vocab_size - 1})"
+                )
+        if not self.prompt:
+            raise ValueError("decoding.prompt: empty; Whisper starts from <|startoftranscript|>")
+        if not isinstance(self.max_length, int) or not len(self.prompt) < self.max_length <= max_positions:
+            raise ValueError(
+                f"decoding.max_length = {self.max_length!r}: must exceed the prompt and be at most the "
+                f"decoder's {max_positions} positions"
+            )
+
 
 # ----------------------------------------------------------------------------- the family interface
 
@@ -365,7 +386,13 @@ def from_folder(name: str, module: nn.Module, folder: Path, meta: dict) -> Speec
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    decoding = WhisperDecoding.from_json(meta["decoding"])
+    try:
+        decoding = WhisperDecoding.from_json(meta["decoding"])
+        decoding.check(module.config.vocab_size, module.config.max_target_positions)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{folder}: the decoding facts in its speech_lab.json are not usable ({exc})"
+        ) from None
     return speech_model(
         meta.get("name", name), module.eval(), tokenizer, decoding, {"folder": str(folder), "meta": meta}
     )

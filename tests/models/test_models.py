@@ -179,3 +179,23 @@ def test_optional_base_model_says_how_to_install_it(monkeypatch):
 )
 def test_ends_in_loop(tokens, looping):
     assert ends_in_loop(tokens) is looping
+
+
+def test_decoding_facts_that_cannot_decode_are_refused_on_load(tmp_path):
+    import json
+
+    from conftest import random_tiny_en
+
+    from core.io.folders import load_model, save_model
+
+    save_model(random_tiny_en("tiny", layers=1), tmp_path / "m")
+    meta_path = tmp_path / "m" / "speech_lab.json"
+    good = json.loads(meta_path.read_text())
+    for field, value, message in [
+        ("eot", -1, r"decoding.eot: token ids \[-1\] are outside the vocabulary"),
+        ("prompt", [], "decoding.prompt: empty"),
+        ("max_length", 10_000, "decoding.max_length = 10000"),
+    ]:
+        meta_path.write_text(json.dumps({**good, "decoding": {**good["decoding"], field: value}}))
+        with pytest.raises(ValueError, match=message):
+            load_model(tmp_path / "m")
