@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from core.cli.common import add_model_arg, load_or_deployed
 
 
 def run(args: argparse.Namespace) -> None:
-    from core.audio import load_audio  # lazy: --help
+    """Print one transcript per file; a file that does not sound like speech gets a warning on stderr (Whisper
+    turns noise into words such as "You")."""
+    from core.audio import is_probably_speech, load_audio  # lazy: --help
 
     model = load_or_deployed(args.model, args.recipe, args.threads)
     for path in args.audio:
-        print(model.transcribe([load_audio(path)])[0])
+        wave = load_audio(path)
+        if not is_probably_speech(wave):
+            print(f"warning: {path}: no speech detected; the transcript may be invented", file=sys.stderr)
+        print(model.transcribe([wave])[0])
 
 
 def add_command(commands) -> None:

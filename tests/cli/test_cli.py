@@ -98,6 +98,19 @@ def test_transcribe_reports_bad_audio_clearly(tmp_path, capsys):
     assert "notes.wav" in capsys.readouterr().err
 
 
+def test_transcribe_warns_when_a_file_has_no_speech(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    noise = tmp_path / "hiss.wav"
+    sf.write(noise, (0.1 * np.random.default_rng(0).standard_normal(3 * 16000)).astype(np.float32), 16000)
+    hello = Path(__file__).resolve().parents[2] / "assets" / "samples" / "hello.wav"
+    assert main(["transcribe", str(noise), str(hello)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.count("no speech detected") == 1 and "hiss.wav" in printed.err
+    assert "short test" in printed.out
+
+
 def test_building_the_command_line_does_not_import_torch():
     """`python -m core --help` stays instant: every command module imports torch only when it runs."""
     import subprocess
