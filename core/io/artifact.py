@@ -13,7 +13,8 @@ A folder holds
                       "ties":    {alias: source},                   # e.g. proj_out.weight ->
                                                                     # ...embed_tokens.weight
                       "sparse":  {name: shape},
-                      "coded":   {name: shape}}                # optional: files written before it have none
+                      "coded":   {name: shape},                # optional: files written before it have none
+                      "checksums": {stored name: sha256[:16]}} # of every tensor in the file, checked on load
 
 Loading starts from a skeleton: the base model built from its config (random or uninitialised
 weights). Modules are replaced per "modules" (parents before children), attributes set, ties
@@ -39,6 +40,7 @@ scalars) to have those attributes set on the skeleton's module at the same path 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -346,6 +348,7 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
     }
     if coded:
         layout["coded"] = coded
+    layout["checksums"] = {name: _checksum(tensor) for name, tensor in tensors.items()}
     (folder / LAYOUT_FILE).write_text(json.dumps(layout, indent=1))
 
     files = {f: (folder / f).stat().st_size for f in (WEIGHTS_FILE, LAYOUT_FILE)}
@@ -366,6 +369,25 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
     }
 
 
+def _checksum(tensor: torch.Tensor) -> str:
+    """A short sha256 of a stored tensor's bytes: a flipped byte anywhere in the weights file is caught on
+    load instead of turning into a model that transcribes "!!!!!!"."""
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+def _verify(state: dict[str, torch.Tensor], checksums: dict) -> None:
+    """ValueError naming the first stored tensor whose bytes differ from what was saved (artifacts written
+    before checksums were recorded have none and load as before)."""
+    for name, expected in checksums.items():
+        tensor = state.get(name)
+        if tensor is not None and _checksum(tensor) != expected:  # a missing one: the strict load names it
+            raise ValueError(
+                f"{WEIGHTS_FILE}: tensor {name} does not match its checksum: the file was changed or damaged "
+                "after it was written; export it again"
+            )
+
+
 def _read_layout(folder: Path) -> dict:
     path = folder / LAYOUT_FILE
     if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
@@ -383,6 +405,8 @@ def _read_layout(folder: Path) -> dict:
             raise ValueError(f"{path}: '{key}' must be an object")
     if not isinstance(layout.setdefault("coded", {}), dict):
         raise ValueError(f"{path}: 'coded' must be an object")
+    if not isinstance(layout.setdefault("checksums", {}), dict):
+        raise ValueError(f"{path}: 'checksums' must be an object")
     if not all(isinstance(v, str) for v in layout["ties"].values()):
         raise ValueError(f"{path}: 'ties' must map tensor names to tensor names")
     if not all(isinstance(v, dict) for v in layout["attrs"].values()):
@@ -455,6 +479,7 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
         state = load_file(str(folder / WEIGHTS_FILE))
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
         raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
+    _verify(state, layout["checksums"])
     for name, shape in layout["sparse"].items():
         mask, values = state.pop(f"{name}@mask", None), state.pop(f"{name}@values", None)
         if mask is None or values is None:

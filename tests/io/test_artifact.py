@@ -496,6 +496,11 @@ def test_corrupt_entropy_coded_entry(tmp_path, break_it, message):
     broken = break_it(stored[name].numpy().tobytes())
     stored[name] = torch.frombuffer(bytearray(broken), dtype=torch.uint8)
     save_file(stored, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=f"{name} does not match its checksum"):
+        load_weights(short_whisper(), tmp_path)
+    edit_layout(
+        tmp_path, lambda d: d.pop("checksums")
+    )  # as written before checksums: the decoder's own check
     with pytest.raises(ValueError, match=f"coded tensor {name.removesuffix('@deflate')} .*{message}"):
         load_weights(short_whisper(), tmp_path)
 
@@ -508,6 +513,7 @@ def test_outlier_index_out_of_range_is_refused(tmp_path):
     stored = load_file(tmp_path / "model.safetensors")
     stored["model.encoder.layers.0.fc1.outlier_index"] = torch.tensor([999])
     save_file(stored, str(tmp_path / "model.safetensors"))
+    edit_layout(tmp_path, lambda d: d.pop("checksums"))  # as written before checksums: the layer's own check
     with pytest.raises(ValueError, match="outlier_index holds columns outside"):
         load_weights(short_whisper(), tmp_path)
 
@@ -543,3 +549,25 @@ def test_register_layout_checks_the_contract():
                 modules=(type("Linearish", (PairLinear,), {"layout_kind": "linear"}),),
             )
         )
+
+
+def test_a_flipped_byte_in_the_weights_is_refused_by_tensor_name(tmp_path):
+    """One changed byte of a stored tensor (here a bias) loads as a broken model without a checksum."""
+    import json
+
+    from conftest import random_tiny_en
+
+    from core.io.folders import load_model, save_model
+
+    save_model(random_tiny_en("tiny", layers=1), tmp_path / "m")
+    layout = json.loads((tmp_path / "m" / "layout.json").read_text())
+    name = "model.decoder.layer_norm.bias"
+    assert name in layout["checksums"]
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    start = 8 + header + json.loads(data[8 : 8 + header])[name]["data_offsets"][0]
+    data[start + 1] ^= 0x40
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"tensor {name} does not match its checksum"):
+        load_model(tmp_path / "m")
