@@ -41,14 +41,25 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
 
 
 def load_folder(folder: Path, name: str) -> SpeechModel:
-    """Load a folder in our format (a converted default or a compressed artifact)."""
-    meta = json.loads((folder / META_FILE).read_text())
+    """Load a folder in our format (a converted default or a compressed artifact); ValueError naming the file
+    when speech_lab.json or the weights cannot be read."""
+    from safetensors import SafetensorError
+
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{folder / META_FILE} is not readable JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder / META_FILE} must hold a JSON object, not {type(meta).__name__}")
     family = family_named(meta.get("kind", "whisper"))
     skeleton = family.skeleton(folder)
     if (folder / LAYOUT_FILE).exists():
         module = load_weights(skeleton, folder)
     else:
-        module = family.load_plain(skeleton, folder)
+        try:
+            module = family.load_plain(skeleton, folder)
+        except (OSError, SafetensorError) as exc:
+            raise ValueError(f"{folder} holds no readable weights file ({exc})") from None
     return family.from_folder(name, module.eval(), folder, meta)
 
 

@@ -199,3 +199,28 @@ def test_decoding_facts_that_cannot_decode_are_refused_on_load(tmp_path):
         meta_path.write_text(json.dumps({**good, "decoding": {**good["decoding"], field: value}}))
         with pytest.raises(ValueError, match=message):
             load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("speech_lab.json", b"{not json", "speech_lab.json is not readable JSON"),
+        ("speech_lab.json", b"[1, 2]", "speech_lab.json must hold a JSON object, not list"),
+        ("model.safetensors", b"garbage" * 10, "holds no readable weights file"),
+    ],
+)
+def test_a_damaged_plain_folder_is_refused_by_file(tmp_path, file, content, message):
+    from conftest import random_tiny_en
+    from safetensors.torch import save_file
+
+    from core.io.folders import load_model, save_model
+
+    model = random_tiny_en("tiny", layers=1)
+    save_model(model, tmp_path / "m")
+    (tmp_path / "m" / "layout.json").unlink()  # a plain folder, as converted from CTranslate2
+    state = {k: v.contiguous() for k, v in model.module.state_dict().items() if k != "proj_out.weight"}
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    load_model(tmp_path / "m")
+    (tmp_path / "m" / file).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "m")
