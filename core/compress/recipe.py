@@ -170,6 +170,14 @@ class Recipe:
             problem = step.check_order(config, earlier) if step.check_order else None
             if problem:
                 raise ValueError(f"recipe step {i + 1}: {problem}")
+            if not step.keeps_float:  # its layers are not float any more: a second pass would skip them
+                for j, (other, done) in enumerate(self.steps[:i]):
+                    shared = set(getattr(config, "groups", ())) & set(getattr(done, "groups", ()))
+                    if other == name and shared:
+                        raise ValueError(
+                            f"recipe step {i + 1}: {name} on {sorted(shared)} again (step {j + 1} already "
+                            f"did); each group takes one {name} step"
+                        )
 
     @classmethod
     def from_json(cls, obj) -> Recipe:

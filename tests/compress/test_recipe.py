@@ -263,6 +263,10 @@ def test_registered_steps_work_like_built_ins():
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"steps": [' + ", ".join(['{"prune": {"sparsity": 0.1}}'] * 33) + "]}", "at most 32"),
         (" " * 1_000_001, "a recipe is at most 1,000,000"),
+        (
+            '{"steps": [{"quantize": {"bits": 8}}, {"quantize": {"bits": 4}}]}',
+            r"again \(step 1 already did\)",
+        ),
     ],
 )
 def test_unbounded_or_ambiguous_recipes_are_refused(text, message):
