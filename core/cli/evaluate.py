@@ -86,6 +86,12 @@ def format_result(r: dict, show_rows: bool = False) -> str:
             f"  {b['bucket']:>8s}   WER {100 * b['wer']:6.2f}% on {b['clips']} clips ({b['words']} words), "
             f"{b['median_ms']:.0f} ms median per clip"
         )
+    machine = r.get("machine") or {}
+    if machine.get("contended"):
+        lines.append(
+            f"load         {machine['load_average']:.1f} on {machine['cpus']} CPUs while measuring: the "
+            "machine was busy, so the times are inflated; compare ratios measured in one run"
+        )
     lines.append(f"eval time    {r['eval_seconds']:.1f} s")
     if show_rows:
         lines.append("")

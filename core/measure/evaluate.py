@@ -14,6 +14,7 @@ one-clip-per-window mode (more context), so only compare numbers measured in the
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import tempfile
@@ -107,12 +108,18 @@ class EvalResult:
 
 
 def machine_facts(threads: int | None = None) -> dict:
-    """What a timing depends on: CPU, thread count (torch's unless given), torch version."""
+    """What a timing depends on: CPU, thread count (torch's unless given), torch version, and how busy the
+    machine was (1-minute load average against its CPU count; `contended` when the load exceeded them, so
+    the timing is inflated and only a ratio measured in the same run means much)."""
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     return {
         "cpu": platform.processor() or platform.machine(),
         "threads": threads or torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "load_average": round(load, 2),
+        "cpus": cpus,
+        "contended": load > cpus,
     }
 
 
