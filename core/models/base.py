@@ -13,6 +13,7 @@ feed-forward, the token embedding, the convolutional front-end and the position 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -229,6 +230,25 @@ class SpeechModel:
 
 
 WINDOW_SECONDS = 30.0  # a model sees at most this much audio at once; longer audio is split
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def materialize(module: nn.Module, folder) -> nn.Module:
+    """A module built on the meta device (shapes only) given real, uninitialised memory on the CPU, after
+    checking that what its config.json declares fits in this machine's memory: a config with absurd sizes
+    is refused by name instead of allocating until the system gives up."""
+    declared = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    available = memory_bytes()
+    if declared > 0.8 * available:
+        raise ValueError(
+            f"{folder}/config.json declares a model of {declared / 1e9:.1f} GB of weights, more than this "
+            f"machine's {available / 1e9:.1f} GB of memory allows; check its sizes (layers, widths, vocab)"
+        )
+    return module.to_empty(device="cpu")
 
 
 def check_groups(groups) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from core.audio import SAMPLE_RATE
-from core.models.base import AttentionBlock, FeedForwardBlock, SpeechModel
+from core.models.base import AttentionBlock, FeedForwardBlock, SpeechModel, materialize
 
 NAME = "ctc"
 GENERATIVE = False
@@ -152,7 +152,7 @@ def skeleton(folder: Path) -> nn.Module:
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         module = AutoModelForCTC.from_config(config)
-    return module.to_empty(device="cpu")
+    return materialize(module, folder)
 
 
 def from_folder(name: str, module: nn.Module, folder: Path, meta: dict) -> SpeechModel:

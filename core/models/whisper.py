@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from core.audio import SAMPLE_RATE
-from core.models.base import AttentionBlock, FeedForwardBlock, SpeechModel
+from core.models.base import AttentionBlock, FeedForwardBlock, SpeechModel, materialize
 
 NAME = "whisper"
 GENERATIVE = True
@@ -362,7 +362,7 @@ def skeleton(folder: Path) -> nn.Module:
     config = WhisperConfig.from_pretrained(folder)
     with torch.device("meta"):
         module = WhisperForConditionalGeneration(config)
-    return module.to_empty(device="cpu")
+    return materialize(module, folder)
 
 
 def load_plain(module: nn.Module, folder: Path) -> nn.Module:

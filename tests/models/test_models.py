@@ -224,3 +224,21 @@ def test_a_damaged_plain_folder_is_refused_by_file(tmp_path, file, content, mess
     (tmp_path / "m" / file).write_bytes(content)
     with pytest.raises(ValueError, match=message):
         load_model(tmp_path / "m")
+
+
+def test_a_config_declaring_an_absurd_model_is_refused_before_allocating(tmp_path):
+    import json
+    import time
+
+    from conftest import random_tiny_en
+
+    from core.io.folders import load_model, save_model
+
+    save_model(random_tiny_en("tiny", layers=1), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config.update(d_model=65536, encoder_ffn_dim=1_000_000, decoder_ffn_dim=1_000_000)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"config.json declares a model of [\d.]+ GB of weights, more than"):
+        load_model(tmp_path / "m")
+    assert time.perf_counter() - start < 30  # shapes only: nothing was allocated
