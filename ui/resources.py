@@ -20,13 +20,16 @@ from core.measure.evaluate import evaluate
 from core.measure.store import Point, Store
 from core.measure.sweep import SweepSettings, run_sweep
 from core.models import DEFAULT_MODEL, EncoderCache, SpeechModel
+from core.paths import check_model_path
 
 LIVE = SweepSettings()  # packed windows, 2 latency runs: the same for every point the pages compare
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def base_model(name: str = DEFAULT_MODEL) -> SpeechModel:
-    """The uncompressed model, loaded once per process and shared by every session (never mutated)."""
+    """The uncompressed model, loaded once per process and shared by every session (never mutated); on a
+    shared server only from the allowed folders (core.paths.check_model_path)."""
+    check_model_path(name)
     return load_model(name)
 
 
