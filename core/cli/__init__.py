@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import compress, distill, evaluate, export, points, sensitivity, sweep, transcribe
+from core.cli import compress, distill, evaluate, export, jobs, points, sensitivity, sweep, transcribe
 
-COMMANDS = (transcribe, compress, export, evaluate, sweep, points, sensitivity, distill)
+COMMANDS = (transcribe, compress, export, evaluate, sweep, points, sensitivity, distill, jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
