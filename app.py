@@ -23,6 +23,7 @@ navigation = st.navigation(
         st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
         st.Page(PAGES / "distill.py", title="Distill", icon="🧑‍🏫"),
         st.Page(PAGES / "deploy.py", title="Deploy", icon="🚀"),
+        st.Page(PAGES / "jobs.py", title="Jobs", icon="⚙️"),
         st.Page(PAGES / "learn.py", title="Learn", icon="🎓"),
     ]
 )

@@ -11,10 +11,10 @@ import streamlit as st
 
 from core.compress.recipe import Recipe
 from core.deploy.runtime import MODULES, README_FILE, runtime
-from core.measure.deployment import measure_deployed
+from core.jobs.kinds import ExportJob, to_spec
 from core.measure.store import model_identity
 from core.paths import data_dir
-from ui.jobs import find, submit
+from ui.jobs import follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
 from ui.resources import (
     LIVE,
@@ -22,7 +22,6 @@ from ui.resources import (
     chosen_model_name,
     compressed_model,
     dataset_waves,
-    measure,
     results_store,
 )
 
@@ -35,7 +34,8 @@ st.caption(
     "Write the compressed model in the format of the runtime you deploy with, then measure it *in that "
     "runtime*: WER on the bundled `quick` set (synthetic espeak-ng / flite speech, packed windows), size = "
     "bytes of the files the runtime loads, latency in the runtime at the same thread count as the lab. "
-    "The lab's quantized codes are written as the runtime's own format, not re-quantized."
+    "The lab's quantized codes are written as the runtime's own format, not re-quantized (transformers: "
+    "dequantized to float, for compatibility rather than size)."
 )
 
 model_name = chosen_model_name()
@@ -100,20 +100,13 @@ key = hashlib.sha256(f"{model_name}|{recipe_json}|{student_folder}|{name}".encod
 folder = data_dir() / "exports" / f"{name}-{key}"
 
 
-def work(report):
-    """The lab's point of this recipe, then the export measured in the runtime (each from the store when
-    it was measured before)."""
-    report("lab", 0.0)
-    lab = student or measure(model_name, recipe)
-    dataset, waves = dataset_waves(DATASET)
-    there = measure_deployed(
-        base_model(model_name), recipe, name, dataset, store, folder, LIVE, waves, report, student, model_name
-    )
-    return lab, there
-
-
+export = ExportJob(
+    model_name, recipe.to_json(), name, str(folder), DATASET, student.key if student else None, measuring()
+)
 if st.button(f"Export and measure in {target.title}", type="primary", disabled=bool(problems)):
-    submit(key, f"{recipe.describe()} in {target.title}", work)
+    submit(
+        export, "export_job"
+    )  # the lab's point, then the export measured in the runtime (stored ones at once)
 
 
 def show_result(lab, there) -> None:
@@ -154,18 +147,8 @@ def show_result(lab, there) -> None:
     st.code((folder / README_FILE).read_text(), language="python")
 
 
-job = find(key)
-if job is not None and not job.done:
-
-    @st.fragment(run_every=1.0)
-    def poll() -> None:
-        """Progress while the job runs; the whole page once it is done."""
-        if job.done:
-            st.rerun()
-        st.progress(job.fraction, text=f"{job.label}: {job.stage} … (you may leave this page; it goes on)")
-
-    poll()
-elif job is not None and job.error is not None:
-    st.error(f"Export or measurement failed: {job.error}")
-elif job is not None:
-    show_result(*job.future.result())
+job = followed("export_job")
+if job is not None and job.spec == to_spec(export):  # the job of what is chosen now
+    follow("export_job")
+    if job.state == "done":
+        show_result(store.get(job.result["lab"]), store.get(job.result["there"]))

@@ -2,7 +2,7 @@
 
 import importlib.util
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -10,12 +10,14 @@ import streamlit as st
 
 from core.compress.recipe import Recipe
 from core.data import Dataset
+from core.jobs.kinds import DistillJob, to_spec
 from core.models import BASE_MODEL, DEFAULT_MODEL
 from core.paths import data_dir
-from core.train.distill import CHECKPOINT, DistillConfig, StudentSpec, distill, publish_student, run_folder
+from core.train.distill import CHECKPOINT, DistillConfig, StudentSpec, run_folder
 from ui.flow import distillation_flow
+from ui.jobs import follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
-from ui.resources import LIVE, base_model, dataset_waves, encoder_cache, results_store
+from ui.resources import base_model, dataset_waves, results_store
 
 stay_in_app_navigation()
 
@@ -142,78 +144,65 @@ if finished.exists() and not resumable:
             f"({'one clip per window' if spec.short_context is not None else 'packed'}). Its point is on "
             "the Pareto page; Start trains it again."
         )
-if not st.button("Resume" if resumable else "Start", type="primary"):
-    st.info("Leaving this page while training pauses it; the last checkpoint (every 50 steps) is kept.")
+job_spec = DistillJob(
+    teacher_name,
+    asdict(spec),
+    config.to_json(),
+    str(folder),
+    "train",
+    utterances,
+    "quick",
+    measuring(),
+)
+if st.button("Resume" if resumable else "Start", type="primary"):
+    submit(job_spec, "distill_job")
+job = followed("distill_job")
+if job is None or to_spec(job_spec) != job.spec:  # this session follows no run with these settings
+    st.info(
+        "Training runs as a background job (Jobs page): leaving this page or closing the tab does not stop "
+        "it, and a checkpoint is kept every 50 steps."
+    )
     st.stop()
 
-teacher = base_model(teacher_name)
-student, after = spec.build(teacher)
-eval_set, eval_waves = dataset_waves("quick")
-_, all_waves = dataset_waves("train")
-bar, chart, metrics = st.progress(0.0, text="Preparing …"), right.empty(), st.columns(3)
-history, wers, shown = [], [], ()
-stage_of = {"prepare": ("soft", "hard"), "train": ("train",), "eval": ("eval", "ok")}
-for progress in distill(
-    student,
-    teacher,
-    train,
-    config,
-    eval_set,
-    folder / CHECKPOINT,
-    train_waves=all_waves[:utterances],
-    eval_waves=eval_waves,
-):
-    if progress.stage in stage_of and stage_of[progress.stage] != shown:
-        shown = stage_of[progress.stage]
-        diagram.plotly_chart(
-            distillation_flow(shown), width="stretch", key=f"flow_{progress.stage}_{progress.step}"
-        )
-    if progress.stage == "prepare":
-        bar.progress(0.0, text=progress.message)
-    elif progress.stage == "train":
-        history.append(
-            {
-                "step": progress.step,
-                "loss": progress.loss,
-                "cross_entropy": progress.cross_entropy,
-                "kl": progress.kl,
-            }
-        )
-        bar.progress(
-            progress.step / progress.steps,
-            text=f"step {progress.step}/{progress.steps} · loss "
-            f"{progress.loss:.3f} · {progress.seconds:.0f} s",
-        )
-        if progress.step % 5 == 0 or progress.step == progress.steps:
-            chart.plotly_chart(
-                loss_figure(pd.DataFrame(history)), width="stretch", key=f"loss_{progress.step}"
-            )
-    elif progress.stage == "eval":
-        wers.append(progress.wer)
-        first = progress.step == 0  # a resumed run has no "before"
-        metrics[0 if first else 1].metric(
-            "WER before" if first else "WER after", f"{100 * progress.wer:.1f}%"
-        )
 
-_, point = publish_student(
-    student,
-    after,
-    teacher,
-    spec,
-    config,
-    folder,
-    wers,
-    eval_set,
-    results_store(),
-    LIVE,
-    eval_waves,
-    encoder_cache(),
-)
-label = point.label
-metrics[2].metric("Size as saved", f"{point.size_bytes / 1e6:.1f} MB")
-diagram.plotly_chart(distillation_flow(("deploy",)), width="stretch", key="flow_done")
-bar.progress(1.0, text=f"Done: {label}")
-st.success(
-    f"The student is on the Pareto page as “{label}” and saved in `{folder}` (load it with `--model`)."
-)
-st.page_link("pages/pareto.py", label="Open the Pareto page", icon="📈")
+def show(job) -> list:
+    """The loss curve and WER so far (the job publishes them as it trains), and the stage in the diagram."""
+    partial = job.result or {}
+    history = pd.DataFrame(partial.get("history", []), columns=["step", "loss", "cross_entropy", "kl"])
+    if len(history):
+        right.plotly_chart(loss_figure(history), width="stretch", key="loss")
+    stage = (
+        "eval" if job.stage.startswith("eval") else "train" if job.stage.startswith("train") else "prepare"
+    )
+    stage = "deploy" if job.state == "done" else stage
+    shown = {"prepare": ("soft", "hard"), "train": ("train",), "eval": ("eval", "ok"), "deploy": ("deploy",)}
+    diagram.plotly_chart(distillation_flow(shown[stage]), width="stretch", key="flow_job")
+    evals = partial.get("evals", [])
+    metrics = st.columns(3)
+    if evals and evals[0][0] == 0:  # a resumed run has no "before"
+        metrics[0].metric("WER before", f"{100 * evals[0][1]:.1f}%")
+    if job.state == "done" and evals:
+        metrics[1].metric("WER after", f"{100 * evals[-1][1]:.1f}%")
+    return metrics
+
+
+if not job.finished_state:
+
+    @st.fragment(run_every=2.0)
+    def live() -> None:
+        now = followed("distill_job")
+        if now.finished_state:
+            st.rerun()
+        show(now)
+
+    live()
+follow("distill_job")
+if job.state == "done":
+    metrics = show(job)
+    point = results_store().get(job.result["point"])
+    metrics[2].metric("Size as saved", f"{point.size_bytes / 1e6:.1f} MB")
+    st.success(
+        f"The student is on the Pareto page as “{point.label}” and saved in `{folder}` (load it with "
+        "`--model`)."
+    )
+    st.page_link("pages/pareto.py", label="Open the Pareto page", icon="📈")

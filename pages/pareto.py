@@ -8,6 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.jobs.kinds import SensitivityJob, SweepJob
 from core.measure.sensitivity import (
     divergence_plan,
     probe_groups,
@@ -16,10 +17,11 @@ from core.measure.sensitivity import (
     sensitivity_plan,
 )
 from core.measure.store import model_identity
-from core.measure.sweep import grid_recipes, run_sweep
+from core.measure.sweep import grid_recipes
 from core.models import GROUPS
 from core.pareto import pareto_front
 from ui.forms import compress_widget_state
+from ui.jobs import follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
 from ui.resources import LIVE, base_model, chosen_model_name, dataset_waves, encoder_cache, results_store
 
@@ -175,7 +177,8 @@ st.divider()
 st.subheader("Run a sweep")
 st.caption(
     "A grid over the main knobs; 0 sparsity, 16 bits and 100% energy mean the step is off. Points "
-    "already stored return at once; interacting with the page stops the sweep (points so far are kept)."
+    "already stored return at once. It runs as a background job (Jobs page): the plots above grow as "
+    "points arrive, and leaving the page does not stop it."
 )
 grid_columns = st.columns(3)
 sparsities = grid_columns[0].multiselect(
@@ -196,15 +199,25 @@ except ValueError as exc:
     st.error(f"This grid is not valid: {exc}")
     recipes = []
 st.code(json.dumps(grid), language="json")
+where_run = st.radio(
+    "Measure the points",
+    ["here", "ray"],
+    horizontal=True,
+    key="sweep_executor",
+    format_func={"here": "on this machine", "ray": "on a Ray cluster"}.get,
+    help="A Ray cluster measures several points at once (README: 'Running on a Ray cluster').",
+)
+executor = ("local", None, 1)
+if where_run == "ray":
+    address_column, workers_column = st.columns([3, 1])
+    address = address_column.text_input(
+        "Cluster address", "", placeholder="ray://head:10001, auto, or empty for a private one here"
+    )
+    executor = ("ray", address.strip() or None, int(workers_column.number_input("Workers", 1, 256, 2)))
 if st.button(f"Run the sweep ({len(recipes)} recipes)", type="primary", disabled=not recipes):
-    progress = st.progress(0.0, text="Starting …")
-    for done, point in enumerate(run_sweep(model, dataset, recipes, store, LIVE, waves, encoder_cache()), 1):
-        progress.progress(
-            done / len(recipes),
-            text=f"{done}/{len(recipes)} · {point.label}: "
-            f"WER {100 * point.wer:.1f}%{' (stored)' if point.cached else ''}",
-        )
-    st.rerun()
+    recipes_json = tuple(r.to_json() for r in recipes)
+    submit(SweepJob(model_name, DATASET, recipes_json, measuring(*executor)), "sweep_job")
+follow("sweep_job", rerun_on_progress=True)  # the charts above grow as points arrive
 
 st.divider()
 st.subheader("Which layers matter? (sensitivity)")
@@ -229,17 +242,17 @@ signal = st.radio(
 )
 by_divergence = signal == "divergence"
 plan = (divergence_plan if by_divergence else sensitivity_plan)(tuple(chosen_groups))
-if st.button(f"Measure sensitivity ({len(plan)} points, ~3 s each the first time)", disabled=not plan):
+groups_asked = tuple(chosen_groups)
+if st.button(f"Measure sensitivity ({len(plan)} points)", disabled=not plan):
+    submit(
+        SensitivityJob(model_name, DATASET, groups_asked, signal, measuring=measuring()), "sensitivity_job"
+    )
     st.session_state["show_sensitivity"] = True
-if st.session_state.get("show_sensitivity") and plan:
-    progress = st.progress(0.0)
-    rows = []  # stored points come back at once, so showing it again later costs nothing
-    for done, row in enumerate(
-        run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache(), signal)
-    ):
-        rows.append(row)
-        progress.progress(min(done / len(plan), 1.0), text=f"{done}/{len(plan)} · {row.label}")
-    progress.empty()
+job = follow("sensitivity_job")
+asked = job is not None and job.spec["groups"] == list(groups_asked) and job.spec["signal"] == signal
+if st.session_state.get("show_sensitivity") and plan and asked and job.state == "done":
+    # the job measured every probe into the store, so the table comes back at once
+    rows = list(run_sensitivity(model, dataset, store, plan, LIVE, waves, encoder_cache(), signal))
     table = pd.DataFrame([r.to_json() for r in rows if not r.is_baseline])
     heat = table.pivot_table(
         index="group", columns="setting", values="divergence" if by_divergence else "delta_wer", sort=False
@@ -271,7 +284,13 @@ if st.session_state.get("show_sensitivity") and plan:
         else "Measure each move (slower, but sees errors that add up across groups)",
         key="budget_measured",
     )
-    status = st.empty()
+    if measured:  # a job measures the candidates into the store; the search below then reads them
+        budget_job = SensitivityJob(model_name, DATASET, groups_asked, signal, budget_mb, True, measuring())
+        asked = followed("budget_job")
+        if asked is None or asked.spec["budget_mb"] != budget_mb or asked.spec["signal"] != signal:
+            submit(budget_job, "budget_job")
+        if not (job := follow("budget_job")) or job.state != "done":
+            st.stop()
     try:
         budget_plan = search_budget(
             model,
@@ -284,12 +303,10 @@ if st.session_state.get("show_sensitivity") and plan:
             settings=LIVE,
             waves=waves,
             encoder_cache=encoder_cache(),
-            announce=lambda label: status.info(f"Measuring {label} …"),
         )
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
-    status.empty()
     how = "measured" if budget_plan.measured else "≈ (table added up)"
     quality = (
         f"divergence {how} {budget_plan.estimated_divergence:.3g} nats/token"
@@ -301,7 +318,11 @@ if st.session_state.get("show_sensitivity") and plan:
         f"{budget_plan.estimated_size_bytes / 1e6:.1f} MB, {quality}"
     )
     if st.button("Measure this plan"):
-        point = next(run_sweep(model, dataset, [budget_plan.recipe], store, LIVE, waves, encoder_cache()))
+        submit(SweepJob(model_name, DATASET, (budget_plan.recipe.to_json(),), measuring()), "plan_job")
+    job = follow("plan_job")
+    if job is not None and job.state == "done":
+        point = store.get(job.result["points"][0])
         st.success(
-            f"Measured: WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB — it is now on the plots."
+            f"Measured {point.label}: WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB — it is "
+            "now on the plots."
         )

@@ -8,6 +8,7 @@ Layers, bottom to top (a module may import from its own layer and the ones below
   deploy   core.deploy.*          (exports to other runtimes: CTranslate2, ONNX Runtime, whisper.cpp)
   measure  core.measure.*         (evaluate, store, sweeps, sensitivity, divergence)
   train    core.train.*           (distillation)
+  jobs     core.jobs.*            (background jobs: the board, job kinds, the worker process)
   cli      core.cli.*, core.__main__
 """
 
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parent.parent / "core"
-LAYERS = ("base", "models", "compress", "io", "deploy", "measure", "train", "cli")
+LAYERS = ("base", "models", "compress", "io", "deploy", "measure", "train", "jobs", "cli")
 LAZY_MARK = (
     "# lazy: --help"  # the one allowed reason for a core import inside a function (see core/cli/common.py)
 )
@@ -35,7 +36,7 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] in ("models", "compress", "io", "deploy", "measure", "train", "cli"):
+    if len(parts) > 1 and parts[1] in LAYERS[1:]:
         return parts[1]
     return "cli" if parts[-1] == "__main__" else "base"
 

@@ -16,9 +16,8 @@ import streamlit as st
 from core.compress.recipe import Recipe, apply_recipe
 from core.data import load_dataset, load_waves
 from core.io.folders import load_model, save_model
-from core.measure.evaluate import evaluate
 from core.measure.store import Point, Store
-from core.measure.sweep import SweepSettings, run_sweep
+from core.measure.sweep import SweepSettings, stored_points
 from core.models import DEFAULT_MODEL, EncoderCache, SpeechModel
 from core.paths import check_model_path
 
@@ -52,35 +51,11 @@ def encoder_cache() -> EncoderCache:
     return EncoderCache()
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def baseline_result(model_name: str, dataset_name: str) -> dict:
-    """Baseline of an uncompressed model, measured like `python -m core evaluate` (one clip per window)."""
-    dataset, waves = dataset_waves(dataset_name)
-    return evaluate(base_model(model_name), dataset, waves=waves).to_dict()
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def clip_result(model_name: str, recipe_json: str, dataset_name: str = "quick") -> dict:
-    """A recipe's result measured one clip per window (by-length buckets, loops), like `evaluate`."""
-    dataset, waves = dataset_waves(dataset_name)
-    model = compressed_model(model_name, recipe_json)[0]
-    return evaluate(model, dataset, waves=waves, latency_runs=0).to_dict()
-
-
-def measure(model_name: str, recipe: Recipe, dataset_name: str = "quick") -> Point:
-    """One point from the results store, or measured now and stored (every point joins the Pareto store)."""
-    dataset, waves = dataset_waves(dataset_name)
-    return next(
-        run_sweep(
-            base_model(model_name),
-            dataset,
-            [recipe],
-            results_store(),
-            LIVE,
-            waves=waves,
-            encoder_cache=encoder_cache(),
-        )
-    )
+def stored(model_name: str, recipes: list, dataset_name: str = "quick") -> list[Point | None]:
+    """Each recipe's point from the results store (None where not measured yet), without any work: a page
+    shows these at once and submits a job for the rest (ui.jobs)."""
+    dataset, _ = dataset_waves(dataset_name)
+    return stored_points(base_model(model_name), dataset, recipes, results_store(), LIVE)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)

@@ -32,8 +32,9 @@ def add_store_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """--model, --dataset, --store, --latency-runs, --naive: shared by sweep, sensitivity and budget."""
+def add_run_args(parser: argparse.ArgumentParser, background: bool = True) -> None:
+    """--model, --dataset, --store, --latency-runs, --naive, --executor/--address/--workers, --background:
+    shared by sweep, sensitivity and budget."""
     add_model_arg(parser, "base model (see `evaluate --help`)")
     parser.add_argument("--dataset", default="quick", help="quick | full | a dataset path (see `evaluate`)")
     add_store_arg(parser)
@@ -43,6 +44,23 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="measure like `evaluate`: one clip per window, 5 latency runs (separate cache)",
     )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where points are measured: here (default) or on a Ray cluster (see README)",
+    )
+    parser.add_argument(
+        "--address",
+        help="with --executor ray: the cluster (e.g. ray://head:10001 or auto; default: a private one)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="with --executor ray: points measured at once")
+    if background:
+        parser.add_argument(
+            "--background",
+            action="store_true",
+            help="submit as a background job and return (follow it: `jobs wait ID`, or the Jobs page)",
+        )
 
 
 def load(model: str, recipe: Path | None = None):
@@ -75,12 +93,57 @@ def settings(args: argparse.Namespace):
     return NAIVE if args.naive else SweepSettings(latency_runs=args.latency_runs)
 
 
+def executor(args: argparse.Namespace):
+    """The point Executor named by --executor / --address / --workers."""
+    from core.measure.executors import Executor  # lazy: --help
+
+    return Executor(args.executor, args.address, args.workers)
+
+
+def measuring(args: argparse.Namespace):
+    """How a background job named by these arguments measures (core.jobs.kinds.Measuring)."""
+    import torch  # lazy: --help
+
+    from core.jobs.kinds import Measuring  # lazy: --help
+
+    executor(args)  # refuses a bad combination now, not in the worker
+    chosen = settings(args)
+    return Measuring(
+        chosen.packed, chosen.latency_runs, torch.get_num_threads(), args.executor, args.address, args.workers
+    )
+
+
+def absolute(name: str) -> str:
+    """A model or dataset name as a job spec holds it: a path made absolute (the worker runs elsewhere),
+    any other name as it is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def submit_job(args: argparse.Namespace, job) -> None:
+    """Submit a job spec to the store's board, print its id and how to follow it."""
+    from core.jobs.board import JobBoard  # lazy: --help
+    from core.jobs.worker import submit  # lazy: --help
+
+    row = submit(JobBoard(args.store), job)
+    print(f"job {row.id} {row.state}: {row.label}")
+    print(f"follow it: python -m core jobs wait {row.id}   (or the dashboard's Jobs page)")
+
+
 def context(args: argparse.Namespace):
-    """(model, dataset, store) named by the common arguments."""
+    """(model, dataset, store) named by the common arguments, for a command that writes points: the store
+    is opened first and must be writable (ValueError, one line, before any model is loaded)."""
+    store = writable_store(args.store)
     from core.data import load_dataset  # lazy: --help
+
+    return load(args.model), load_dataset(args.dataset), store
+
+
+def writable_store(path: Path | None):
+    """The results store at `path` (default: the user data folder), checked to take a point now: a missing
+    folder, a file that is no store, or one that cannot be written is a ValueError before any work."""
     from core.measure.store import Store  # lazy: --help
 
-    return load(args.model), load_dataset(args.dataset), Store(args.store)
+    return Store(path, writable=True)
 
 
 def progress(done: int, total: int, cached: int, seconds: float, label: str = "") -> str:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli.common import DEFAULT_MODEL, add_store_arg
+from core.cli.common import DEFAULT_MODEL, add_store_arg, writable_store
 
 CONFIG_OPTIONS = {
     "steps": "steps",
@@ -26,7 +26,6 @@ def run(args: argparse.Namespace) -> None:
     from core.compress.recipe import Recipe  # lazy: --help
     from core.data import load_dataset  # lazy: --help
     from core.io.folders import load_model  # lazy: --help
-    from core.measure.store import Store  # lazy: --help
     from core.measure.sweep import SweepSettings  # lazy: --help
     from core.train.distill import (  # lazy: --help
         CHECKPOINT,
@@ -56,6 +55,7 @@ def run(args: argparse.Namespace) -> None:
     # 7.8% WER trained, 14.9% frozen, both 150 steps)
     train_encoder = args.train_encoder or (spec.short_context is not None and not args.freeze_encoder)
     config = DistillConfig(pseudo_labels=args.pseudo_labels, train_encoder=train_encoder, **given)
+    store = None if args.no_store else writable_store(args.store)  # refused before training, not after
     train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
     teacher = load_model(args.teacher)
     student, after = spec.build(teacher)
@@ -73,7 +73,6 @@ def run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
-    store = None if args.no_store else Store(args.store)
     _, point = publish_student(
         student,
         after,

@@ -71,6 +71,13 @@ def format_result(r: dict, show_rows: bool = False) -> str:
         f"size         {r['size_bytes'] / 1e6:.2f} MB ({r['size_bytes']:,} bytes {where}), "
         f"{r['parameters']:,} parameters",
     ]
+    silent = r.get("no_speech") or []
+    if silent:
+        more = " …" if len(silent) > 5 else ""
+        lines.append(
+            f"no speech    {len(silent)} clip(s) sound like noise or silence, and Whisper writes words for "
+            f"them anyway: {', '.join(silent[:5])}{more}"
+        )
     if r["latency"]:
         lat = r["latency"]
         lines.append(

@@ -107,7 +107,7 @@ def add_command(commands) -> None:
         action.add_argument("id", help="a job id (or its first characters)")
         action.set_defaults(run=run)
     work = actions.add_parser("work", help="run queued jobs in this process (started for you on submit)")
-    work.add_argument("--idle", type=float, default=2.0, help="exit after this many seconds with no job")
+    work.add_argument("--idle", type=float, default=60.0, help="exit after this many seconds with no job")
     work.set_defaults(run=run_work)
     for action in (listing, show, work, *[actions.choices[n] for n in ("wait", "cancel")]):
         add_store_arg(action)

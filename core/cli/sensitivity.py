@@ -9,7 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from core.cli.common import add_run_args, context, progress, settings
+from core.cli.common import (
+    absolute,
+    add_run_args,
+    context,
+    executor,
+    measuring,
+    progress,
+    settings,
+    submit_job,
+)
 
 SIGNALS = ("wer", "divergence")  # as core.measure.sensitivity.SIGNALS (tested), without importing torch
 
@@ -42,7 +51,10 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list:
 
     plan = divergence_plan(args.groups) if args.signal == "divergence" else sensitivity_plan(args.groups)
     start, rows = time.perf_counter(), []
-    for row in run_sensitivity(model, dataset, store, plan, settings(args), signal=args.signal):
+    rows_measured = run_sensitivity(
+        model, dataset, store, plan, settings(args), signal=args.signal, executor=executor(args)
+    )
+    for row in rows_measured:
         rows.append(row)
         print(
             progress(
@@ -58,6 +70,14 @@ def _sensitivity_rows(args: argparse.Namespace, model, dataset, store) -> list:
 
 def run_table(args: argparse.Namespace) -> None:
     """`sensitivity`: ΔWER or divergence (and MB saved) per layer group and compression level."""
+    if args.background:
+        from core.jobs.kinds import SensitivityJob  # lazy: --help
+
+        groups = tuple(args.groups or ())
+        job = SensitivityJob(
+            absolute(args.model), absolute(args.dataset), groups, args.signal, measuring=measuring(args)
+        )
+        return submit_job(args, job)
     rows = _sensitivity_rows(args, *context(args))
     baseline = rows[0]
     print(
@@ -157,5 +177,5 @@ def add_command(commands) -> None:
         help="divergence (default for --max-mb): exact search over per-group quantizers by KL from the "
         "uncompressed model; wer (default for --max-ms): greedy over the ΔWER table",
     )
-    add_run_args(p)
+    add_run_args(p, background=False)
     p.set_defaults(run=run_budget)

@@ -7,7 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from core.cli.common import add_run_args, context, format_points, progress, settings
+from core.cli.common import (
+    absolute,
+    add_run_args,
+    context,
+    executor,
+    format_points,
+    measuring,
+    progress,
+    settings,
+    submit_job,
+)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -16,10 +26,16 @@ def run(args: argparse.Namespace) -> None:
 
     recipes = grid_recipes(load_grid(args.grid), args.sample, args.seed)
     total = len({canonical_json(r.to_json()) for r in recipes})
+    if args.background:
+        from core.jobs.kinds import SweepJob  # lazy: --help
+
+        recipes_json = tuple(r.to_json() for r in recipes)
+        job = SweepJob(absolute(args.model), absolute(args.dataset), recipes_json, measuring(args))
+        return submit_job(args, job)
     model, dataset, store = context(args)
     start, points = time.perf_counter(), []
     try:
-        for point in run_sweep(model, dataset, recipes, store, settings(args)):
+        for point in run_sweep(model, dataset, recipes, store, settings(args), executor=executor(args)):
             points.append(point)
             cached = sum(p.cached for p in points)
             print(

@@ -1,8 +1,8 @@
 """A deployment runtime as one record: how to write a model for it, and how to run what was written.
 
-Each runtime module (ct2.py, onnx.py, ggml.py) defines `RUNTIME = Runtime(...)`; `runtime(name)` finds it
-(imported on first use, so importing this module loads no runtime library). An exported folder carries
-`speech_lab_export.json` naming its runtime, so `detect(folder)` tells which runtime runs it and the
+Each runtime module (ct2.py, onnx.py, ggml.py, hf.py) defines `RUNTIME = Runtime(...)`; `runtime(name)`
+finds it (imported on first use, so importing this module loads no runtime library). An exported folder
+carries `speech_lab_export.json` naming its runtime, so `detect(folder)` tells which runtime runs it and the
 lab can evaluate it there: `load(folder, threads)` gives a `Deployed` whose `transcribe` is what a user
 of that runtime would write (its own API, its own thread count), and whose size is the bytes of the
 files that runtime loads.
@@ -24,7 +24,12 @@ from core.models.base import WINDOW_SECONDS
 
 EXPORT_FILE = "speech_lab_export.json"  # {"name", "format", "decoding", ...}: written by every exporter
 README_FILE = "README.txt"  # how to load the folder with the runtime's own API
-MODULES = {"ct2": "core.deploy.ct2", "onnx": "core.deploy.onnx", "ggml": "core.deploy.ggml"}
+MODULES = {
+    "ct2": "core.deploy.ct2",
+    "onnx": "core.deploy.onnx",
+    "ggml": "core.deploy.ggml",
+    "hf": "core.deploy.hf",  # Hugging Face transformers: a plain float checkpoint (no size gain)
+}
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,11 @@ def detect(folder: str | Path) -> str | None:
 
 def write_export_facts(folder: Path, model: SpeechModel, fmt: str, **extra) -> None:
     """Record what was exported and for which runtime (read back by `detect` and the runtime's loader)."""
-    facts = {"name": model.name, "format": fmt, "decoding": model.decoding.to_json()}
+    decoding = model.decoding.to_json() if model.decoding is not None else None  # None: a CTC model
+    facts = {"name": model.name, "format": fmt, "decoding": decoding}
     facts["parameters"] = model.num_parameters()
-    facts["short_context"] = model.family.short_context(model.module)  # None: the full 30 s window
+    policy = getattr(model.family, "short_context", None)  # only families with a fixed window have one
+    facts["short_context"] = policy(model.module) if policy else None  # None: the full 30 s window
     (folder / EXPORT_FILE).write_text(json.dumps({**facts, **extra}, indent=1))
 
 

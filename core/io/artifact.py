@@ -1,12 +1,16 @@
 """How a compressed model is saved and loaded; its size is the byte count of the folder.
 
 A folder holds
-  model.safetensors  the state_dict. Tied tensors are stored once. A float tensor with many exact
+  speech_lab.safetensors
+                     the state_dict. Tied tensors are stored once. A float tensor with many exact
                      zeros is stored as "<name>@mask" (1 bit per element, packed) + "<name>@values"
                      (the nonzeros in order) whenever that takes fewer bytes. A uint8 buffer that its
                      module lists in `coded_buffers` (codes of a quantize step with entropy_code) is
                      stored as "<name>@deflate": Huffman-coded bytes (zlib, with a checksum), again
-                     only when smaller.
+                     only when smaller. Deliberately not called model.safetensors: no Hugging Face
+                     loader may take these packed tensors for a checkpoint of its own (core.io.folders
+                     also marks config.json so that `from_pretrained` refuses the folder). Artifacts
+                     written before the rename hold it as model.safetensors; they load as before.
   layout.json        {"format": "speech-lab-layout", "version": 1,
                       "modules": {path: {"kind": kind, **layout}},  # modules the base model would not build
                       "attrs":   {path: {name: value}},             # plain attributes to restore
@@ -54,7 +58,8 @@ from core.compress.registry import layer_classes
 from core.compress.technique import conv1d_layout
 from core.models import family_of
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = "speech_lab.safetensors"
+LEGACY_WEIGHTS_FILE = "model.safetensors"  # what artifacts written before the rename call it: still loaded
 LAYOUT_FILE = "layout.json"
 FORMAT = "speech-lab-layout"
 VERSION = 1
@@ -306,7 +311,7 @@ def _group_and_kind(model: nn.Module, name: str) -> tuple[str, str]:
 
 
 def save_weights(model: nn.Module, folder: str | Path) -> dict:
-    """Write model.safetensors + layout.json into `folder`; returns the byte sizes
+    """Write speech_lab.safetensors + layout.json into `folder`; returns the byte sizes
     (total, files, groups, kinds)."""
     from safetensors.torch import save_file
 
@@ -338,6 +343,8 @@ def save_weights(model: nn.Module, folder: str | Path) -> dict:
             tensors[name] = tensor
             stored[name] = tensor.numel() * tensor.element_size()
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    if (folder / LAYOUT_FILE).is_file() and (folder / LEGACY_WEIGHTS_FILE).is_file():
+        (folder / LEGACY_WEIGHTS_FILE).unlink()  # an old artifact's weights, overwritten by these
     layout = {
         "format": FORMAT,
         "version": VERSION,
@@ -388,9 +395,18 @@ def _verify(state: dict[str, torch.Tensor], checksums: dict) -> None:
             )
 
 
+def weights_file(folder: str | Path) -> Path:
+    """The weights file of a saved folder: speech_lab.safetensors, or model.safetensors in an artifact
+    written before the rename (the new name where neither exists)."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file() and (folder / LEGACY_WEIGHTS_FILE).is_file():
+        return folder / LEGACY_WEIGHTS_FILE
+    return folder / WEIGHTS_FILE
+
+
 def _read_layout(folder: Path) -> dict:
     path = folder / LAYOUT_FILE
-    if not path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+    if not path.is_file() or not weights_file(folder).is_file():
         raise ValueError(f"{folder} is not a saved model: it needs {WEIGHTS_FILE} and {LAYOUT_FILE}")
     try:
         layout = json.loads(path.read_text())
@@ -475,10 +491,11 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
     for alias, source in layout["ties"].items():
         _tie(model, alias, source)
 
+    weights = weights_file(folder)
     try:
-        state = load_file(str(folder / WEIGHTS_FILE))
+        state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
-        raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
+        raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from None
     _verify(state, layout["checksums"])
     for name, shape in layout["sparse"].items():
         mask, values = state.pop(f"{name}@mask", None), state.pop(f"{name}@values", None)
@@ -503,7 +520,7 @@ def load_weights(skeleton_model: nn.Module, folder: str | Path) -> nn.Module:
     ]
     if missing or unexpected or wrong:
         raise ValueError(
-            f"{folder / WEIGHTS_FILE} does not match {LAYOUT_FILE} and the model: "
+            f"{weights} does not match {LAYOUT_FILE} and the model: "
             f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape/dtype {wrong[:3]}"
         )
     model.load_state_dict(state, strict=True)  # quantized modules refresh their caches in a post-hook

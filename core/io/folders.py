@@ -3,7 +3,15 @@ checkpoint, and write a (compressed) model as a folder that loads back.
 
 A lab folder holds the family's own files (config.json, tokenizer or processor files), speech_lab.json
 (family, decoding facts, name, recipe) and the weights, either a plain model.safetensors (a converted
-model) or model.safetensors + layout.json as written by core.io.artifact (a compressed model).
+model: a genuine Hugging Face checkpoint) or speech_lab.safetensors + layout.json as written by
+core.io.artifact (a compressed model, and whatever `save_model` writes; model.safetensors + layout.json
+in artifacts written before the rename).
+
+A folder `save_model` writes cannot be mistaken for a Hugging Face checkpoint: its weights file has
+another name, and its config.json names, as the `transformers_weights` file, a sentence saying what
+the folder is, so `from_pretrained` (any class, or `pipeline`) raises a ValueError quoting it instead of
+returning a randomly initialised model. A README.md in the folder says what it is and how to load it.
+The lab drops that key again when it loads the folder.
 """
 
 from __future__ import annotations
@@ -11,9 +19,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.io.artifact import LAYOUT_FILE, WEIGHTS_FILE, load_weights, save_weights
+from core.io.artifact import LAYOUT_FILE, WEIGHTS_FILE, load_weights, save_weights, weights_file
 from core.models import BASE_MODEL, DEFAULT_MODEL, FAMILIES, META_FILE, SpeechModel, family_named
 from core.models.ct2 import base_whisper_folder, bundled_whisper_folder
+
+README_FILE = "README.md"  # in every folder save_model writes: what it is, how to load it
+HF_MARK = "transformers_weights"  # the config.json key transformers reads the weights file name from
+NOT_A_CHECKPOINT = (
+    "speech-lab-artifact (this folder is a Speech Compression Lab model, NOT a transformers checkpoint: "
+    "its weights are packed codes, see README.md and layout.json; run it with `python -m core transcribe "
+    "--model FOLDER`, or write a checkpoint transformers loads with `python -m core export --format hf "
+    "--model FOLDER --out OUT`)"
+)
 
 
 def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> SpeechModel:
@@ -53,6 +70,9 @@ def load_folder(folder: Path, name: str) -> SpeechModel:
         raise ValueError(f"{folder / META_FILE} must hold a JSON object, not {type(meta).__name__}")
     family = family_named(meta.get("kind", "whisper"))
     skeleton = family.skeleton(folder)
+    config = getattr(skeleton, "config", None)
+    if config is not None and hasattr(config, HF_MARK):  # the mark save_model wrote: not part of the model
+        delattr(config, HF_MARK)
     if (folder / LAYOUT_FILE).exists():
         module = load_weights(skeleton, folder)
     else:
@@ -77,13 +97,51 @@ def save_model(model: SpeechModel, folder: str | Path, extra_meta: dict | None =
         **(extra_meta or {}),
     }
     save_weights(model.module, folder)
+    mark_not_a_checkpoint(folder)
     (folder / META_FILE).write_text(json.dumps(meta, indent=1))
+    (folder / README_FILE).write_text(readme_text(meta))
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def mark_not_a_checkpoint(folder: Path) -> None:
+    """Make `from_pretrained` refuse the folder, quoting NOT_A_CHECKPOINT: config.json names it as the
+    weights file (transformers 5 raises a ValueError for a name that is not a .safetensors file)."""
+    path = folder / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config[HF_MARK] = NOT_A_CHECKPOINT
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def readme_text(meta: dict) -> str:
+    """The folder's README.md: what it is and how to load it."""
+    recipe = f"\nRecipe: `{json.dumps(meta['recipe'])}`\n" if meta.get("recipe") else ""
+    return f"""# {meta.get("name", "model")}: a Speech Compression Lab model
+
+Written by Speech Compression Lab (`python -m core compress`, the dashboard, or distillation). It is
+**not a Hugging Face transformers checkpoint**: {WEIGHTS_FILE} holds the lab's packed form of the
+weights (integer codes and scales, sparse masks, low-rank factors, as described by {LAYOUT_FILE}), so
+`from_pretrained` on this folder raises an error on purpose instead of building a random model.
+{recipe}
+Run it with the lab (from a checkout of Speech Compression Lab):
+
+    python -m core transcribe --model FOLDER clip.wav
+    python -m core evaluate --model FOLDER
+    # in Python: from core.io.folders import load_model; load_model("FOLDER").transcribe([wave_16k])
+
+Use it elsewhere: write it in another runtime's own format.
+
+    python -m core export --format hf --model FOLDER --out OUT   # a float checkpoint transformers loads
+    python -m core export --format ct2 --model FOLDER --out OUT  # or onnx, ggml (see the lab's README)
+
+Files: {WEIGHTS_FILE} + {LAYOUT_FILE} (the weights), {META_FILE} (family, decoding facts, recipe),
+config.json and the tokenizer or processor files (the model family's own).
+"""
 
 
 def weights_bytes(folder: str | Path) -> int:
     """Bytes of the weight files of a saved folder (what every size in the lab compares)."""
-    return sum((Path(folder) / name).stat().st_size for name in (WEIGHTS_FILE, LAYOUT_FILE))
+    return weights_file(folder).stat().st_size + (Path(folder) / LAYOUT_FILE).stat().st_size
 
 
 def load_hf(name: str, label: str) -> SpeechModel:

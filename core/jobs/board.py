@@ -117,9 +117,12 @@ def process_alive(pid: int | None) -> bool:
         return True
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
     except (OSError, IndexError):
         return True  # no /proc (not Linux): trust the signal
-    return state != "Z"
+    # a killed process's main thread turns zombie before its other threads have exited and let go of its
+    # files (the worker's lock): it is dead once the last one is gone
+    return state != "Z" or threads > 1
 
 
 class JobBoard:

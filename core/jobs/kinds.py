@@ -11,6 +11,7 @@ Adding a kind: one dataclass here with `kind`, `describe()` and `run()`, and one
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,8 +19,24 @@ from typing import ClassVar
 
 import torch
 
+from core.compress.recipe import Recipe, apply_recipe
+from core.data import Dataset, load_dataset, load_waves
+from core.io.folders import load_model
+from core.measure.deployment import measure_deployed
+from core.measure.evaluate import evaluate
 from core.measure.executors import Executor
-from core.measure.sweep import SweepSettings
+from core.measure.sensitivity import divergence_plan, run_sensitivity, search_budget, sensitivity_plan
+from core.measure.store import Store, canonical_json, model_identity
+from core.measure.sweep import SweepSettings, code_version, run_sweep
+from core.models import EncoderCache
+from core.train.distill import (
+    CHECKPOINT,
+    DistillConfig,
+    StudentSpec,
+    distill,
+    format_progress,
+    publish_student,
+)
 
 
 class Cancelled(Exception):
@@ -30,8 +47,10 @@ class JobContext:
     """What a running job may do: report progress (raising Cancelled when asked to stop), log, publish a
     partial result, and open the results store."""
 
-    def __init__(self, board, job_id: str, store_path: Path):
+    def __init__(self, board, job_id: str, store_path: Path, loaded: dict | None = None):
+        """`loaded`: models and datasets kept by the worker between its jobs (see `load`)."""
         self.board, self.job_id, self.store_path = board, job_id, store_path
+        self.loaded = {} if loaded is None else loaded
 
     def report(self, done: int, total: int, stage: str, computed: bool = False) -> None:
         """`computed`: this unit was computed now (not read from the store), so it counts for the ETA."""
@@ -45,10 +64,21 @@ class JobContext:
         """A result so far (e.g. a training curve), readable while the job runs."""
         self.board.set_partial(self.job_id, partial)
 
-    def store(self):
-        from core.measure.store import Store
-
+    def store(self) -> Store:
         return Store(self.store_path)
+
+    def load(self, model: str, dataset: str) -> tuple:
+        """(model, dataset, waves), kept for the worker's next job (the last two models and datasets): a
+        page's jobs follow one another on the same model. Jobs never change a loaded model in place
+        (recipes apply to copies)."""
+        if model not in self.loaded:
+            self.loaded[model] = load_model(model)
+        if dataset not in self.loaded:
+            data = load_dataset(dataset)
+            self.loaded[dataset] = (data, load_waves(data))
+        for name in list(self.loaded)[:-4]:  # the oldest go first
+            self.loaded.pop(name)
+        return self.loaded[model], *self.loaded[dataset]
 
 
 @dataclass(frozen=True)
@@ -74,14 +104,6 @@ class Measuring:
             torch.set_num_threads(self.threads)
 
 
-def _load(model: str, dataset: str):
-    from core.data import load_dataset, load_waves
-    from core.io.folders import load_model
-
-    data = load_dataset(dataset)
-    return load_model(model), data, load_waves(data)
-
-
 @dataclass(frozen=True)
 class SweepJob:
     """Measure recipes (a grid's points) of `model` on `dataset`; stored points come back at once."""
@@ -96,10 +118,8 @@ class SweepJob:
         return f"sweep of {len(self.recipes)} recipes · {self.model} · {self.dataset}"
 
     def run(self, context: JobContext) -> dict:
-        from core.measure.sweep import run_sweep
-
         self.measuring.apply_threads()
-        model, dataset, waves = _load(self.model, self.dataset)
+        model, dataset, waves = context.load(self.model, self.dataset)
         total, keys = len(self.recipes), []
         context.report(0, total, "loaded the model; measuring")
         points = run_sweep(
@@ -138,17 +158,13 @@ class SensitivityJob:
         return f"sensitivity ({self.signal}) of {groups}{budget} · {self.model}"
 
     def plan(self) -> list:
-        from core.measure.sensitivity import divergence_plan, sensitivity_plan
 
         groups = tuple(self.groups) or None  # none given: the default groups
         return (divergence_plan if self.signal == "divergence" else sensitivity_plan)(groups)
 
     def run(self, context: JobContext) -> dict:
-        from core.measure.sensitivity import run_sensitivity, search_budget
-        from core.models import EncoderCache
-
         self.measuring.apply_threads()
-        model, dataset, waves = _load(self.model, self.dataset)
+        model, dataset, waves = context.load(self.model, self.dataset)
         store, plan, cache, rows = context.store(), self.plan(), EncoderCache(), []
         settings = self.measuring.settings()
         measured = run_sensitivity(
@@ -200,22 +216,10 @@ class DistillJob:
     measuring: Measuring = field(default_factory=Measuring)
 
     def describe(self) -> str:
-        from core.train.distill import StudentSpec
 
         return f"{StudentSpec(**self.student).describe(self.config.get('steps', 0))} · {self.teacher}"
 
     def run(self, context: JobContext) -> dict:
-        from core.data import Dataset, load_dataset, load_waves
-        from core.io.folders import load_model
-        from core.train.distill import (
-            CHECKPOINT,
-            DistillConfig,
-            StudentSpec,
-            distill,
-            format_progress,
-            publish_student,
-        )
-
         self.measuring.apply_threads()
         spec, config = StudentSpec(**self.student), DistillConfig(**self.config)
         teacher = load_model(self.teacher)
@@ -260,6 +264,46 @@ class DistillJob:
 
 
 @dataclass(frozen=True)
+class EvaluateJob:
+    """`python -m core evaluate` of a model (with a recipe applied) on a dataset: one clip per window, WER
+    by clip length, latency. Its result is kept on the board, so any session shows it again at once;
+    `identity` (see `evaluation_identity`) makes a changed model, dataset or measuring code a new job."""
+
+    kind: ClassVar[str] = "evaluate"
+    model: str
+    dataset: str
+    identity: str
+    recipe: dict = field(default_factory=lambda: {"steps": []})
+    latency_runs: int = 5
+    threads: int | None = None
+
+    def describe(self) -> str:
+        what = Recipe.from_json(self.recipe).describe() or "uncompressed"
+        return f"evaluate {what} · {self.model} · {self.dataset}"
+
+    def run(self, context: JobContext) -> dict:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model, dataset, waves = context.load(self.model, self.dataset)
+        recipe = Recipe.from_json(self.recipe)
+        context.report(0, len(waves), "applying the recipe" if not recipe.is_empty else "transcribing")
+        variant = model if recipe.is_empty else apply_recipe(model, recipe)[0]
+
+        def progress(done: int, total: int) -> None:
+            context.report(done, total, f"transcribed {done} of {total} clips", computed=True)
+
+        result = evaluate(variant, dataset, waves, self.latency_runs, progress=progress)
+        return result.to_dict()
+
+
+def evaluation_identity(model, dataset) -> str:
+    """What an evaluation's numbers depend on besides its spec: the model's content, the dataset's
+    content and the measuring code."""
+    facts = canonical_json([model_identity(model), dataset.fingerprint(), code_version()])
+    return hashlib.sha256(facts.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class ExportJob:
     """The lab's point of a recipe (or a trained student's point), then the export measured in a runtime."""
 
@@ -273,18 +317,13 @@ class ExportJob:
     measuring: Measuring = field(default_factory=Measuring)
 
     def describe(self) -> str:
-        from core.compress.recipe import Recipe
 
         what = "a trained student" if self.student_point else Recipe.from_json(self.recipe).describe()
         return f"{what} in {self.runtime} · {self.model}"
 
     def run(self, context: JobContext) -> dict:
-        from core.compress.recipe import Recipe
-        from core.measure.deployment import measure_deployed
-        from core.measure.sweep import run_sweep
-
         self.measuring.apply_threads()
-        model, dataset, waves = _load(self.model, self.dataset)
+        model, dataset, waves = context.load(self.model, self.dataset)
         store, recipe, settings = context.store(), Recipe.from_json(self.recipe), self.measuring.settings()
         stages = {"lab": 0, "export": 1, "transcribe": 2, "latency": 3}
 
@@ -312,7 +351,7 @@ class ExportJob:
         return {"lab": lab.key, "there": there.key}
 
 
-KINDS = {kind.kind: kind for kind in (SweepJob, SensitivityJob, DistillJob, ExportJob)}
+KINDS = {kind.kind: kind for kind in (SweepJob, SensitivityJob, DistillJob, EvaluateJob, ExportJob)}
 
 
 def to_spec(job) -> dict:
@@ -330,7 +369,8 @@ def from_spec(kind: str, spec: dict):
     if unknown:
         raise ValueError(f"a {kind} job has no field(s) {sorted(unknown)}")
     values = dict(spec)
-    values["measuring"] = Measuring(**values.get("measuring", {}))
+    if "measuring" in names:
+        values["measuring"] = Measuring(**values.get("measuring", {}))
     for name in ("recipes", "groups"):
         if name in values:
             values[name] = tuple(values[name])

@@ -28,6 +28,7 @@ from core.jobs.board import HEARTBEAT_SECONDS, Job, JobBoard, process_alive
 from core.jobs.kinds import Cancelled, JobContext, from_spec, to_spec
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `core` package
+IDLE_SECONDS = 60.0  # a worker waits this long for the next job (a page's jobs come one after another)
 
 
 def lock_path(store_path: Path) -> Path:
@@ -121,9 +122,10 @@ def _heartbeat(board: JobBoard, id: str):
         thread.join()
 
 
-def run_job(board: JobBoard, job: Job) -> str:
-    """Run one claimed job to its end state: done, failed, cancelled (or queued again, see module doc)."""
-    context = JobContext(board, job.id, board.path)
+def run_job(board: JobBoard, job: Job, loaded: dict | None = None) -> str:
+    """Run one claimed job to its end state: done, failed, cancelled (or queued again, see module doc);
+    `loaded` keeps models and datasets for the worker's next job."""
+    context = JobContext(board, job.id, board.path, loaded)
     if job.attempts > 1:
         context.log(f"attempt {job.attempts}: resuming from the store and checkpoints")
     try:
@@ -151,13 +153,13 @@ def run_job(board: JobBoard, job: Job) -> str:
     return "done"
 
 
-def work(store_path: Path, idle_seconds: float = 2.0, max_jobs: int | None = None) -> int:
+def work(store_path: Path, idle_seconds: float = IDLE_SECONDS, max_jobs: int | None = None) -> int:
     """Run queued jobs until the queue stays empty for `idle_seconds` (or `max_jobs` ran); the number
     run. Returns 0 at once when another worker holds the store's lock."""
     lock = _try_lock(Path(store_path))
     if lock is None:
         return 0
-    board, ran = JobBoard(store_path), 0
+    board, ran, loaded = JobBoard(store_path), 0, {}
     previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         board.recover(lambda job: job.pid != os.getpid())  # holding the lock: every other run is orphaned
@@ -169,7 +171,7 @@ def work(store_path: Path, idle_seconds: float = 2.0, max_jobs: int | None = Non
                     break
                 time.sleep(0.2)
                 continue
-            run_job(board, job)
+            run_job(board, job, loaded)
             ran += 1
             idle_since = time.monotonic()
     finally:

@@ -56,7 +56,8 @@ def measure_deployed(
 
     `origin`: how `load_model` names `base` (default its display name), recorded in the folder so that
     `evaluate --model FOLDER --parity` finds the lab model again.
-    ValueError (nothing measured) when the runtime cannot hold the compressed model exactly.
+    ValueError (nothing measured) when the runtime cannot hold the compressed model exactly, or when the
+    point is not stored yet and `store` cannot be written.
     `progress(stage, fraction)` hears "export", "transcribe" (after each clip but the last) and "latency"
     (once every clip is transcribed)."""
     say = progress or (lambda stage, fraction: None)
@@ -73,6 +74,8 @@ def measure_deployed(
     stored = store.get(key)
     if stored is not None and all((folder / f).is_file() for f in target.files):
         return stored
+    if stored is None:
+        store.check_writable()  # before exporting and measuring, not after
     start = time.perf_counter()
     if variant is None:
         variant = (

@@ -150,7 +150,8 @@ def run_divergence(
 ) -> Iterator[dict]:
     """Yield {key, recipe, label, divergence, size_bytes, seconds, cached} per distinct recipe: stored ones
     first and at once, then each new one as it is measured (and stored). The base model's reference is
-    computed only when something is missing; pass the same `reference` dict to share it between calls."""
+    computed only when something is missing; pass the same `reference` dict to share it between calls.
+    ValueError before the first is measured when `store` cannot be written."""
     model_id, fingerprint, settings = model_identity(model), dataset.fingerprint(), measure_settings()
     todo: dict[str, object] = {}
     for recipe in map(Recipe.from_json, recipes):
@@ -162,6 +163,8 @@ def run_divergence(
             missing.append((key, recipe))
         else:
             yield {**stored, "key": key, "cached": True}
+    if missing:
+        store.check_writable()  # before the work, not after it
     reference = {} if reference is None else reference
     reuse: dict = {}
     for key, recipe in missing:

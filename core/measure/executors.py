@@ -1,13 +1,16 @@
 """Where a sweep's points are measured: here, one after another, or fanned out over a Ray cluster.
 
 Points are independent (model + recipe + dataset -> metrics), so an executor only has to take the list
-of (store key, recipe) still missing and yield each one's (key, recipe, result, timings) as it finishes;
+of (store key, recipe) still missing and a `measure(recipe, encoder_cache, reuse)` function (the sweep's
+`measure_point` bound to its model, data and settings), and yield each one's (key, recipe, result,
+timings) as it finishes;
 `core.measure.sweep.run_sweep` writes them to the store as they arrive, so a sweep on a cluster streams
 into the same store and resumes the same way.
 
-On Ray, each worker is an actor that holds one copy of the base model, the dataset's audio and an encoder
-cache, sent once through Ray's object store (the cluster needs the lab installed, not its files), and
-measures recipe after recipe with `measure_point`: the very code of the local path. Each actor reserves as
+On Ray, each worker is an actor that holds one copy of that function (with the base model and the
+dataset's audio: sent once through Ray's object store, so the cluster needs the lab installed, not its
+files) and its own encoder cache, and measures recipe after recipe with it: the very code of the local
+path. Each actor reserves as
 many CPUs as torch threads the driver uses, so its latency is measured at the thread count the store key
 records; several actors on one machine time each other, so on one machine prefer `latency_runs=0` or one
 worker per node.
@@ -15,10 +18,13 @@ worker per node.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from core.compress.recipe import Recipe
+from core.models import EncoderCache
 
 RESULT = tuple[str, object, dict, dict]  # (store key, recipe, evaluation result, timings)
 
@@ -43,45 +49,37 @@ class Executor:
                 "--workers are for --executor ray"
             )
 
-    def measure(self, model, dataset, waves, settings, encoder_cache, todo: list) -> Iterator[RESULT]:
+    def measure(self, measure: Callable, todo: list, encoder_cache: EncoderCache) -> Iterator[RESULT]:
         """Measure each (key, recipe) of `todo`, yielding results as they finish (any order on Ray)."""
         if self.name == "ray":
-            return measure_on_ray(self, model, dataset, waves, settings, todo)
-        return measure_here(model, dataset, waves, settings, encoder_cache, todo)
+            return measure_on_ray(self, measure, todo)
+        return measure_here(measure, todo, encoder_cache)
 
 
-def measure_here(model, dataset, waves, settings, encoder_cache, todo: list) -> Iterator[RESULT]:
+def measure_here(measure: Callable, todo: list, encoder_cache: EncoderCache) -> Iterator[RESULT]:
     """One point after another in this process, reusing shared recipe prefixes and encoder outputs."""
-    from core.measure.sweep import measure_point  # measure_point's module uses this one
-
     reuse: dict = {}
     for key, recipe in todo:
-        result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache, reuse)
+        result, timings = measure(recipe=recipe, encoder_cache=encoder_cache, reuse=reuse)
         yield key, recipe, result, timings
 
 
 class PointWorker:
-    """A Ray actor's state: the base model, the dataset and its audio, kept across the points it measures."""
+    """A Ray actor's state: the bound measuring function, an encoder cache and the reusable steps."""
 
-    def __init__(self, model, dataset, waves, settings, threads: int):
-        from core.models import EncoderCache
-
+    def __init__(self, measure: Callable, threads: int):
         torch.set_num_threads(threads)
-        self.model, self.dataset, self.waves, self.settings = model, dataset, waves, settings
-        self.encoder_cache, self.reuse = EncoderCache(), {}
+        self.measure_point, self.encoder_cache, self.reuse = measure, EncoderCache(), {}
 
     def measure(self, key: str, recipe_json: dict) -> tuple[str, dict, dict]:
-        from core.compress.recipe import Recipe
-        from core.measure.sweep import measure_point
-
         recipe = Recipe.from_json(recipe_json)
-        result, timings = measure_point(
-            self.model, recipe, self.dataset, self.waves, self.settings, self.encoder_cache, self.reuse
+        result, timings = self.measure_point(
+            recipe=recipe, encoder_cache=self.encoder_cache, reuse=self.reuse
         )
         return key, result, timings
 
 
-def measure_on_ray(executor: Executor, model, dataset, waves, settings, todo: list) -> Iterator[RESULT]:
+def measure_on_ray(executor: Executor, measure: Callable, todo: list) -> Iterator[RESULT]:
     """Fan `todo` out over `executor.workers` actors; each actor takes the next recipe when it is free."""
     try:
         import ray
@@ -94,8 +92,8 @@ def measure_on_ray(executor: Executor, model, dataset, waves, settings, todo: li
         ray.init(address=executor.address, include_dashboard=False, log_to_driver=False)
     threads = torch.get_num_threads()
     actor = ray.remote(num_cpus=threads)(PointWorker)
-    shared = [ray.put(obj) for obj in (model, dataset, waves, settings)]
-    workers = [actor.remote(*shared, threads) for _ in range(min(executor.workers, len(todo)))]
+    shared = ray.put(measure)
+    workers = [actor.remote(shared, threads) for _ in range(min(executor.workers, len(todo)))]
     recipes = {key: recipe for key, recipe in todo}
     queue = list(todo)
     running = {}

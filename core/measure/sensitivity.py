@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from core.compress.recipe import Recipe
 from core.compress.registry import TECHNIQUES, in_order
 from core.measure.divergence import run_divergence
+from core.measure.executors import Executor
 from core.measure.store import Store
 from core.measure.sweep import SweepSettings, run_sweep
 from core.models import GROUPS, EncoderCache
@@ -201,12 +202,13 @@ def run_sensitivity(
     waves: list | None = None,
     encoder_cache: EncoderCache | None = None,
     signal: str = "wer",
+    executor: Executor = Executor(),
 ) -> Iterator[SensitivityRow]:
     """Yield the baseline row, then one table row per probe as its point arrives (cached ones first).
 
-    signal "wer" measures each probe as a sweep point (WER, size, latency); "divergence" measures its
-    teacher-forced KL from the base model and its size instead (core.measure.divergence: continuous and
-    cheaper)."""
+    signal "wer" measures each probe as a sweep point (WER, size, latency), on `executor` (here or on a
+    Ray cluster); "divergence" measures its teacher-forced KL from the base model and its size instead
+    (core.measure.divergence: continuous and cheaper; always here)."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; choose one of {list(SIGNALS)}")
     plan = sensitivity_plan() if plan is None else plan
@@ -216,7 +218,8 @@ def run_sensitivity(
     def measure(recipes: list) -> Iterator[Measured]:
         if signal == "divergence":
             return map(Measured.of, run_divergence(model, dataset, recipes, store, waves, reference))
-        return map(Measured.of, run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache))
+        points = run_sweep(model, dataset, recipes, store, settings, waves, encoder_cache, executor)
+        return map(Measured.of, points)
 
     baseline = next(measure([Recipe()]))
     yield _row(None, baseline, baseline)

@@ -51,6 +51,8 @@ FLAT_FIELDS = (
     "dataset_fingerprint",
     "student_folder",
     "runtime",
+    "latency_ratio",
+    "contended",
 )
 
 _SCHEMA = """
@@ -180,6 +182,20 @@ class Point:
         return Latency.from_json(data) if data else None
 
     @property
+    def latency_ratio(self) -> float | None:
+        """This point's latency over its baseline's, both timed in the same run clip by clip (the median of
+        the per-clip ratios, core.measure.evaluate.measure_paired_latency; below 1 is faster); None for a
+        point stored before latencies were paired, or measured without latency."""
+        return (self.result.get("latency") or {}).get("ratio")
+
+    @property
+    def contended(self) -> bool:
+        """The machine was busier than its CPUs while this point was timed (load average over the CPU
+        count), so its milliseconds are inflated; a same-run `latency_ratio` still holds better."""
+        latency = self.result.get("latency") or {}
+        return bool(latency["contended"] if "contended" in latency else self.machine.get("contended"))
+
+    @property
     def runtime(self) -> str:
         """Where it was measured: "lab" (the lab's PyTorch runtime) or a deployment runtime's name
         ("ct2", "onnx", "ggml"; part of the key through the settings, see core.measure.deployment)."""
@@ -214,6 +230,8 @@ class Point:
             "dataset_fingerprint": self.dataset_fingerprint,
             "student_folder": self.student["folder"] if self.student else None,
             "runtime": self.runtime,
+            "latency_ratio": self.latency_ratio,
+            "contended": self.contended,
         }
 
     def to_json(self) -> dict:
@@ -247,13 +265,27 @@ _COLUMNS = (
 )
 
 
+# sqlite error names (sqlite3.Error.sqlite_errorname, extended codes included) that mean the store cannot be
+# written here and now, as opposed to a file that is not a store at all
+_UNWRITABLE = (
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+)
+_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+
+
 class Store:
     """A SQLite file of points; safe to share between threads of one process and between processes."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, writable: bool = False):
         """Open (or create) the store; ValueError, before any work is done, when `path` is in a folder that
         does not exist (a mistyped path is reported, not created), is a folder, or is not a usable SQLite
-        file (garbage, truncated, another program's database)."""
+        file (garbage, truncated, another program's database). `writable=True` (whoever is about to
+        measure points): also ValueError when a point could not be written now (`check_writable`)."""
         self.path = Path(path) if path is not None else default_store_path()
         if path is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,24 +307,61 @@ class Store:
                 if "student" not in columns:  # a store written before students had their own field
                     self._conn.execute("ALTER TABLE points ADD COLUMN student TEXT")
         except sqlite3.DatabaseError as exc:
+            if _cannot_write(exc):
+                raise self._unwritable(exc) from None
             raise ValueError(
                 f"results store {self.path} cannot be used ({exc}): it is not a store written by the lab, "
                 "or it is damaged; move it away or give another path"
             ) from None
+        if writable:
+            self.check_writable()
+
+    def check_writable(self) -> None:
+        """ValueError (one line) unless a point can be written now. A row is written in a transaction that
+        takes the write lock and is rolled back: a read-only file (its permissions, a read-only mount, a
+        read-only connection) fails here as a real write would, whoever the user (root included); beginning
+        a transaction alone does not fail. Waits like a write for another process's write to finish."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("INSERT OR REPLACE INTO measures VALUES ('', '', '')")  # rolled back
+            except sqlite3.Error as exc:
+                raise self._unwritable(exc) from None
+            finally:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+
+    def _unwritable(self, exc: sqlite3.Error) -> ValueError:
+        """The one-line error for a store that cannot be written (`exc` says why)."""
+        if getattr(exc, "sqlite_errorname", "").startswith(_BUSY):
+            return ValueError(
+                f"results store {self.path} cannot be written now ({exc}): another process holds it; try "
+                "again when it is done, or give another path"
+            )
+        return ValueError(
+            f"results store {self.path} cannot be written ({exc}): check the permissions of the file and its "
+            "folder, or give another path"
+        )
 
     def put(self, point: Point) -> None:
-        """Write one point in its own transaction (replacing a point with the same key)."""
+        """Write one point in its own transaction (replacing a point with the same key); ValueError (one
+        line) when the store cannot be written."""
         record = point.to_json()
         values = [
             canonical_json(record[c]) if c in _JSON_COLUMNS and record[c] is not None else record[c]
             for c in _COLUMNS
         ]
-        with self._lock, self._conn:
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO points ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-                values,
-            )
+        try:
+            with self._lock, self._conn:
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO points ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    values,
+                )
+        except sqlite3.OperationalError as exc:
+            if _cannot_write(exc):
+                raise self._unwritable(exc) from None
+            raise
 
     def get(self, key: str) -> Point | None:
         """The stored point with this key, or None."""
@@ -330,11 +399,16 @@ class Store:
     def put_measure(self, key: str, value: dict) -> None:
         """Keep one measurement that is not a WER point (e.g. a divergence), in its own transaction."""
         created = datetime.now(UTC).isoformat(timespec="seconds")
-        with self._lock, self._conn:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO measures (key, created, value) VALUES (?, ?, ?)",
-                (key, created, canonical_json(value)),
-            )
+        try:
+            with self._lock, self._conn:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO measures (key, created, value) VALUES (?, ?, ?)",
+                    (key, created, canonical_json(value)),
+                )
+        except sqlite3.OperationalError as exc:
+            if _cannot_write(exc):
+                raise self._unwritable(exc) from None
+            raise
 
     def get_measure(self, key: str) -> dict | None:
         """The measurement stored under `key`, or None."""
@@ -381,6 +455,12 @@ class Store:
                 }
             points.append(Point(**record, cached=True))
         return points
+
+
+def _cannot_write(exc: sqlite3.Error) -> bool:
+    """The error says the store cannot be written (read-only, no permission, disk full, locked), not that
+    the file is no store."""
+    return getattr(exc, "sqlite_errorname", "").startswith(_UNWRITABLE + _BUSY)
 
 
 def export_points(points: list[Point], format: str = "csv") -> str:

@@ -16,7 +16,12 @@ grid are an error.
 
 `run_sweep` is a generator: points already in the store come back at once, the rest are computed in
 order, stored one transaction each, and yielded as they finish. Stop iterating to cancel; running the
-same sweep again computes only the missing points.
+same sweep again computes only the missing points. A store that cannot be written is refused (ValueError)
+before the first point is measured.
+
+A point's latency is timed together with the base model's, clip by clip in the same run
+(core.measure.evaluate.measure_paired_latency): the point keeps both and their ratio (`Point.latency_ratio`)
+with the load while timing, so a speed-up is never a ratio of two latencies taken at different times.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import math
 import random
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,13 +44,14 @@ import torch
 from core.compress.recipe import Recipe, apply_recipe
 from core.compress.registry import TECHNIQUES, in_order, technique
 from core.data import load_waves
-from core.measure.evaluate import evaluate, measure_latency
+from core.measure.evaluate import evaluate, measure_paired_latency
+from core.measure.executors import Executor
 from core.measure.store import Point, Store, canonical_json, model_identity, point_key, weights_hash
 from core.models import EncoderCache
 
 OFF_WORDS = (None, "off")
 LIST_FIELDS = ("groups",)  # fields whose single value is itself a list
-EVAL_METHOD = 1  # bump when the way a point is measured changes: old points are then not reused
+EVAL_METHOD = 2  # bump when the way a point is measured changes: old points are then not reused
 CORE = Path(__file__).resolve().parent.parent
 # Code that produces a point's numbers (and every registered technique's module): editing (or upgrading)
 # any of it retires old points.
@@ -218,7 +226,7 @@ class SweepSettings:
     """How points are measured. Everything that changes a number is part of the store key."""
 
     packed: bool = True  # score packed 30 s windows (core.data.pack_utterances), not one clip each
-    latency_runs: int = 2  # timed runs of the latency clip (0 = no latency); warm-up is the evaluation
+    latency_runs: int = 2  # timed runs of the latency clip, each beside one of the baseline (0 = no latency)
     reuse_encoder: bool = True  # reuse encoder outputs when the encoder's weights are unchanged (exact)
 
     def key_json(self) -> dict:
@@ -284,6 +292,11 @@ def apply_reusing(model, recipe, reuse: dict):
     return variant
 
 
+# Modules timed (or warmed up) in this process: a baseline's first timing gets one untimed run before it,
+# once per process (a page's base model) or per sweep, not once per point.
+_WARM: weakref.WeakSet = weakref.WeakSet()
+
+
 def measure_point(
     model,
     recipe,
@@ -292,13 +305,18 @@ def measure_point(
     settings: SweepSettings = SweepSettings(),
     encoder_cache: EncoderCache | None = None,
     reuse: dict | None = None,
+    baseline=None,
 ) -> tuple[dict, dict]:
     """Apply `recipe` to a copy of `model`, evaluate it; returns (core.measure.evaluate result dict, timings).
 
     With `encoder_cache` (and settings.reuse_encoder), a variant whose encoder is still the base model's
     reuses the base encoder's outputs; only those are cached, so the cache stays one dataset's size.
     `reuse` (a dict kept across calls) skips re-applying the steps a previous recipe shared
-    (apply_reusing)."""
+    (apply_reusing).
+    Latency (settings.latency_runs > 0) is timed against `baseline` (default `model`), alternating clip by
+    clip (measure_paired_latency): result["latency"] holds both, the ratio and the load while timing,
+    result["latency_ratio"] the ratio. The base model itself (an empty recipe, no other baseline) is timed
+    alone, ratio 1."""
     start = time.perf_counter()
     variant = apply_reusing(model, recipe, {} if reuse is None else reuse)
     applied = time.perf_counter()
@@ -313,10 +331,22 @@ def measure_point(
     evaluated = time.perf_counter()
     if settings.latency_runs > 0:
         warmup = 1 if hits else 0  # the evaluation was the warm-up, unless the encoder was reused
-        latency = measure_latency(variant, runs=settings.latency_runs, warmup=warmup)
-        result["latency"] = asdict(latency) | {"warmup": warmup}
-        result["latency_ms"] = latency.median_ms
-        result["real_time_factor"] = latency.real_time_factor
+        against = model if baseline is None else baseline
+        alone = against is model and recipe.is_empty
+        baseline_warmup = 0 if alone or against.module in _WARM else 1
+        latency = measure_paired_latency(
+            variant,
+            None if alone else against,
+            runs=settings.latency_runs,
+            warmup=warmup,
+            baseline_warmup=baseline_warmup,
+        )
+        if not alone:
+            _WARM.add(against.module)
+        result["latency"] = latency.to_json() | {"warmup": warmup, "baseline_warmup": baseline_warmup}
+        result["latency_ms"] = latency.variant.median_ms
+        result["latency_ratio"] = latency.ratio
+        result["real_time_factor"] = latency.variant.real_time_factor
     done = time.perf_counter()
     timings = {
         "apply": applied - start,
@@ -328,6 +358,23 @@ def measure_point(
     return result, timings
 
 
+def point_keys(model, dataset, recipes: list, settings: SweepSettings) -> dict[str, Recipe]:
+    """Store key -> recipe of each distinct recipe (Recipe objects or their JSON), in the given order."""
+    model_id, fingerprint, key_settings = model_identity(model), dataset.fingerprint(), settings.key_json()
+    keys: dict[str, Recipe] = {}
+    for recipe in map(Recipe.from_json, recipes):
+        keys.setdefault(point_key(model_id, recipe_identity(recipe), fingerprint, key_settings), recipe)
+    return keys
+
+
+def stored_points(model, dataset, recipes: list, store: Store, settings: SweepSettings) -> list[Point | None]:
+    """The stored point of each recipe, None where it is not measured yet: what a page shows at once,
+    before it asks for any work."""
+    keys = [next(iter(point_keys(model, dataset, [recipe], settings))) for recipe in recipes]
+    stored = store.get_many(keys)
+    return [stored.get(key) for key in keys]
+
+
 def run_sweep(
     model,
     dataset,
@@ -336,16 +383,17 @@ def run_sweep(
     settings: SweepSettings = SweepSettings(),
     waves: list | None = None,
     encoder_cache: EncoderCache | None = None,
+    executor: Executor = Executor(),
 ) -> Iterator[Point]:
     """Yield a Point per distinct recipe: stored ones first and at once, then each new one as it is measured.
 
     Recipes may be Recipe objects or their JSON. New points are written to `store` before they are
-    yielded. Pass the same `encoder_cache` to successive calls (e.g. from a page) to reuse encoder outputs
-    across them."""
+    yielded; ValueError before the first one is measured when `store` cannot be written. Pass the same
+    `encoder_cache` to successive calls (e.g. from a page) to reuse encoder outputs across them. `executor`
+    says where the missing points are measured (here, or on a Ray cluster: in the order they finish
+    there)."""
     model_id, fingerprint, key_settings = model_identity(model), dataset.fingerprint(), settings.key_json()
-    todo: dict[str, object] = {}
-    for recipe in map(Recipe.from_json, recipes):
-        todo.setdefault(point_key(model_id, recipe_identity(recipe), fingerprint, key_settings), recipe)
+    todo = point_keys(model, dataset, recipes, settings)
     stored = store.get_many(list(todo))
     for key in todo:
         if key in stored:
@@ -353,12 +401,12 @@ def run_sweep(
     missing = [(key, recipe) for key, recipe in todo.items() if key not in stored]
     if not missing:
         return
+    store.check_writable()  # before the work, not after it (a point can take minutes)
     if waves is None:
         waves = load_waves(dataset)
     encoder_cache = EncoderCache() if encoder_cache is None else encoder_cache
-    reuse: dict = {}
-    for key, recipe in missing:
-        result, timings = measure_point(model, recipe, dataset, waves, settings, encoder_cache, reuse)
+    measure = partial(measure_point, model=model, dataset=dataset, waves=waves, settings=settings)
+    for key, recipe, result, timings in executor.measure(measure, missing, encoder_cache):
         point = stored_point(
             key,
             model,
@@ -425,13 +473,15 @@ def record_student(
     encoder_cache: EncoderCache | None = None,
 ) -> Point:
     """Measure a trained student (no recipe of `base` produces it) and store it among `base`'s points, so it
-    joins the same Pareto plots; keyed by the student's own weights. `student` says where it was written
-    ({"folder", "spec", "config"}), `recipe` which steps ran after training."""
+    joins the same Pareto plots (its latency timed against `base`'s); keyed by the student's own weights.
+    `student` says where it was written ({"folder", "spec", "config"}), `recipe` which steps ran after
+    training."""
     base_id, fingerprint, key_settings = model_identity(base), dataset.fingerprint(), settings.key_json()
     key = point_key(base_id, {"model": model_identity(variant)}, fingerprint, key_settings)
     stored = store.get(key)
     if stored is not None:
         return stored
+    store.check_writable()
     if waves is None:
         waves = load_waves(dataset)
     result, timings = measure_point(
@@ -441,6 +491,7 @@ def record_student(
         waves,
         settings,
         EncoderCache() if encoder_cache is None else encoder_cache,
+        baseline=base,
     )
     point = stored_point(
         key,

@@ -8,11 +8,13 @@ page, which is Home. The first run loads the bundled Whisper tiny.en and measure
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_pages import wait_for_job
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 TIMEOUT = 300  # seconds for one script run: the first one measures the baseline
@@ -30,8 +32,18 @@ def exceptions(at: AppTest) -> list[str]:
 
 @pytest.fixture(scope="module")
 def home() -> AppTest:
-    """Home, after its first full run (model loaded, baseline measured)."""
-    return new_app().run(timeout=TIMEOUT)
+    """Home, after its first full run (model loaded, baseline measured by a job the page follows)."""
+    at = new_app().run(timeout=TIMEOUT)
+    measuring = any("in the background, once" in i.value for i in at.info)
+    assert measuring != bool(at.metric)  # the cards, or what is being measured for them
+    return wait_for_job(at)
+
+
+def test_home_baseline_is_kept_for_every_later_session(home):
+    """A new session (another tab, or after a restart) shows the baseline at once: no job, no measuring."""
+    at = new_app().run(timeout=TIMEOUT)
+    assert not at.get("progress") and [m.label for m in at.metric][0] == "WER on quick"
+    assert [m.value for m in at.metric] == [m.value for m in home.metric]
 
 
 def test_home_renders_without_exception(home):
@@ -91,3 +103,20 @@ def test_model_input_recovers_after_a_bad_path(home):
     assert not exceptions(at), exceptions(at)
     assert not [e.value for e in at.error], "typing the bundled model back in should clear the error"
     assert [m.label for m in at.metric] == ["WER on quick", "Size", "Parameters", "Latency"]
+
+
+def test_every_streamlit_cache_is_bounded():
+    """N sessions share one base model; whatever a page caches per argument has a bound (max_entries),
+    so memory cannot grow with the number of sessions or the inputs they try."""
+    unbounded = []
+    for path in sorted([*(APP.parent / "pages").glob("*.py"), *(APP.parent / "ui").glob("*.py"), APP]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                for decorator in node.decorator_list:
+                    name = ast.unparse(decorator.func if isinstance(decorator, ast.Call) else decorator)
+                    if name in ("st.cache_resource", "st.cache_data") and not (
+                        isinstance(decorator, ast.Call)
+                        and any(k.arg == "max_entries" for k in decorator.keywords)
+                    ):
+                        unbounded.append(f"{path.name}:{node.lineno} {node.name}")
+    assert not unbounded, unbounded

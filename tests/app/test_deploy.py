@@ -5,19 +5,8 @@ hold is explained and not exported."""
 from __future__ import annotations
 
 import json
-import time
 
-from test_pages import TIMEOUT, page, problems
-
-
-def wait_for_job(at, seconds: float = TIMEOUT):
-    """Rerun the page until its background job has finished (no progress bar left)."""
-    deadline = time.monotonic() + seconds
-    while at.get("progress") and time.monotonic() < deadline:
-        time.sleep(1.0)
-        at.run(timeout=TIMEOUT)
-    assert not at.get("progress"), "the export job did not finish in time"
-    return at
+from test_pages import TIMEOUT, page, problems, wait_for_job
 
 
 def test_deploy_exports_the_compress_recipe_to_ctranslate2_and_measures_it_there():

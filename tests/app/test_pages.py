@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,25 @@ def problems(at: AppTest) -> list[str]:
     return [e.message for e in at.exception] + [e.value for e in at.error]
 
 
+def wait_for_job(at: AppTest, seconds: float = 3 * TIMEOUT) -> AppTest:
+    """Rerun the page until the background job it follows has ended (no progress bar left)."""
+    deadline = time.monotonic() + seconds
+    while at.get("progress") and time.monotonic() < deadline:
+        time.sleep(2.0)
+        at.run(timeout=TIMEOUT)
+    assert not at.get("progress"), "the job did not finish in time"
+    failed = [e.value for e in at.error if e.value.startswith("The job failed")]
+    assert not failed, failed
+    return at
+
+
 def metrics(at: AppTest) -> dict[str, tuple[str, str]]:
     return {m.label: (m.value, m.delta) for m in at.metric}
 
 
 @pytest.fixture(scope="module")
 def compress() -> AppTest:
-    return page("pages/compress.py")
+    return wait_for_job(page("pages/compress.py"))  # the first visit measures the point as a job
 
 
 def test_compress_default_is_8_bit_and_measured(compress):
@@ -39,10 +52,60 @@ def test_compress_default_is_8_bit_and_measured(compress):
     assert 35 < size_mb < 50, shown["Size"]  # 8-bit tiny.en: about 42 MB
     assert "× smaller" in shown["Size"][1]
     assert compress.tabs and len(compress.dataframe) == 1  # the per-layer table
+    point = stored_point_of(compress)  # the speed-up is the ratio timed in the same run as the baseline
+    speed = float(shown["Latency"][1].split("×")[0])
+    assert point.latency_ratio and speed == pytest.approx(
+        1 / point.latency_ratio if "faster" in shown["Latency"][1] else point.latency_ratio, abs=0.006
+    )
+    assert shown["Speed-up in theory"][1] == f"measured {1 / point.latency_ratio:.2f}×"
+    help_text = next(m.help for m in compress.metric if m.label == "Latency")
+    assert "timed in turns with it clip by clip" in help_text
+
+
+def stored_point_of(at: AppTest):
+    """The stored point of the recipe the Compress page shows (from the store the pages share; other tests
+    may have stored the same recipe measured elsewhere, e.g. in a deployment runtime)."""
+    import json
+
+    from core.measure.store import Store
+    from ui.resources import LIVE
+
+    with Store() as store:
+        shown = [
+            p
+            for p in store.points(settings=LIVE.key_json())
+            if json.dumps(p.recipe, sort_keys=True) == at.session_state["recipe_json"]
+            and p.dataset == "quick"
+            and not p.is_student
+        ]
+    assert len(shown) == 1, [(p.model, p.label) for p in shown]
+    return shown[0]
+
+
+def test_compress_marks_a_point_timed_on_a_busy_machine(compress):
+    from core.measure.store import Store
+
+    point = stored_point_of(compress)
+    marked = lambda: any("Timed on a busy machine" in c.value for c in compress.caption)  # noqa: E731
+    assert marked() == point.contended  # as measured (this machine may be busy right now)
+    original = dict(point.result["latency"])
+    point.result["latency"] = original | {"load_average": 40.0, "cpus": 4, "contended": True}
+    with Store() as store:  # as if six sessions had been measuring at the same time
+        store.put(point)
+    try:
+        wait_for_job(compress.run(timeout=TIMEOUT))
+        assert not problems(compress), problems(compress)
+        assert any("Timed on a busy machine (load 40.0 on 4 CPUs)" in c.value for c in compress.caption)
+    finally:
+        point.result["latency"] = original
+        with Store() as store:
+            store.put(point)
+    wait_for_job(compress.run(timeout=TIMEOUT))
+    assert marked() == point.contended
 
 
 def test_compress_measures_by_clip_length_on_demand(compress):
-    compress.button(key="by_length").click().run(timeout=TIMEOUT)
+    wait_for_job(compress.button(key="by_length").click().run(timeout=TIMEOUT))
     assert not problems(compress), problems(compress)
     table = compress.dataframe[0].value  # the by-length table comes before the per-layer one
     assert list(table["clip length"]) == ["≤ 3 s", "3–10 s"] and table["clips"].sum() == 16
@@ -52,23 +115,23 @@ def test_compress_measures_by_clip_length_on_demand(compress):
 
 def test_compress_slider_changes_the_result(compress):
     before = metrics(compress)
-    compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT)
+    wait_for_job(compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT))
     after = metrics(compress)
     assert not problems(compress), problems(compress)
     assert float(after["Size"][0].split()[0]) < float(before["Size"][0].split()[0]) * 0.7
 
 
 def test_compress_structured_pruning_really_shrinks(compress):
-    compress.toggle(key="prune_on").set_value(True).run(timeout=TIMEOUT)
-    compress.selectbox(key="prune_structure").set_value("neurons").run(timeout=TIMEOUT)
+    wait_for_job(compress.toggle(key="prune_on").set_value(True).run(timeout=TIMEOUT))
+    wait_for_job(compress.selectbox(key="prune_structure").set_value("neurons").run(timeout=TIMEOUT))
     assert not problems(compress), problems(compress)
     speedup = float(metrics(compress)["Speed-up in theory"][0].rstrip("×"))
     assert speedup > 1.05  # 30% of feed-forward neurons removed: fewer multiply-adds
 
 
 def test_compress_invalid_combination_is_explained(compress):
-    compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT)
-    compress.checkbox(key="quant_int8").check().run(timeout=TIMEOUT)
+    wait_for_job(compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT))
+    wait_for_job(compress.checkbox(key="quant_int8").check().run(timeout=TIMEOUT))
     assert not compress.exception
     assert any("int8" in e.value for e in compress.error), [e.value for e in compress.error]
 
@@ -76,16 +139,16 @@ def test_compress_invalid_combination_is_explained(compress):
 def test_compress_gptq_checkbox_measures_a_calibrated_recipe(compress):
     compress.checkbox(key="quant_int8").uncheck()
     compress.select_slider(key="quant_bits").set_value(4)
-    compress.checkbox(key="quant_gptq").check().run(timeout=TIMEOUT)
+    wait_for_job(compress.checkbox(key="quant_gptq").check().run(timeout=TIMEOUT))
     assert not problems(compress), problems(compress)
     assert any('"gptq": true' in c.value for c in compress.code)
     assert float(metrics(compress)["Size"][0].split()[0]) < 30  # 4-bit tiny.en: about 24 MB
 
 
 def test_compress_entropy_coding_shrinks_the_file_not_the_model(compress):
-    compress.checkbox(key="quant_gptq").uncheck().run(timeout=TIMEOUT)
+    wait_for_job(compress.checkbox(key="quant_gptq").uncheck().run(timeout=TIMEOUT))
     before = metrics(compress)
-    compress.checkbox(key="quant_entropy").check().run(timeout=TIMEOUT)
+    wait_for_job(compress.checkbox(key="quant_entropy").check().run(timeout=TIMEOUT))
     after = metrics(compress)
     assert not problems(compress), problems(compress)
     assert any('"entropy_code": true' in c.value for c in compress.code)
@@ -113,6 +176,7 @@ def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compr
     sweep = next(b for b in at.button if b.label.startswith("Run the sweep"))
     assert "(2 recipes)" in sweep.label
     sweep.click().run(timeout=TIMEOUT)
+    wait_for_job(at)  # a background job: the page follows it and reruns as points arrive
     assert not problems(at), problems(at)
     point = next(o for o in at.selectbox[0].options if o.startswith("8-bit channel"))
     at.selectbox[0].set_value(point).run(timeout=TIMEOUT)
@@ -128,12 +192,14 @@ def test_pareto_sensitivity_of_one_group_and_a_measured_budget():
     assert "(8 points" in button.label  # conv: prune at 3 levels, quantize at 5
     charts = len(at.get("plotly_chart"))
     button.click().run(timeout=TIMEOUT)
+    wait_for_job(at)
     assert not at.exception and len(at.get("plotly_chart")) == charts + 1  # the heatmap
     assert [e.value for e in at.error] == [  # the default 30 MB budget: conv alone cannot get there
         next(e.value for e in at.error if "cannot be reached" in e.value)
     ]
     at.number_input(key="budget_mb").set_value(150.0).run(timeout=TIMEOUT)
     at.checkbox(key="budget_measured").check().run(timeout=TIMEOUT)
+    wait_for_job(at)  # the measured moves run as a job
     assert not problems(at), problems(at)
     plan = next(m.value for m in at.markdown if m.value.startswith("Greedy plan"))
     assert "[conv]" in plan and "WER measured" in plan
@@ -146,6 +212,7 @@ def test_pareto_divergence_heatmap_and_exact_budget():
     button = next(b for b in at.button if b.label.startswith("Measure sensitivity"))
     assert "(17 points" in button.label  # conv: 5 bit widths per channel + 4 quantizers x 3 bit widths
     button.click().run(timeout=TIMEOUT)
+    wait_for_job(at)
     heatmap = at.get("plotly_chart")[-1].proto.spec
     assert "log₁₀ KL" in heatmap and "5-bit channel mse" in heatmap
     at.number_input(key="budget_mb").set_value(150.0).run(timeout=TIMEOUT)
@@ -153,6 +220,7 @@ def test_pareto_divergence_heatmap_and_exact_budget():
     plan = next(m.value for m in at.markdown if m.value.startswith("Plan:"))
     assert "[conv]" in plan and "divergence ≈" in plan and "nats/token" in plan
     at.checkbox(key="budget_measured").check().run(timeout=TIMEOUT)
+    wait_for_job(at)
     plan = next(m.value for m in at.markdown if m.value.startswith("Plan:"))
     assert not problems(at) and "divergence measured" in plan
 
@@ -164,6 +232,7 @@ def test_distill_trains_a_student_that_lands_on_the_pareto_page():
     distill.number_input(key="distill_steps").set_value(5)
     distill.slider(key="distill_utterances").set_value(8)
     distill.button[0].click().run(timeout=TIMEOUT)
+    wait_for_job(distill)  # trained by the worker process; the page follows the job
     assert not problems(distill), problems(distill)
     shown = metrics(distill)
     assert set(shown) == {"WER before", "WER after", "Size as saved"}, shown
@@ -251,3 +320,33 @@ def test_compress_forms_follow_the_registry_and_name_a_technique_without_control
     )
     with registered(noop), pytest.raises(ValueError, match="noop step has no controls on the Compress page"):
         compress_widget_state({"steps": [{"noop": {"level": 2}}]})
+
+
+def test_jobs_page_shows_another_session_s_job_and_cancels_it():
+    """A job submitted elsewhere (the CLI, another tab) is on the Jobs page with its progress; Cancel stops it
+    and the points measured so far stay in the store."""
+    from core.jobs import worker
+    from core.jobs.kinds import Measuring, SweepJob
+    from core.measure.store import Store
+    from ui.jobs import job_board
+
+    recipes = tuple({"steps": [{"prune": {"sparsity": s / 10}}]} for s in range(1, 9))
+    board = job_board.__wrapped__()  # the page's board, without Streamlit's cache
+    job = worker.submit(board, SweepJob("whisper-tiny.en", "quick", recipes, Measuring(latency_runs=0)))
+    at = page("pages/jobs.py")
+    assert not problems(at), problems(at)
+    texts = [p.proto.text for p in at.get("progress")]
+    assert any("sweep of 8 recipes" in t for t in texts), texts
+    deadline = time.monotonic() + 3 * TIMEOUT
+    while board.get(job.id).done < 1 and time.monotonic() < deadline:  # let it measure one point
+        time.sleep(2.0)
+    at.run(timeout=TIMEOUT)
+    at.button(key=f"cancel_{job.id}").click().run(timeout=TIMEOUT)
+    while not board.get(job.id).finished_state and time.monotonic() < deadline:
+        time.sleep(1.0)
+    ended = board.get(job.id)
+    assert ended.state == "cancelled" and 1 <= ended.done < 8, ended
+    assert len(Store().points()) >= ended.done  # what it measured is kept
+    at.run(timeout=TIMEOUT)
+    assert any("cancelled" in p.proto.text for p in at.get("progress"))
+    assert any(b.label == "Run again" for b in at.button)

@@ -199,3 +199,60 @@ def test_divergence_budget_on_one_group(tmp_path, capsys):
     assert "18/18 (18 cached)" in captured.err and "(estimated)" in captured.out
     assert main(["budget", "--signal", "divergence", "--max-ms", "100", *common[:-2]]) == 2
     assert "needs --signal wer" in capsys.readouterr().err
+
+
+def nothing_is_loaded(monkeypatch) -> None:
+    """Loading a model or a dataset (the first work a command does) fails the test."""
+    import core.data
+    import core.io.folders
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("work started before the store was checked")
+
+    monkeypatch.setattr(core.io.folders, "load_model", loaded)
+    monkeypatch.setattr(core.data, "load_dataset", loaded)
+
+
+def writing_commands(tmp_path: Path, store: Path) -> list[list[str]]:
+    """Every command that writes points to the store, as a user would type it."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"quantize.bits": [8, 4]}))
+    return [
+        ["sweep", "--grid", str(grid), "--store", str(store)],
+        ["sensitivity", "--groups", "conv", "--store", str(store)],
+        ["budget", "--max-mb", "30", "--groups", "conv", "--store", str(store)],
+        ["distill", "--student-decoder-layers", "1", "--steps", "2", "--out", str(tmp_path / "s"), "--store",
+         str(store)],
+    ]  # fmt: skip
+
+
+def test_a_store_that_cannot_be_written_stops_every_writing_command_at_once(tmp_path, capsys, monkeypatch):
+    from core.measure.store import Store
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "measure"))
+    from test_store import read_only_connections
+
+    store = tmp_path / "results.sqlite"
+    Store(store).close()
+    read_only_connections(monkeypatch)  # as a read-only file or mount, even for root
+    nothing_is_loaded(monkeypatch)
+    for command in writing_commands(tmp_path, store):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: results store {store} cannot be written ("), (command, err)
+        assert err.count("\n") == 1 and "Traceback" not in err, (command, err)
+    assert not (tmp_path / "s").exists()  # distill did not start training either
+    assert main(["pareto", "--store", str(store)]) == 0  # reading it still works
+
+
+def test_a_mistyped_store_path_is_reported_not_created(tmp_path, capsys, monkeypatch):
+    nothing_is_loaded(monkeypatch)
+    typo = tmp_path / "resluts" / "results.sqlite"
+    for command in writing_commands(tmp_path, typo):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err == (
+            f"error: results store {typo}: the folder {typo.parent} does not exist; create it or give "
+            "another path\n"
+        ), command
+    assert not typo.parent.exists()

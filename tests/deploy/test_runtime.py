@@ -56,7 +56,7 @@ def test_cli_formats_are_the_runtimes():
     from core.cli.export import MODEL_FORMATS
 
     assert set(MODEL_FORMATS) == set(MODULES)
-    with pytest.raises(ValueError, match="unknown runtime 'tflite'; known: ct2, onnx, ggml"):
+    with pytest.raises(ValueError, match="unknown runtime 'tflite'; known: ct2, onnx, ggml, hf"):
         runtime("tflite")
 
 

@@ -14,7 +14,7 @@ from core.compress.lowrank import LowRankLinear
 from core.compress.quant import Int8DynamicLinear, QuantConfig, quantize
 from core.compress.registry import register, registered
 from core.compress.technique import Technique
-from core.io.artifact import load_weights, save_weights
+from core.io.artifact import WEIGHTS_FILE, load_weights, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread", "pair_technique_registered")
 
@@ -144,7 +144,7 @@ def test_plain_model_round_trip(tiny_whisper, tmp_path):
     assert layout["modules"] == {}
     assert all(k.endswith("fc1.bias") for k in layout["sparse"])  # random init leaves biases at exactly 0
     assert layout["ties"] == {"proj_out.weight": "model.decoder.embed_tokens.weight"}
-    assert "proj_out.weight" not in load_file(str(tmp_path / "model.safetensors"))  # stored once
+    assert "proj_out.weight" not in load_file(str(tmp_path / WEIGHTS_FILE))  # stored once
     assert loaded.proj_out.weight is loaded.model.decoder.embed_tokens.weight
     assert sizes["total"] == sum(sizes["files"].values())
     assert sum(sizes["groups"].values()) + sizes["overhead"] == sizes["total"]
@@ -356,7 +356,7 @@ def test_entropy_coded_codes_are_smaller_and_load_bitwise(tmp_path):
     loaded, coded_sizes, layout = round_trip(coded, tmp_path / "coded")
     assert coded_sizes["total"] < packed_sizes["total"]
     assert coded_sizes["coded_tensors"] == len(layout["coded"]) > 0
-    stored, raw = load_file(tmp_path / "coded" / "model.safetensors"), packed.state_dict()
+    stored, raw = load_file(tmp_path / "coded" / WEIGHTS_FILE), packed.state_dict()
     assert all(f"{name}@deflate" in stored and name not in stored for name in layout["coded"])
     table = "model.decoder.embed_tokens.codes"  # the largest: a Huffman table's cost hardly shows
     assert stored[f"{table}@deflate"].numel() < 0.9 * raw[table].numel()
@@ -395,7 +395,7 @@ def edit_layout(folder, change):
 
 def test_missing_files(saved):
     (saved / "layout.json").unlink()
-    with pytest.raises(ValueError, match="needs model.safetensors and layout.json"):
+    with pytest.raises(ValueError, match="needs speech_lab.safetensors and layout.json"):
         load_weights(short_whisper(), saved)
     with pytest.raises(ValueError, match="is not a saved model"):
         load_weights(short_whisper(), saved / "nowhere")
@@ -450,10 +450,10 @@ def test_missing_files(saved):
             "missing its mask",
         ),
         (
-            lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
+            lambda f: (f / WEIGHTS_FILE).write_bytes((f / WEIGHTS_FILE).read_bytes()[:5000]),
             "not a readable safetensors file",
         ),
-        (lambda f: (f / "model.safetensors").write_bytes(b"\x00" * 64), "not a readable safetensors file"),
+        (lambda f: (f / WEIGHTS_FILE).write_bytes(b"\x00" * 64), "not a readable safetensors file"),
     ],
 )
 def test_broken_folders_raise_value_error(saved, break_it, message):
@@ -464,7 +464,7 @@ def test_broken_folders_raise_value_error(saved, break_it, message):
 
 def test_weights_of_another_model_are_refused(saved, tmp_path):
     save_weights(short_whisper(), tmp_path / "plain")
-    (saved / "model.safetensors").write_bytes((tmp_path / "plain" / "model.safetensors").read_bytes())
+    (saved / WEIGHTS_FILE).write_bytes((tmp_path / "plain" / WEIGHTS_FILE).read_bytes())
     with pytest.raises(ValueError, match="does not match layout.json.*missing"):
         load_weights(short_whisper(), saved)
 
@@ -491,11 +491,11 @@ def test_corrupt_entropy_coded_entry(tmp_path, break_it, message):
 
     quantized, _ = quantize(peaked_whisper(), QuantConfig(bits=4, entropy_code=True))
     save_weights(quantized, tmp_path)
-    stored = load_file(tmp_path / "model.safetensors")
+    stored = load_file(tmp_path / WEIGHTS_FILE)
     name = next(k for k in stored if k.endswith("@deflate"))
     broken = break_it(stored[name].numpy().tobytes())
     stored[name] = torch.frombuffer(bytearray(broken), dtype=torch.uint8)
-    save_file(stored, str(tmp_path / "model.safetensors"))
+    save_file(stored, str(tmp_path / WEIGHTS_FILE))
     with pytest.raises(ValueError, match=f"{name} does not match its checksum"):
         load_weights(short_whisper(), tmp_path)
     edit_layout(
@@ -510,9 +510,9 @@ def test_outlier_index_out_of_range_is_refused(tmp_path):
 
     quantized, _ = quantize(short_whisper(), QuantConfig(bits=4, outlier_columns=1, groups=("encoder.ffn",)))
     save_weights(quantized, tmp_path)
-    stored = load_file(tmp_path / "model.safetensors")
+    stored = load_file(tmp_path / WEIGHTS_FILE)
     stored["model.encoder.layers.0.fc1.outlier_index"] = torch.tensor([999])
-    save_file(stored, str(tmp_path / "model.safetensors"))
+    save_file(stored, str(tmp_path / WEIGHTS_FILE))
     edit_layout(tmp_path, lambda d: d.pop("checksums"))  # as written before checksums: the layer's own check
     with pytest.raises(ValueError, match="outlier_index holds columns outside"):
         load_weights(short_whisper(), tmp_path)
@@ -563,7 +563,7 @@ def test_a_flipped_byte_in_the_weights_is_refused_by_tensor_name(tmp_path):
     layout = json.loads((tmp_path / "m" / "layout.json").read_text())
     name = "model.decoder.layer_norm.bias"
     assert name in layout["checksums"]
-    weights = tmp_path / "m" / "model.safetensors"
+    weights = tmp_path / "m" / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     header = int.from_bytes(data[:8], "little")
     start = 8 + header + json.loads(data[8 : 8 + header])[name]["data_offsets"][0]

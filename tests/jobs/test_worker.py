@@ -144,3 +144,78 @@ def test_cancel_interrupts_a_running_worker_process(lab, tmp_path):
     ended = wait_for(lambda: (j := board.get(job.id)).finished_state and j, seconds=60)
     assert ended.state == "cancelled" and ended.done < 8
     assert Path(worker.log_path(board.path)).exists()
+
+
+def test_the_command_line_submits_follows_and_lists_a_background_sweep(lab, tmp_path, capsys):
+    from core.cli import main
+
+    store = tmp_path / "results.sqlite"
+    grid = tmp_path / "grid.json"
+    grid.write_text('{"prune.sparsity": [0, 0.5]}')
+    common = ["--model", lab[0], "--dataset", lab[1], "--store", str(store), "--latency-runs", "0"]
+    assert main(["--threads", "1", "sweep", "--grid", str(grid), *common, "--background"]) == 0
+    printed = capsys.readouterr().out
+    id = printed.split()[1]
+    assert "queued" in printed and f"jobs wait {id}" in printed
+    assert main(["jobs", "wait", id[:6], "--store", str(store)]) == 0
+    assert main(["jobs", "list", "--store", str(store)]) == 0
+    listed = capsys.readouterr().out
+    assert f"{id}  done" in listed and "2/2" in listed and "sweep of 2 recipes" in listed
+    assert main(["jobs", "show", id, "--store", str(store)]) == 0
+    assert "prune 50%" in capsys.readouterr().out  # the log names each point measured
+    assert len(Store(store)) == 2
+    assert main(["jobs", "show", "ffffffff", "--store", str(store)]) == 2
+    assert "no job 'ffffffff'" in capsys.readouterr().err
+
+
+def test_the_command_line_refuses_workers_without_ray_before_any_work(lab, tmp_path, capsys):
+    from core.cli import main
+
+    grid = tmp_path / "grid.json"
+    grid.write_text('{"prune.sparsity": [0, 0.5]}')
+    args = [
+        "sweep",
+        "--grid",
+        str(grid),
+        "--model",
+        lab[0],
+        "--dataset",
+        lab[1],
+        "--store",
+        str(tmp_path / "s"),
+    ]
+    assert main([*args, "--workers", "4"]) == 2
+    assert "for --executor ray" in capsys.readouterr().err
+
+
+def test_every_kind_round_trips_through_the_board(lab):
+    from core.jobs.kinds import KINDS, DistillJob, EvaluateJob, ExportJob, SensitivityJob
+
+    jobs = [
+        SweepJob(*lab, sweep_recipes(0), FAST),
+        SensitivityJob(*lab, ("conv",), "wer", 30.0, True, FAST),
+        DistillJob(lab[0], {"decoder_layers": 1}, {"steps": 5}, "/tmp/out", "train", 8, "quick", FAST),
+        EvaluateJob(*lab, "identity", {"steps": []}, 0, 1),
+        ExportJob(lab[0], {"steps": []}, "ct2", "/tmp/out", lab[1], None, FAST),
+    ]
+    assert sorted(j.kind for j in jobs) == sorted(KINDS)
+    for job in jobs:
+        assert from_spec(job.kind, to_spec(job)) == job and job.describe()
+
+
+def test_an_evaluate_job_keeps_evaluate_s_result_on_the_board(lab, tmp_path):
+    from core.jobs.kinds import EvaluateJob, evaluation_identity
+    from core.measure.evaluate import evaluate
+
+    model, dataset = load_model(lab[0]), load_dataset(lab[1])
+    board = JobBoard(tmp_path / "results.sqlite")
+    job = EvaluateJob(*lab, evaluation_identity(model, dataset), {"steps": []}, 0, 1)
+    worker.submit(board, job, start=False)
+    worker.work(board.path, idle_seconds=0, max_jobs=1)
+    done = board.get(worker.submit(board, job, start=False).id)  # asked again: the kept result, no work
+    direct = evaluate(model, dataset, latency_runs=0).to_dict()
+    assert (
+        done.state == "done" and done.result["wer"] == direct["wer"] and done.result["rows"] == direct["rows"]
+    )
+    buckets = lambda result: [(b["bucket"], b["clips"], b["wer"]) for b in result["by_length"]]  # noqa: E731
+    assert done.total == len(dataset) and buckets(done.result) == buckets(direct)  # times differ, of course

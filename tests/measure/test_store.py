@@ -215,3 +215,79 @@ def test_a_store_that_cannot_be_used_is_refused_before_any_work(tmp_path):
             Store(tmp_path / name)
     assert not (tmp_path / "typo").exists()  # a mistyped path is reported, not created
     assert (tmp_path / "garbage.sqlite").read_bytes().startswith(b"not a database")  # left as it was
+
+
+def read_only_connections(monkeypatch) -> None:
+    """Open every store through SQLite's read-only mode: writes then fail as they do on a read-only file or
+    mount, even for root (who is not stopped by a file's permissions)."""
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        store_module.sqlite3,
+        "connect",
+        lambda path, **kwargs: real_connect(f"file:{path}?mode=ro", uri=True, **kwargs),
+    )
+
+
+def test_a_store_that_cannot_be_written_is_refused_before_any_work_but_still_reads(tmp_path, monkeypatch):
+    path = tmp_path / "results.sqlite"
+    with Store(path, writable=True) as store:  # a writable store passes the check ...
+        store.put(make_point("k1"))
+        store.check_writable()
+        assert len(store) == 1 and store.get_measure("") is None  # ... which leaves nothing behind
+    read_only_connections(monkeypatch)
+    with pytest.raises(ValueError, match=r"results store .*results.sqlite cannot be written \(.*readonly"):
+        Store(path, writable=True)
+    with Store(path) as store:  # reading needs no write: `pareto` and `export` work on it
+        assert [p.key for p in store.points()] == ["k1"]
+        with pytest.raises(ValueError, match="cannot be written") as error:
+            store.check_writable()
+        assert "\n" not in str(error.value)
+        with pytest.raises(ValueError, match="cannot be written"):  # a write is one clear line, not sqlite's
+            store.put(make_point("k2"))
+        with pytest.raises(ValueError, match="cannot be written"):
+            store.put_measure("m", {"divergence": 0.5})
+    monkeypatch.undo()
+    with Store(path) as store:
+        assert len(store) == 1  # nothing was written
+
+
+def test_a_store_that_cannot_be_created_is_reported_as_unwritable(tmp_path, monkeypatch):
+    read_only_connections(monkeypatch)  # as a folder that cannot be written: the file cannot be created
+    with pytest.raises(ValueError, match=r"cannot be written \(unable to open database file\)"):
+        Store(tmp_path / "new.sqlite")
+    assert not (tmp_path / "new.sqlite").exists()
+
+
+def test_an_old_point_without_a_paired_latency_still_loads(tmp_path):
+    """Points stored before latencies were timed beside the baseline: no ratio, no contention facts."""
+    old = make_point("old")
+    old.result["latency"] = {  # as measure_latency kept it: one model, alone
+        "median_ms": 12.5, "min_ms": 11.0, "max_ms": 14.0, "runs": 2, "threads": 2, "clip_seconds": 1.5,
+        "warmup": 0,
+    }  # fmt: skip
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        store.put(old)
+    with sqlite3.connect(path) as conn:  # exactly the JSON an old version wrote
+        assert "ratio" not in json.loads(conn.execute("SELECT result FROM points").fetchone()[0])["latency"]
+    with Store(path) as store:
+        back = store.get("old")
+    assert back.latency.median_ms == 12.5 and back.latency_ratio is None and not back.contended
+    assert back.flat()["latency_ratio"] is None and back.flat()["contended"] is False
+    row = next(csv.DictReader(io.StringIO(export_points([back], "csv"))))
+    assert row["latency_ratio"] == "" and row["latency_ms"] == "12.5"
+    assert make_point().latency_ratio is None  # measured without latency at all
+
+
+def test_a_point_carries_its_paired_latency_through_the_store(tmp_path):
+    point = make_point("new")
+    point.result["latency"] = {
+        "median_ms": 10.0, "min_ms": 9.0, "max_ms": 11.0, "runs": 2, "threads": 2, "clip_seconds": 1.5,
+        "baseline_ms": 20.0, "ratio": 0.5, "ratio_of": "median of per-clip ratios",
+        "per_clip": [[19.0, 9.0], [21.0, 11.0]], "load_average": 12.0, "cpus": 4, "contended": True,
+    }  # fmt: skip
+    with Store(tmp_path / "r.sqlite") as store:
+        store.put(point)
+        back = store.get("new")
+    assert back.latency_ratio == 0.5 and back.contended and back.latency.median_ms == 10.0
+    assert back.flat()["latency_ratio"] == 0.5 and back.flat()["contended"] is True

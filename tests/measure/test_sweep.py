@@ -470,3 +470,55 @@ def test_distillation_steps_are_bounded():
 
     with pytest.raises(ValueError, match=r"steps = 200000 is out of range; allowed: an integer in 1..20000"):
         DistillConfig(steps=200_000)
+
+
+# ----------------------------------------------------------------------- latency beside the baseline
+
+
+def test_a_point_stores_its_latency_timed_in_turns_with_the_baseline(setup, monkeypatch, tmp_path):
+    model, dataset, store = setup
+    timed = []  # which model each transcription ran on, in order
+    transcribe = SpeechModel.transcribe
+
+    def recorded(self, *args, **kwargs):
+        timed.append("baseline" if self.module is model.module else "variant")
+        return transcribe(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpeechModel, "transcribe", recorded)
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0 * cpus, 0.0, 0.0))  # six sessions on the machine
+    point = next(run_sweep(model, dataset, recipes_for(0.5), store, SweepSettings(latency_runs=2)))
+    # one warm-up of the baseline (once per process), then baseline, variant, baseline, variant
+    assert timed[-5:] == ["baseline", "baseline", "variant", "baseline", "variant"]
+    assert "baseline" not in timed[:-5]  # the evaluation itself runs the variant only
+    latency = point.result["latency"]
+    assert latency["ratio"] == point.latency_ratio == point.result["latency_ratio"] > 0
+    assert latency["ratio_of"] == "median of per-clip ratios" and len(latency["per_clip"]) == 2
+    base_ms, variant_ms = zip(*latency["per_clip"])
+    assert point.latency_ms == pytest.approx(sorted(variant_ms)[0] / 2 + sorted(variant_ms)[1] / 2)
+    assert latency["baseline_ms"] > 0 and latency["baseline_warmup"] == 1
+    assert point.contended and latency["load_average"] == 3.0 * cpus and latency["cpus"] == cpus
+    back = Store(store.path).get(point.key)  # another session reads the same facts
+    assert back.latency_ratio == point.latency_ratio and back.contended
+
+    timed.clear()  # the next point: the baseline is warm already, so no more warm-up than its timed runs
+    next(run_sweep(model, dataset, recipes_for(0.3), store, SweepSettings(latency_runs=2)))
+    assert timed.count("baseline") == 2
+    timed.clear()  # the baseline point itself is timed alone: ratio 1, no second model
+    base_point = next(run_sweep(model, dataset, recipes_for(0), store, SweepSettings(latency_runs=2)))
+    assert base_point.latency_ratio == 1.0 and timed.count("baseline") == 0
+    assert base_point.result["latency"]["baseline_ms"] == base_point.latency_ms
+
+
+def test_a_sweep_into_a_store_that_cannot_be_written_stops_before_measuring(setup, monkeypatch):
+    from test_store import read_only_connections
+
+    model, dataset, store = setup
+    list(run_sweep(model, dataset, recipes_for(0.2), store, FAST))
+    read_only_connections(monkeypatch)
+    read_only = Store(store.path)
+    counter = Counter(monkeypatch)
+    assert next(run_sweep(model, dataset, recipes_for(0.2), read_only, FAST)).cached  # stored: no write
+    with pytest.raises(ValueError, match="cannot be written"):
+        list(run_sweep(model, dataset, recipes_for(0.2, 0.4), read_only, FAST))
+    assert counter.apply == 0 and counter.transcribe == 0  # refused before the work, not after it
