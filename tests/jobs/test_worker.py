@@ -219,3 +219,26 @@ def test_an_evaluate_job_keeps_evaluate_s_result_on_the_board(lab, tmp_path):
     )
     buckets = lambda result: [(b["bucket"], b["clips"], b["wer"]) for b in result["by_length"]]  # noqa: E731
     assert done.total == len(dataset) and buckets(done.result) == buckets(direct)  # times differ, of course
+
+
+def test_a_job_outlives_the_process_that_submitted_it(lab, tmp_path):
+    """The dashboard's process submits and is gone (a restart): the detached worker finishes the job."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    store = tmp_path / "results.sqlite"
+    script = (
+        "import sys; from core.jobs.board import JobBoard; from core.jobs import worker;"
+        "from core.jobs.kinds import SweepJob, Measuring;"
+        f"job = SweepJob({lab[0]!r}, {lab[1]!r}, ({{'steps': []}},), Measuring(latency_runs=0, threads=1));"
+        f"print(worker.submit(JobBoard({str(store)!r}), job).id)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    board = JobBoard(store)
+    finished = wait_for(lambda: (j := board.get(done.stdout.strip())).finished_state and j)
+    assert finished.state == "done" and len(Store(store)) == 1
