@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core.compress.cost import linear_macs
+from core.compress.advice import PRESETS, diagnose, preset_named
 from core.compress.recipe import Recipe
 from core.jobs.kinds import SweepJob, to_spec
 from ui.diff import DIFF_LEGEND, diff_html
-from ui.forms import FORMS, widget_defaults
+from ui.forms import FORMS, compress_widget_state, widget_defaults
 from ui.jobs import evaluation, follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
 from ui.resources import (
@@ -80,14 +80,57 @@ def recipe_from_widgets() -> dict:
     return {"steps": steps}
 
 
+PRESET_NONE = "(choose a preset)"
+
+
+def fill_from_preset() -> None:
+    """The chosen preset's recipe into the JSON box (a callback: it runs before the box is drawn)."""
+    name = st.session_state["preset_name"]
+    if name != PRESET_NONE:
+        st.session_state["recipe_text"] = json.dumps(preset_named(name).recipe, indent=1)
+
+
+def recipe_from_text() -> str:
+    """The recipe as JSON text: typed or pasted, filled from a preset, or uploaded as a file."""
+    st.selectbox(
+        "Preset", [PRESET_NONE, *(p.name for p in PRESETS)], key="preset_name", on_change=fill_from_preset
+    )
+    if st.session_state.get("preset_name", PRESET_NONE) != PRESET_NONE:
+        preset = preset_named(st.session_state["preset_name"])
+        st.caption(f"{preset.goal}. Chosen on `{preset.chosen_on}`; the cards measure it on `quick`.")
+    uploaded = st.file_uploader("…or upload a recipe JSON", type=["json"], key="recipe_upload")
+    if uploaded is not None and st.session_state.get("recipe_uploaded") != uploaded.file_id:
+        st.session_state["recipe_uploaded"] = uploaded.file_id
+        st.session_state["recipe_text"] = uploaded.getvalue().decode("utf-8", errors="replace")
+    st.session_state.setdefault("recipe_text", json.dumps(PRESETS[0].recipe, indent=1))
+    return st.text_area("Recipe JSON", key="recipe_text", height=260)
+
+
+def use_recipe(recipe_json: dict) -> None:
+    """Show `recipe_json` (a one-click fix): on the sliders when they can hold it, else as JSON."""
+    try:
+        st.session_state.update(compress_widget_state(recipe_json))
+        st.session_state["recipe_source"] = "sliders"
+    except ValueError:  # e.g. two quantize steps: only the JSON box holds it
+        st.session_state["recipe_text"] = json.dumps(recipe_json, indent=1)
+        st.session_state["recipe_source"] = "json"
+
+
 with st.sidebar:
     st.header("Recipe")
-    spec = recipe_from_widgets()
+    source = st.radio(
+        "Recipe from",
+        ["sliders", "json"],
+        key="recipe_source",
+        horizontal=True,
+        format_func={"sliders": "Sliders", "json": "Preset or JSON"}.get,
+    )
+    spec = recipe_from_widgets() if source == "sliders" else recipe_from_text()
 results = st.container()
 try:
     recipe = Recipe.from_json(spec)
 except ValueError as exc:
-    results.error(f"This combination is not valid: {exc}")
+    results.error(f"This recipe is not valid: {exc}")
     st.stop()
 
 st.session_state["recipe_json"] = json.dumps(recipe.to_json(), sort_keys=True)  # for Record & compare
@@ -95,7 +138,7 @@ model_name = chosen_model_name()
 with results:
     try:
         with st.spinner("Loading the model …"):
-            base = base_model(model_name)
+            base_model(model_name)  # a model that cannot load is said here, before anything is asked
     except ValueError as exc:
         st.error(f"Could not load the model: {exc}")
         st.stop()
@@ -115,9 +158,10 @@ with results:
         )
         follow("compress_job")
         st.stop()
-    variant, reports = compressed_model(model_name, st.session_state["recipe_json"])
-
-    theory = linear_macs(base.module) / max(linear_macs(variant.module), 1)
+    # everything above the tabs comes from the two stored points: a point measured before shows at once,
+    # without building the compressed model (the per-layer tab and the download build it, on demand)
+    macs = point.result.get("linear_macs"), baseline.result.get("linear_macs")
+    theory = macs[1] / max(macs[0], 1) if all(macs) else None
     measured = 1 / point.latency_ratio if point.latency_ratio else None  # timed in the same run
     cards = st.columns(4)
     cards[0].metric(
@@ -144,7 +188,7 @@ with results:
     )
     cards[3].metric(
         "Speed-up in theory",
-        f"{theory:.2f}×",
+        f"{theory:.2f}×" if theory else "–",
         f"measured {measured:.2f}×" if measured else None,
         delta_color="off",
         help="Linear-layer multiply-adds of one window, nonzero weights only. "
@@ -159,6 +203,17 @@ with results:
             f"⚠ Timed on a busy machine (load {load:.1f} on {cpus} CPUs): the milliseconds are inflated. "
             "The speed-up compares the two models timed in turns on the same clips, so it holds better."
         )
+
+    diagnosis = diagnose(recipe.to_json(), point.wer, baseline.wer, point.result.get("looped", 0))
+    if diagnosis.broken:
+        st.warning(
+            f"**{diagnosis.reason}** Likely causes and a recipe for each (measured in the background, then "
+            "shown here):"
+        )
+        for number, fix in enumerate(diagnosis.fixes):
+            left, right = st.columns([4, 1])
+            left.markdown(f"- **{fix.title}**: {fix.why}")
+            right.button("Try it", key=f"fix_{number}", on_click=use_recipe, args=(fix.recipe,))
 
     transcripts, lengths, layers, export = st.tabs(
         ["Transcripts", "By clip length", "Per layer", "Recipe & export"]
@@ -177,10 +232,10 @@ with results:
             "fast on them). This measures both models one clip per window, like `python -m core evaluate`."
         )
         if st.button("Measure by clip length", key="by_length"):
-            st.session_state["by_length_shown"] = True
-        if st.session_state.get("by_length_shown"):  # two evaluate jobs; kept, so shown at once next time
-            before = evaluation(model_name, "quick", "by_length_base")
-            after = evaluation(model_name, "quick", "by_length_variant", recipe.to_json())
+            st.session_state["by_length_of"] = st.session_state["recipe_json"]
+        if st.session_state.get("by_length_of") == st.session_state["recipe_json"]:  # asked for this recipe
+            before = evaluation(model_name, "quick", "by_length_base")  # Home's baseline: shared
+            after = evaluation(model_name, "quick", "by_length_variant", recipe.to_json(), latency_runs=0)
             if before and after:
                 st.dataframe(by_length_rows(before, after), hide_index=True, width="stretch")
                 st.caption(
@@ -188,11 +243,12 @@ with results:
                     f"{before.get('looped', 0)}). Synthetic speech (espeak-ng, flite)."
                 )
     with layers:
-        if reports:
-            table = pd.DataFrame([r.__dict__ for r in reports])
-            st.dataframe(table, hide_index=True, width="stretch")
-        else:
+        if recipe.is_empty:
             st.info("No compression step is on: every layer is as loaded.")
+        elif st.toggle("Show every layer (applies the recipe here; GPTQ takes minutes)", key="show_layers"):
+            with st.spinner("Applying the recipe …"):
+                _, reports = compressed_model(model_name, st.session_state["recipe_json"])
+            st.dataframe(pd.DataFrame([r.__dict__ for r in reports]), hide_index=True, width="stretch")
     with export:
         recipe_text = json.dumps(recipe.to_json(), indent=1)
         st.code(recipe_text, language="json")

@@ -83,13 +83,16 @@ def follow(follow_as: str, rerun_on_progress: bool = False) -> Job | None:
     return job
 
 
-def evaluation(model_name: str, dataset_name: str, follow_as: str, recipe: dict | None = None) -> dict | None:
+def evaluation(
+    model_name: str, dataset_name: str, follow_as: str, recipe: dict | None = None, latency_runs: int = 5
+) -> dict | None:
     """`python -m core evaluate`'s result for a model (with `recipe` applied) on a dataset: at once when any
     session had it computed before (it is kept on the job board, across restarts), else computed as a job
     that this page follows (None until it is done)."""
     dataset, _ = dataset_waves(dataset_name)
     identity = evaluation_identity(base_model(model_name), dataset)
-    job = EvaluateJob(model_name, dataset_name, identity, recipe or {"steps": []}, 5, torch.get_num_threads())
+    recipe = recipe or {"steps": []}
+    job = EvaluateJob(model_name, dataset_name, identity, recipe, latency_runs, torch.get_num_threads())
     row = job_board().get(job_id(job.kind, to_spec(job)))
     if row is not None and row.state == "done":
         return row.result

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from core.compress.cost import linear_macs
 from core.compress.recipe import Recipe, apply_recipe
 from core.compress.registry import TECHNIQUES, in_order, technique
 from core.data import load_waves
@@ -327,6 +328,7 @@ def measure_point(
     hits_before = encoder_cache.hits if encoder_id else 0
     scored = variant.with_encoder_cache(encoder_cache, encoder_id) if encoder_id else variant
     result = evaluate(scored, dataset, waves=waves, latency_runs=0, packed=settings.packed).to_dict()
+    result["linear_macs"] = linear_macs(variant.module)  # the theoretical speed-up, shown without rebuilding
     hits = encoder_cache.hits - hits_before if encoder_id else 0
     evaluated = time.perf_counter()
     if settings.latency_runs > 0:

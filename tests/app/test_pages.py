@@ -51,7 +51,7 @@ def test_compress_default_is_8_bit_and_measured(compress):
     size_mb = float(shown["Size"][0].split()[0])
     assert 35 < size_mb < 50, shown["Size"]  # 8-bit tiny.en: about 42 MB
     assert "× smaller" in shown["Size"][1]
-    assert compress.tabs and len(compress.dataframe) == 1  # the per-layer table
+    assert compress.tabs and not compress.dataframe  # the per-layer table waits until asked for
     point = stored_point_of(compress)  # the speed-up is the ratio timed in the same run as the baseline
     speed = float(shown["Latency"][1].split("×")[0])
     assert point.latency_ratio and speed == pytest.approx(
@@ -113,12 +113,55 @@ def test_compress_measures_by_clip_length_on_demand(compress):
     assert any("end in a loop: 0 (baseline 0)" in c.value for c in compress.caption)
 
 
+def test_compress_shows_a_stored_point_without_applying_the_recipe(compress, monkeypatch):
+    """Another session on the same recipe: the cards come from the store; nothing is compressed again."""
+    from core.compress.recipe import Recipe
+
+    applied = []
+    apply = Recipe.apply
+    monkeypatch.setattr(Recipe, "apply", lambda *args: applied.append(1) or apply(*args))
+    again = page("pages/compress.py")
+    assert not problems(again) and not again.get("progress")
+    assert metrics(again) == metrics(compress) and applied == []
+    again.toggle(key="show_layers").set_value(True).run(timeout=TIMEOUT)  # the per-layer table builds it
+    assert len(again.dataframe) == 1 and applied
+
+
 def test_compress_slider_changes_the_result(compress):
     before = metrics(compress)
     wait_for_job(compress.select_slider(key="quant_bits").set_value(4).run(timeout=TIMEOUT))
     after = metrics(compress)
     assert not problems(compress), problems(compress)
     assert float(after["Size"][0].split()[0]) < float(before["Size"][0].split()[0]) * 0.7
+
+
+def test_compress_warns_of_a_broken_model_and_a_fix_repairs_it(compress):
+    """4-bit codes with one scale per row break tiny.en; the first fix (groups of 64, mse) measures well."""
+    assert (
+        compress.session_state["quant_bits"] == 4 and compress.session_state["quant_granularity"] != "group"
+    )
+    warning = next(w.value for w in compress.warning if "this model is broken" in w.value)
+    assert "+" in warning and "points" in warning
+    assert any("groups of 64 with an mse range" in m.value for m in compress.markdown)
+    wait_for_job(compress.button(key="fix_0").click().run(timeout=TIMEOUT))
+    assert not problems(compress), problems(compress)
+    assert compress.session_state["quant_granularity"] == "group"
+    assert not any("this model is broken" in w.value for w in compress.warning)
+    assert float(metrics(compress)["WER"][0][:-1]) < 50
+
+
+def test_compress_takes_a_preset_or_pasted_json(compress):
+    compress.radio(key="recipe_source").set_value("json").run(timeout=TIMEOUT)
+    compress.selectbox(key="preset_name").set_value("Safe 8-bit")
+    wait_for_job(compress.run(timeout=TIMEOUT))
+    assert not problems(compress), problems(compress)
+    assert any("Chosen on `full" in c.value for c in compress.caption)
+    assert 35 < float(metrics(compress)["Size"][0].split()[0]) < 50  # 8-bit: the point stored at first
+    compress.text_area(key="recipe_text").set_value('{"steps": [{"quantize": {"bits": 4.5}}]}')
+    compress.run(timeout=TIMEOUT)
+    assert any("This recipe is not valid" in e.value and "bits" in e.value for e in compress.error)
+    compress.radio(key="recipe_source").set_value("sliders").run(timeout=TIMEOUT)
+    wait_for_job(compress)
 
 
 def test_compress_structured_pruning_really_shrinks(compress):
