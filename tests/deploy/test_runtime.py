@@ -60,16 +60,25 @@ def test_cli_formats_are_the_runtimes():
         runtime("tflite")
 
 
-def test_by_windows_cuts_long_audio_into_30_s_windows_and_joins_their_texts():
+def test_by_windows_transcribes_like_the_lab_short_clips_whole_long_ones_in_overlapping_windows():
+    """A runtime's window function goes through the lab's own long-audio path: a clip of up to 30 s is one
+    window as it is; a longer one is cut into overlapping windows whose words are joined once."""
+    from core.models.base import LONG_WINDOW_SECONDS, transcribe_in_windows
+
     seen = []
 
     def window_text(window):
         seen.append(len(window))
-        return f" w{len(seen)} " if len(seen) != 2 else "  "  # an empty window adds no space
+        return "one two three four five six seven eight"  # every window agrees with its neighbour
 
-    texts = by_windows(window_text)([np.zeros(16000 * 65, np.float32), np.zeros(8000, np.float32)])
-    assert seen == [16000 * 30, 16000 * 30, 16000 * 5, 8000]
-    assert texts == ["w1 w3", "w4"]
+    short = by_windows(window_text)([np.zeros(8000, np.float32)])
+    assert seen == [8000] and short == ["one two three four five six seven eight"]
+    seen.clear()
+    wave = np.zeros(16000 * 65, np.float32)
+    texts = by_windows(window_text)([wave])
+    assert seen and max(seen) == 16000 * LONG_WINDOW_SECONDS and len(seen) >= 3
+    lab = transcribe_in_windows([wave], lambda windows: [window_text(w) for w in windows])
+    assert texts == lab  # the very same joining as the lab's
 
 
 def test_detect_reads_the_export_facts(tmp_path):
