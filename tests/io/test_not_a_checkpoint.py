@@ -117,3 +117,24 @@ def test_a_plain_converted_folder_is_still_a_transformers_checkpoint():
     lab = load_model()
     for name, tensor in lab.module.state_dict().items():
         assert torch.equal(tensor, module.state_dict()[name]), name
+
+
+def test_known_models_list_the_bundled_model_and_trained_students_newest_first(tmp_path):
+    import os
+
+    from core.io.folders import known_models
+    from core.models import DEFAULT_MODEL, META_FILE
+
+    for age, name in enumerate(["short-context-1", "student-2dec-2"]):
+        folder = tmp_path / "students" / name
+        folder.mkdir(parents=True)
+        (folder / META_FILE).write_text("{}")
+        os.utime(folder, (1000 + age, 1000 + age))
+    (tmp_path / "students" / "half-written").mkdir()  # no speech_lab.json yet: not offered
+    found = known_models(tmp_path)
+    assert found[0] == (DEFAULT_MODEL, "bundled Whisper tiny.en")
+    students = [name for name, what in found if what.startswith("trained student")]
+    assert students == [
+        str(tmp_path / "students" / "student-2dec-2"),
+        str(tmp_path / "students" / "short-context-1"),
+    ]
