@@ -199,11 +199,14 @@ def test_compress_entropy_coding_shrinks_the_file_not_the_model(compress):
     assert after["WER"] == before["WER"]  # lossless: the same transcripts
 
 
-def test_record_page_waits_for_audio_and_lists_variants():
+def test_record_page_waits_for_audio_and_lists_variants(compress):
     at = page("pages/record.py")
     assert not problems(at), problems(at)
     assert any("Record a sentence" in i.value for i in at.info)
-    assert at.selectbox[0].options  # at least the example variant
+    options = at.selectbox[0].options
+    assert [o for o in options if o.startswith("Preset: ")]  # the presets, always there
+    pareto = [o for o in options if o.startswith("Pareto: ")]  # the Compress page stored its 8-bit point
+    assert pareto and not any("[" in o for o in pareto)  # front points only: no single-group probes
 
 
 def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compress):
