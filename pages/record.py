@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 
 from core.audio import AudioError, decode_audio, is_probably_speech
-from core.compress.advice import PRESETS
+from core.compress.advice import BROKEN_WER, PRESETS
 from core.compress.recipe import Recipe
 from core.measure.store import model_identity
 from core.metrics import score
@@ -26,7 +26,7 @@ st.caption("Speak or upload a clip, then read what the original and the compress
 def variant_choices() -> dict[str, tuple[dict, str | None]]:
     """Variants worth comparing, as (recipe, trained student's folder or None): the Compress page's current
     recipe, the presets, and this model's points on the Pareto front of WER against size (measured in the
-    lab on `quick`; sensitivity probes and dominated points left out), smallest first."""
+    lab on `quick`; broken models, sensitivity probes and dominated points left out), smallest first."""
     choices = {}
     if st.session_state.get("recipe_json"):
         current = json.loads(st.session_state["recipe_json"])
@@ -39,7 +39,11 @@ def variant_choices() -> dict[str, tuple[dict, str | None]]:
         for p in results_store().points(
             model_identity(base_model(chosen_model_name())), dataset.fingerprint()
         )
-        if p.runtime == "lab" and (p.recipe.get("steps") or p.is_student) and p.size_bytes
+        if p.runtime == "lab"
+        and (p.recipe.get("steps") or p.is_student)
+        and p.size_bytes
+        and p.wer <= BROKEN_WER
+        and not is_probe(p.recipe)
     ]
     points = [p for p in points if not p.is_student or Path(p.student["folder"]).is_dir()]
     if points:
@@ -49,6 +53,12 @@ def variant_choices() -> dict[str, tuple[dict, str | None]]:
             facts = f"WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB on quick"
             choices.setdefault(f"Pareto: {point.label} ({facts})", (point.recipe, folder))
     return choices
+
+
+def is_probe(recipe: dict) -> bool:
+    """A sensitivity probe: one step on one layer group (not a recipe anyone would deploy)."""
+    steps = recipe.get("steps", [])
+    return len(steps) == 1 and len(next(iter(steps[0].values())).get("groups") or ()) == 1
 
 
 def timed_transcript(model, wave) -> tuple[str, float]:

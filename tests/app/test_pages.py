@@ -206,7 +206,8 @@ def test_record_page_waits_for_audio_and_lists_variants(compress):
     options = at.selectbox[0].options
     assert [o for o in options if o.startswith("Preset: ")]  # the presets, always there
     pareto = [o for o in options if o.startswith("Pareto: ")]  # the Compress page stored its 8-bit point
-    assert pareto and not any("[" in o for o in pareto)  # front points only: no single-group probes
+    assert any(o.startswith("Pareto: 8-bit channel") for o in pareto), pareto
+    assert not any("WER 100" in o for o in pareto)  # broken models are not offered
 
 
 def test_pareto_shows_stored_points_runs_a_sweep_and_opens_one_in_compress(compress):
