@@ -37,6 +37,7 @@ class Utterance:
     id: str
     path: Path
     text: str
+    speaker: str = ""  # a manifest's `voice` or `speaker` column, if any: splits that keep voices apart
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ def _read_manifest(manifest: Path, split: str | None = None) -> list[Utterance]:
         if not audio.is_file():
             raise ValueError(f"{manifest} line {line}: audio file {audio} not found")
         uid = Path(relative).with_suffix("").as_posix()
-        utterances.append(Utterance(uid, audio, (row["text"] or "").strip()))
+        speaker = (row.get("voice") or row.get("speaker") or "").strip()
+        utterances.append(Utterance(uid, audio, (row["text"] or "").strip(), speaker))
     return utterances
 
 

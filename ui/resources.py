@@ -51,7 +51,7 @@ def encoder_cache() -> EncoderCache:
     return EncoderCache()
 
 
-def stored(model_name: str, recipes: list, dataset_name: str = "quick") -> list[Point | None]:
+def stored(model_name: str, recipes: list, dataset_name: str) -> list[Point | None]:
     """Each recipe's point from the results store (None where not measured yet), without any work: a page
     shows these at once and submits a job for the rest (ui.jobs)."""
     dataset, _ = dataset_waves(dataset_name)
@@ -89,3 +89,11 @@ def artifact_zip(model_name: str, recipe_json: str) -> bytes:
 def chosen_model_name() -> str:
     """The model the user picked on Home (session state holds only the choice)."""
     return st.session_state.get("model_name", DEFAULT_MODEL)
+
+
+DATASET_KEY = "dataset_name"  # session state: the evaluation set picked in the sidebar (ui.datasets)
+
+
+def chosen_dataset_name() -> str:
+    """The evaluation set the user picked in the sidebar: every page measures and shows WER on it."""
+    return st.session_state.get(DATASET_KEY, "quick")
