@@ -1,4 +1,4 @@
-"""Compress: sliders for each technique, and what the result costs and buys, measured on the quick set."""
+"""Compress: sliders for each technique, and what the result costs and buys, measured on the chosen set."""
 
 import json
 
@@ -15,6 +15,7 @@ from ui.navigation import stay_in_app_navigation
 from ui.resources import (
     artifact_zip,
     base_model,
+    chosen_dataset_name,
     chosen_model_name,
     compressed_model,
     stored,
@@ -26,9 +27,9 @@ for key, value in widget_defaults().items():  # widgets read their values from s
 
 st.title("Compress")
 st.caption(
-    "Move a slider in the sidebar: the compressed model is measured on the bundled `quick` set (16 "
-    "sentences, packed "
-    "into 30 s windows) and every point joins the Pareto page. Points you have tried before return at once."
+    f"Move a slider in the sidebar: the compressed model is measured on the `{chosen_dataset_name()}` set "
+    "(its clips packed into 30 s windows; pick the set at the top of the sidebar) and every point joins the "
+    "Pareto page. Points you have tried before return at once."
 )
 
 
@@ -97,7 +98,9 @@ def recipe_from_text() -> str:
     )
     if st.session_state.get("preset_name", PRESET_NONE) != PRESET_NONE:
         preset = preset_named(st.session_state["preset_name"])
-        st.caption(f"{preset.goal}. Chosen on `{preset.chosen_on}`; the cards measure it on `quick`.")
+        st.caption(
+            f"{preset.goal}. Chosen on `{preset.chosen_on}`; the cards measure it on `{chosen_dataset_name()}`."
+        )
     uploaded = st.file_uploader("…or upload a recipe JSON", type=["json"], key="recipe_upload")
     if uploaded is not None and st.session_state.get("recipe_uploaded") != uploaded.file_id:
         st.session_state["recipe_uploaded"] = uploaded.file_id
@@ -134,7 +137,7 @@ except ValueError as exc:
     st.stop()
 
 st.session_state["recipe_json"] = json.dumps(recipe.to_json(), sort_keys=True)  # for Record & compare
-model_name = chosen_model_name()
+model_name, dataset_name = chosen_model_name(), chosen_dataset_name()
 with results:
     try:
         with st.spinner("Loading the model …"):
@@ -143,9 +146,9 @@ with results:
         st.error(f"Could not load the model: {exc}")
         st.stop()
     wanted = [{"steps": []}, recipe.to_json()]  # the baseline on the same windows, and this recipe
-    baseline, point = stored(model_name, wanted)
+    baseline, point = stored(model_name, wanted, dataset_name)
     if point is None or baseline is None:  # measured by the lab's worker; every session asking shares it
-        job = SweepJob(model_name, "quick", tuple(wanted), measuring())
+        job = SweepJob(model_name, dataset_name, tuple(wanted), measuring())
         asked = followed("compress_job")
         if asked is None or asked.spec != to_spec(job):
             submit(job, "compress_job")
@@ -153,7 +156,7 @@ with results:
             submit(job, "compress_job", again=True)
         st.caption(
             f"Measuring {recipe.describe() or 'the uncompressed model'} and the baseline (timed in turns "
-            "with it) on `quick` in the background: a new recipe takes seconds to minutes (GPTQ longer); "
+            f"with it) on `{dataset_name}` in the background: a new recipe takes seconds to minutes (GPTQ longer); "
             "the cards appear when it is done."
         )
         follow("compress_job")
@@ -234,8 +237,10 @@ with results:
         if st.button("Measure by clip length", key="by_length"):
             st.session_state["by_length_of"] = st.session_state["recipe_json"]
         if st.session_state.get("by_length_of") == st.session_state["recipe_json"]:  # asked for this recipe
-            before = evaluation(model_name, "quick", "by_length_base")  # Home's baseline: shared
-            after = evaluation(model_name, "quick", "by_length_variant", recipe.to_json(), latency_runs=0)
+            before = evaluation(model_name, dataset_name, "by_length_base")  # Home's baseline: shared
+            after = evaluation(
+                model_name, dataset_name, "by_length_variant", recipe.to_json(), latency_runs=0
+            )
             if before and after:
                 st.dataframe(by_length_rows(before, after), hide_index=True, width="stretch")
                 st.caption(
