@@ -99,7 +99,8 @@ def recipe_from_text() -> str:
     if st.session_state.get("preset_name", PRESET_NONE) != PRESET_NONE:
         preset = preset_named(st.session_state["preset_name"])
         st.caption(
-            f"{preset.goal}. Chosen on `{preset.chosen_on}`; the cards measure it on `{chosen_dataset_name()}`."
+            f"{preset.goal}. Chosen on `{preset.chosen_on}`; "
+            f"the cards measure it on `{chosen_dataset_name()}`."
         )
     uploaded = st.file_uploader("…or upload a recipe JSON", type=["json"], key="recipe_upload")
     if uploaded is not None and st.session_state.get("recipe_uploaded") != uploaded.file_id:
@@ -156,7 +157,8 @@ with results:
             submit(job, "compress_job", again=True)
         st.caption(
             f"Measuring {recipe.describe() or 'the uncompressed model'} and the baseline (timed in turns "
-            f"with it) on `{dataset_name}` in the background: a new recipe takes seconds to minutes (GPTQ longer); "
+            f"with it) on `{dataset_name}` in the background: a new recipe takes seconds to minutes "
+            "(GPTQ longer); "
             "the cards appear when it is done."
         )
         follow("compress_job")
