@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from core.audio import EXTENSIONS, SAMPLE_RATE, load_audio
-from core.paths import cache_dir
+from core.paths import cache_dir, data_dir
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("quick", "full", "train")
@@ -26,7 +32,8 @@ TRAIN_COUNT = 480  # utterances in the train split (28.3 min of speech, 24 per v
 # read back. Bump it whenever the recipe changes.
 TRAIN_RECIPE = "v2"
 ACCEPTED = (
-    f"a bundled set ({', '.join(BUNDLED)}), a manifest .csv with columns path,text, "
+    f"a bundled set ({', '.join(BUNDLED)}), the name of a set saved in the data folder, "
+    "a manifest .csv with columns path,text, "
     "a LibriSpeech-style folder (*.trans.txt files with 'ID TEXT' lines beside ID.flac), "
     f"or a folder of audio files ({', '.join(EXTENSIONS)}) each with a same-named .txt transcript"
 )
@@ -73,10 +80,15 @@ def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None)
             return _load_bundled(name_or_path, synthesized_train_folder() / "manifest.csv")
         folder = root / ("train" if name_or_path == "train" else "eval")
         return _load_bundled(name_or_path, folder / "manifest.csv")
+    if isinstance(name_or_path, str) and (user_datasets_dir() / name_or_path / "manifest.csv").is_file():
+        if NAME_PATTERN.fullmatch(name_or_path):  # a set the user recorded or imported (save_dataset)
+            folder = user_datasets_dir() / name_or_path
+            return _finish(name_or_path, _read_manifest(folder / "manifest.csv"), folder)
     path = Path(name_or_path).expanduser().resolve()
     if not path.exists():
         raise ValueError(
-            f"unknown dataset {str(name_or_path)!r}: no such bundled set or path; expected {ACCEPTED}"
+            f"unknown dataset {str(name_or_path)!r}: no such bundled set, saved set or path; "
+            f"expected {ACCEPTED}"
         )
     if path.is_file():
         if path.suffix.lower() != ".csv":
@@ -219,6 +231,165 @@ def _finish(name: str, utterances: list[Utterance], source: Path) -> Dataset:
             raise ValueError(f"{source}: utterance id {utt.id!r} appears more than once")
         seen.add(utt.id)
     return Dataset(name, tuple(utterances))
+
+
+# ----------------------------------------------------------------------------- the user's own sets
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a saved set's name: one plain folder name
+MAX_ZIP_BYTES = 2 * 1024**3  # an imported zip's unpacked size
+PROMPTS = ASSETS_DIR / "prompts.txt"  # sentences to read aloud for a recorded test set
+
+
+def user_datasets_dir() -> Path:
+    """Where recorded and imported sets live: <data folder>/datasets/<name>/manifest.csv."""
+    return data_dir() / "datasets"
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it can name a saved set (letters, digits, `_.-`; not a bundled name), else ValueError."""
+    if not NAME_PATTERN.fullmatch(name) or name in BUNDLED:
+        raise ValueError(
+            f"{name!r} cannot name a dataset: use 1–64 letters, digits, '_', '.' or '-' starting with a "
+            f"letter or digit, and not {', '.join(BUNDLED)}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A set the dashboard can evaluate on: its name for load_dataset, and a line saying what it is."""
+
+    name: str
+    description: str
+
+
+def known_datasets() -> list[DatasetInfo]:
+    """The bundled evaluation sets, then the user's saved sets (newest first); `train` is for distillation
+    and not listed. Counting reads manifests only, never audio."""
+    found = []
+    for name in ("quick", "full"):
+        manifest = ASSETS_DIR / "eval" / "manifest.csv"
+        count = sum(1 for row in _csv_rows(manifest) if (row.get("split") or "").strip() == name)
+        found.append(DatasetInfo(name, f"bundled: {count} sentences of synthetic speech (espeak-ng, flite)"))
+    folders = [f for f in user_datasets_dir().glob("*") if (f / "manifest.csv").is_file()]
+    for folder in sorted(folders, key=lambda f: f.stat().st_mtime, reverse=True):
+        if NAME_PATTERN.fullmatch(folder.name) and folder.name not in BUNDLED:
+            count = len(_csv_rows(folder / "manifest.csv"))
+            found.append(DatasetInfo(folder.name, f"yours: {count} clips"))
+    return found
+
+
+def recording_prompts() -> list[str]:
+    """Sentences to read aloud for a test set (Harvard sentences, IEEE 1969; none is in the bundled sets)."""
+    return [line.strip() for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def save_dataset(
+    name: str, clips: Sequence[tuple[np.ndarray, str]], speaker: str = "", replace: bool = False
+):
+    """Write clips (16 kHz mono float waves, each with the exact text spoken) as the saved set `name`:
+    clipNNN.wav (16-bit PCM) and manifest.csv (path,text,speaker) in user_datasets_dir()/name, written
+    beside it and renamed into place, so a failure leaves any earlier set as it was. Returns the Dataset."""
+    import soundfile as sf
+
+    check_dataset_name(name)
+    if not clips:
+        raise ValueError("a dataset needs at least one clip")
+    for number, (wave, text) in enumerate(clips, start=1):
+        if not text.strip():
+            raise ValueError(f"clip {number} has no transcript: type exactly what is said in it")
+        if np.asarray(wave).ndim != 1 or len(wave) < SAMPLE_RATE // 10:
+            raise ValueError(f"clip {number} is shorter than 0.1 s or not mono audio")
+    folder = user_datasets_dir() / name
+    if folder.exists() and not replace:
+        raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "text", "speaker"])
+            for number, (wave, text) in enumerate(clips, start=1):
+                sf.write(
+                    tmp / f"clip{number:03d}.wav", np.asarray(wave, dtype=np.float32), SAMPLE_RATE, "PCM_16"
+                )
+                writer.writerow([f"clip{number:03d}.wav", " ".join(text.split()), speaker])
+        _swap_into_place(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_dataset(name)
+
+
+def import_dataset_zip(name: str, data: bytes, replace: bool = False) -> Dataset:
+    """Unpack a zip holding any accepted layout (manifest.csv, LibriSpeech *.trans.txt, or audio + .txt
+    pairs; one top folder is fine) as the saved set `name`, after checking it loads. Entries that would land
+    outside the folder, links and oversized archives are refused."""
+    check_dataset_name(name)
+    folder = user_datasets_dir() / name
+    if folder.exists() and not replace:
+        raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ValueError("this file is not a zip archive") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
+        raise ValueError(f"the archive unpacks to more than {MAX_ZIP_BYTES / 1e9:.0f} GB")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for member in members:
+            target = (tmp / member.filename).resolve()
+            if (
+                not target.is_relative_to(tmp.resolve())
+                or (member.external_attr >> 16) & 0o170000 == 0o120000
+            ):
+                raise ValueError(
+                    f"the archive entry {member.filename!r} points outside the dataset or is a link"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+        entries = [p for p in tmp.iterdir() if not p.name.startswith(("__MACOSX", "."))]
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        dataset = load_dataset(root)  # raises on anything that is not an accepted layout
+        if not (root / "manifest.csv").is_file():  # saved sets are read through a manifest
+            _write_manifest(root, dataset)
+        _swap_into_place(root, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_dataset(name)
+
+
+def delete_dataset(name: str) -> None:
+    """Remove the saved set `name` (bundled sets cannot be removed)."""
+    folder = user_datasets_dir() / check_dataset_name(name)
+    if not (folder / "manifest.csv").is_file():
+        raise ValueError(f"there is no saved dataset named {name!r}")
+    shutil.rmtree(folder)
+
+
+def _write_manifest(root: Path, dataset: Dataset) -> None:
+    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "text", "speaker"])
+        for utt in dataset.utterances:
+            writer.writerow(
+                [utt.path.resolve().relative_to(root.resolve()).as_posix(), utt.text, utt.speaker]
+            )
+
+
+def _swap_into_place(source: Path, folder: Path) -> None:
+    """Rename `source` to `folder`, replacing an existing folder only once the new one is complete."""
+    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+    if folder.exists():
+        folder.rename(old)
+    source.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- audio of a dataset
