@@ -20,6 +20,7 @@ navigation = st.navigation(
         st.Page(PAGES / "home.py", title="Home", icon="🏠", default=True),
         st.Page(PAGES / "compress.py", title="Compress", icon="🗜️"),
         st.Page(PAGES / "record.py", title="Record & compare", icon="🎤"),
+        st.Page(PAGES / "testset.py", title="Record a test set", icon="📝"),
         st.Page(PAGES / "pareto.py", title="Pareto", icon="📈"),
         st.Page(PAGES / "distill.py", title="Distill", icon="🧑‍🏫"),
         st.Page(PAGES / "deploy.py", title="Deploy", icon="🚀"),

@@ -279,6 +279,13 @@ def known_datasets() -> list[DatasetInfo]:
     return found
 
 
+def saved_stamp(name: str) -> int:
+    """When the saved set `name` was last written (ns; 0 for anything else): caches of loaded sets key on
+    it, so a set saved again under its name is read again."""
+    manifest = user_datasets_dir() / name / "manifest.csv"
+    return manifest.stat().st_mtime_ns if NAME_PATTERN.fullmatch(name) and manifest.is_file() else 0
+
+
 def recording_prompts() -> list[str]:
     """Sentences to read aloud for a test set (Harvard sentences, IEEE 1969; none is in the bundled sets)."""
     return [line.strip() for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -14,11 +14,13 @@ from core.deploy.runtime import MODULES, README_FILE, runtime
 from core.jobs.kinds import ExportJob, to_spec
 from core.measure.store import model_identity
 from core.paths import data_dir
+from ui.datasets import dataset_picker
 from ui.jobs import follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
 from ui.resources import (
     LIVE,
     base_model,
+    chosen_dataset_name,
     chosen_model_name,
     compressed_model,
     dataset_waves,
@@ -26,13 +28,15 @@ from ui.resources import (
 )
 
 stay_in_app_navigation()
+dataset_picker()
 
-DATASET = "quick"
+DATASET = chosen_dataset_name()
 
 st.title("Deploy")
 st.caption(
     "Write the compressed model in the format of the runtime you deploy with, then measure it *in that "
-    "runtime*: WER on the bundled `quick` set (synthetic espeak-ng / flite speech, packed windows), size = "
+    f"runtime*: WER on the `{DATASET}` set (packed windows; the bundled sets are synthetic espeak-ng / flite "
+    "speech), size = "
     "bytes of the files the runtime loads, latency in the runtime at the same thread count as the lab. "
     "The lab's quantized codes are written as the runtime's own format, not re-quantized (transformers: "
     "dequantized to float, for compatibility rather than size)."

@@ -13,11 +13,20 @@ from core.compress.recipe import Recipe
 from core.measure.store import model_identity
 from core.metrics import score
 from core.pareto import pareto_front
+from ui.datasets import dataset_picker
 from ui.diff import DIFF_LEGEND, diff_html
 from ui.navigation import stay_in_app_navigation
-from ui.resources import base_model, chosen_model_name, compressed_model, dataset_waves, results_store
+from ui.resources import (
+    base_model,
+    chosen_dataset_name,
+    chosen_model_name,
+    compressed_model,
+    dataset_waves,
+    results_store,
+)
 
 stay_in_app_navigation()
+dataset_picker()
 
 st.title("Record & compare")
 st.caption("Speak or upload a clip, then read what the original and the compressed model heard.")
@@ -26,14 +35,14 @@ st.caption("Speak or upload a clip, then read what the original and the compress
 def variant_choices() -> dict[str, tuple[dict, str | None]]:
     """Variants worth comparing, as (recipe, trained student's folder or None): the Compress page's current
     recipe, the presets, and this model's points on the Pareto front of WER against size (measured in the
-    lab on `quick`; broken models, sensitivity probes and dominated points left out), smallest first."""
+    lab on the chosen set; broken models, sensitivity probes, dominated points left out), smallest first."""
     choices = {}
     if st.session_state.get("recipe_json"):
         current = json.loads(st.session_state["recipe_json"])
         choices[f"Compress page: {Recipe.from_json(current).describe() or 'uncompressed'}"] = (current, None)
     for preset in PRESETS:
         choices[f"Preset: {preset.name}"] = (preset.recipe, None)
-    dataset, _ = dataset_waves("quick")
+    dataset, _ = dataset_waves(chosen_dataset_name())
     points = [
         p
         for p in results_store().points(
@@ -50,7 +59,7 @@ def variant_choices() -> dict[str, tuple[dict, str | None]]:
         front = pareto_front(np.array([[p.wer, p.size_bytes] for p in points], dtype=float))
         for point in sorted((p for p, on in zip(points, front) if on), key=lambda p: p.size_bytes):
             folder = point.student["folder"] if point.is_student else None
-            facts = f"WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB on quick"
+            facts = f"WER {100 * point.wer:.1f}%, {point.size_bytes / 1e6:.1f} MB on {dataset.name}"
             choices.setdefault(f"Pareto: {point.label} ({facts})", (point.recipe, folder))
     return choices
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.compress.recipe import Recipe, apply_recipe
-from core.data import load_dataset, load_waves
+from core.data import load_dataset, load_waves, saved_stamp
 from core.io.folders import load_model, save_model
 from core.measure.store import Point, Store
 from core.measure.sweep import SweepSettings, stored_points
@@ -32,9 +32,13 @@ def base_model(name: str = DEFAULT_MODEL) -> SpeechModel:
     return load_model(name)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
 def dataset_waves(name: str):
-    """A dataset and its decoded audio, loaded once per process."""
+    """A dataset and its decoded audio, loaded once per process (again when a saved set is saved anew)."""
+    return _dataset_waves(name, saved_stamp(name))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _dataset_waves(name: str, stamp: int):
     dataset = load_dataset(name)
     return dataset, load_waves(dataset)
 

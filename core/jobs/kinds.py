@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 
 from core.compress.recipe import Recipe, apply_recipe
-from core.data import Dataset, load_dataset, load_waves
+from core.data import Dataset, load_dataset, load_waves, saved_stamp
 from core.io.folders import load_model
 from core.measure.deployment import measure_deployed
 from core.measure.evaluate import evaluate
@@ -73,12 +73,13 @@ class JobContext:
         (recipes apply to copies)."""
         if model not in self.loaded:
             self.loaded[model] = load_model(model)
-        if dataset not in self.loaded:
+        data_key = (dataset, saved_stamp(dataset))  # a set saved again under its name is read again
+        if data_key not in self.loaded:
             data = load_dataset(dataset)
-            self.loaded[dataset] = (data, load_waves(data))
+            self.loaded[data_key] = (data, load_waves(data))
         for name in list(self.loaded)[:-4]:  # the oldest go first
             self.loaded.pop(name)
-        return self.loaded[model], *self.loaded[dataset]
+        return self.loaded[model], *self.loaded[data_key]
 
 
 @dataclass(frozen=True)

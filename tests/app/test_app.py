@@ -42,7 +42,7 @@ def home() -> AppTest:
 def test_home_baseline_is_kept_for_every_later_session(home):
     """A new session (another tab, or after a restart) shows the baseline at once: no job, no measuring."""
     at = new_app().run(timeout=TIMEOUT)
-    assert not at.get("progress") and [m.label for m in at.metric][0] == "WER on quick"
+    assert not at.get("progress") and [m.label for m in at.metric][0] == "WER"
     assert [m.value for m in at.metric] == [m.value for m in home.metric]
 
 
@@ -54,15 +54,15 @@ def test_home_renders_without_exception(home):
 
 def test_home_metric_cards(home):
     metrics = {m.label: m.value for m in home.metric}
-    assert list(metrics) == ["WER on quick", "Size", "Parameters", "Latency"]
-    assert re.fullmatch(r"\d{1,3}\.\d%", metrics["WER on quick"]), metrics
+    assert list(metrics) == ["WER", "Size", "Parameters", "Latency"]
+    assert re.fullmatch(r"\d{1,3}\.\d%", metrics["WER"]), metrics
     assert re.fullmatch(r"\d+\.\d MB", metrics["Size"]), metrics
     assert re.fullmatch(r"\d+\.\d M", metrics["Parameters"]), metrics
     assert re.fullmatch(r"\d+ ms", metrics["Latency"]), metrics
     # Whisper tiny.en: ~37.8 M parameters; as float32 safetensors ~150 MB; WER on clean read speech is low.
     assert 30 < float(metrics["Parameters"][:-2]) < 45
     assert 100 < float(metrics["Size"][:-3]) < 200
-    assert float(metrics["WER on quick"][:-1]) < 50
+    assert float(metrics["WER"][:-1]) < 50
     assert int(metrics["Latency"][:-3]) > 0
 
 
@@ -70,7 +70,7 @@ def test_home_per_utterance_table(home):
     assert len(home.dataframe) == 2
     lengths = home.dataframe[0].value  # WER by clip length: the quick clips are 2.5-5.3 s long
     assert list(lengths["clip length"]) == ["≤ 3 s", "3–10 s"] and lengths["clips"].sum() == QUICK_UTTERANCES
-    assert any("synthetic speech" in c.value for c in home.caption)
+    assert any("Synthetic speech" in c.value for c in home.caption)
     table = home.dataframe[1].value
     assert len(table) == QUICK_UTTERANCES
     assert list(table.columns) == ["id", "reference", "hypothesis", "WER"]
@@ -81,6 +81,9 @@ def test_home_per_utterance_table(home):
 def test_home_command_line_and_caption(home):
     assert "python -m core evaluate --model whisper-tiny.en --dataset quick" in home.code[0].value
     assert home.caption[-1].value.startswith("Model: whisper-tiny.en")
+    assert home.subheader[0].value == "Baseline on `quick`, one clip per window"  # shown with its mode
+    mode = next(c.value for c in home.caption if "One clip per 30 s window" in c.value)
+    assert mode.startswith("Synthetic speech") and "a second mode with its own baseline" in mode
 
 
 def test_nonexistent_model_path_shows_clear_error(home):
@@ -102,7 +105,7 @@ def test_model_input_recovers_after_a_bad_path(home):
     next(t for t in at.text_input if t.label == "Model").input("whisper-tiny.en").run(timeout=TIMEOUT)
     assert not exceptions(at), exceptions(at)
     assert not [e.value for e in at.error], "typing the bundled model back in should clear the error"
-    assert [m.label for m in at.metric] == ["WER on quick", "Size", "Parameters", "Latency"]
+    assert [m.label for m in at.metric] == ["WER", "Size", "Parameters", "Latency"]
 
 
 def test_every_streamlit_cache_is_bounded():

@@ -1,0 +1,68 @@
+"""Record a test set: two sentences from files become a saved dataset, chosen in the sidebar of every page,
+and the model is evaluated on it (AppTest; the browser flow with a fake microphone is in test_browser.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.data import load_dataset, user_datasets_dir
+from tests.app.test_pages import page, problems, wait_for_job
+
+EVAL = Path(__file__).resolve().parents[2] / "assets" / "eval"
+
+
+def quick_clip(number: int) -> tuple[bytes, str]:
+    utterance = load_dataset("quick").utterances[number]
+    return utterance.path.read_bytes(), utterance.text
+
+
+def test_two_sentences_from_files_become_a_dataset_evaluated_here_and_offered_everywhere():
+    at = page("pages/testset.py")
+    assert not problems(at), problems(at)
+    at.text_input(key="testset_name").set_value("two-files")
+    at.number_input(key="testset_count").set_value(2)
+    at.run()
+    save = next(b for b in at.button if b.label.startswith("Save"))
+    assert save.label == "Save 0 of 2 sentences as a dataset" and save.disabled
+    for number in range(2):
+        audio, text = quick_clip(number)
+        at.file_uploader(key=f"upload_{number}").set_value((f"q{number}.flac", audio, "audio/flac"))
+        at.text_input(key=f"text_{number}").set_value(text)  # what the clip really says
+    at.run()
+    next(b for b in at.button if b.label.startswith("Save 2 of 2")).click()
+    at.run()
+    assert [s.value for s in at.success] == ["Saved 2 clips as `two-files`."], problems(at)
+    saved = load_dataset("two-files")
+    assert [u.text for u in saved.utterances] == [quick_clip(0)[1], quick_clip(1)[1]]
+    assert (user_datasets_dir() / "two-files" / "clip001.wav").is_file()
+    assert at.sidebar.selectbox(key="dataset_pick").value == "two-files"  # chosen for every page
+
+    wait_for_job(at)  # the model evaluated on the new set, in the background
+    assert not problems(at), problems(at)
+    wer = next(m for m in at.metric if m.label == "WER")
+    assert wer.value.endswith("%") and float(wer.value[:-1]) < 40  # tiny.en on two clear sentences
+    assert "over 2 clips" in wer.help
+    assert any("--dataset two-files" in c.value for c in at.code)
+
+    at.switch_page("pages/home.py").run()  # another page measures on it too
+    assert at.sidebar.selectbox(key="dataset_pick").value == "two-files"
+    assert "two-files" in at.sidebar.selectbox(key="dataset_pick").options[2]
+
+
+def test_bad_name_and_silent_recording_are_said_and_nothing_is_lost():
+    at = page("pages/testset.py")
+    at.text_input(key="testset_name").set_value("no/slashes")
+    at.number_input(key="testset_count").set_value(1)
+    at.run()
+    audio, _ = quick_clip(2)
+    at.file_uploader(key="upload_0").set_value(("q2.flac", audio, "audio/flac"))
+    at.run()
+    next(b for b in at.button if b.label.startswith("Save 1 of 1")).click()
+    at.run()
+    assert any("cannot name a dataset" in e.value for e in at.error)
+    assert at.file_uploader(key="upload_0").value is not None  # the upload is still there to save again
+    at.text_input(key="testset_name").set_value("fixed-name")
+    at.run()
+    next(b for b in at.button if b.label.startswith("Save 1 of 1")).click()
+    at.run()
+    assert [s.value for s in at.success] == ["Saved 1 clips as `fixed-name`."]
