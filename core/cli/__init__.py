@@ -9,9 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli import compress, distill, evaluate, export, jobs, points, sensitivity, sweep, transcribe
+from core.cli import (
+    compress,
+    datasets,
+    distill,
+    evaluate,
+    export,
+    jobs,
+    points,
+    sensitivity,
+    sweep,
+    transcribe,
+)
 
-COMMANDS = (transcribe, compress, export, evaluate, sweep, points, sensitivity, distill, jobs)
+COMMANDS = (transcribe, compress, export, evaluate, sweep, points, sensitivity, distill, jobs, datasets)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,11 @@ def add_run_args(parser: argparse.ArgumentParser, background: bool = True) -> No
     """--model, --dataset, --store, --latency-runs, --naive, --executor/--address/--workers, --background:
     shared by sweep, sensitivity and budget."""
     add_model_arg(parser, "base model (see `evaluate --help`)")
-    parser.add_argument("--dataset", default="quick", help="quick | full | a dataset path (see `evaluate`)")
+    parser.add_argument(
+        "--dataset",
+        default="quick",
+        help="quick | full | a saved set (`datasets`) | a dataset path (see `evaluate`)",
+    )
     add_store_arg(parser)
     parser.add_argument("--latency-runs", type=int, default=2, help="timed latency runs per point (0 = none)")
     parser.add_argument(
@@ -115,8 +119,10 @@ def measuring(args: argparse.Namespace):
 
 def absolute(name: str) -> str:
     """A model or dataset name as a job spec holds it: a path made absolute (the worker runs elsewhere),
-    any other name as it is."""
-    return str(Path(name).resolve()) if Path(name).exists() else name
+    any other name (and a saved dataset's name, which load_dataset reads first) as it is."""
+    from core.data import saved_stamp  # lazy: --help
+
+    return str(Path(name).resolve()) if Path(name).exists() and not saved_stamp(name) else name
 
 
 def submit_job(args: argparse.Namespace, job) -> None:

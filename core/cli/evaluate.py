@@ -113,7 +113,8 @@ def add_command(commands) -> None:
     p.add_argument(
         "--dataset",
         default="quick",
-        help="quick | full | train | a manifest CSV (path,text) | a LibriSpeech folder | "
+        help="quick | full | train | a saved set (see `datasets`) | a manifest CSV (path,text) | "
+        "a LibriSpeech folder | "
         "a folder of audio files with same-named .txt transcripts",
     )
     p.add_argument("--json", type=Path, help="also write the full result (with per-utterance rows) here")
