@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from core.audio import SAMPLE_RATE
+from core.io.folders import EXPORT_FILE
 from core.models import SpeechModel, whisper
 from core.models.base import transcribe_in_windows
 
-EXPORT_FILE = "speech_lab_export.json"  # {"name", "format", "decoding", ...}: written by every exporter
 README_FILE = "README.txt"  # how to load the folder with the runtime's own API
 MODULES = {
     "ct2": "core.deploy.ct2",

