@@ -43,7 +43,7 @@ st.selectbox(
     index=None,
     key="model_pick",
     format_func=lambda name: known[name],
-    placeholder=f"{len(known)} on this machine: bundled, trained, exported for transformers, Hugging Face cache",
+    placeholder=f"{len(known)} on this machine: bundled, trained, exported, in the Hugging Face cache",
     on_change=pick_model,
 )
 st.text_input(
