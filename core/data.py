@@ -175,7 +175,7 @@ def _read_manifest(manifest: Path, split: str | None = None) -> list[Utterance]:
         audio = manifest.parent / relative
         if not audio.is_file():
             raise ValueError(f"{manifest} line {line}: audio file {audio} not found")
-        uid = Path(relative).with_suffix("").as_posix()
+        uid = (row.get("id") or "").strip() or Path(relative).with_suffix("").as_posix()
         speaker = (row.get("voice") or row.get("speaker") or "").strip()
         utterances.append(Utterance(uid, audio, (row["text"] or "").strip(), speaker))
     return utterances
@@ -372,6 +372,27 @@ def import_dataset_zip(name: str, data: bytes, replace: bool = False) -> Dataset
     return load_dataset(name)
 
 
+def link_dataset(name: str, source: str | Path, replace: bool = False) -> Dataset:
+    """Save a dataset that lies elsewhere on this machine (a manifest CSV, a LibriSpeech folder, a folder of
+    audio + .txt pairs) under `name` without copying its audio: the saved manifest lists the files by
+    absolute path, with their ids and texts. Moving the source folder breaks the set (said on loading)."""
+    check_dataset_name(name)
+    folder = user_datasets_dir() / name
+    if folder.exists() and not replace:
+        raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
+    dataset = load_dataset(Path(source).expanduser())  # raises on anything that is not an accepted layout
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_manifest(tmp, dataset, absolute=True)
+        _swap_into_place(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_dataset(name)
+
+
 def delete_dataset(name: str) -> None:
     """Remove the saved set `name` (bundled sets cannot be removed)."""
     folder = user_datasets_dir() / check_dataset_name(name)
@@ -380,14 +401,14 @@ def delete_dataset(name: str) -> None:
     shutil.rmtree(folder)
 
 
-def _write_manifest(root: Path, dataset: Dataset) -> None:
+def _write_manifest(root: Path, dataset: Dataset, absolute: bool = False) -> None:
+    """root/manifest.csv (id,path,text,speaker) of `dataset`: paths relative to root, or absolute."""
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "text", "speaker"])
+        writer.writerow(["id", "path", "text", "speaker"])
         for utt in dataset.utterances:
-            writer.writerow(
-                [utt.path.resolve().relative_to(root.resolve()).as_posix(), utt.text, utt.speaker]
-            )
+            path = utt.path.resolve() if absolute else utt.path.resolve().relative_to(root.resolve())
+            writer.writerow([utt.id, path.as_posix(), utt.text, utt.speaker])
 
 
 def _swap_into_place(source: Path, folder: Path) -> None:

@@ -123,3 +123,24 @@ def test_prompts_are_new_sentences():
     assert len(prompts) == 30 and len(set(prompts)) == 30
     bundled = {normalize(u.text) for name in ("quick", "full") for u in load_dataset(name).utterances}
     assert not bundled & {normalize(p) for p in prompts}
+
+
+def test_a_folder_elsewhere_is_saved_by_reference_with_its_ids(tmp_path):
+    from core.data import link_dataset
+
+    chapter = tmp_path / "LibriSpeech" / "test-clean" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    for number in range(2):
+        sf.write(chapter / f"84-121123-000{number}.flac", tone(1.0, 200 + 100 * number), SAMPLE_RATE)
+    (chapter / "84-121123.trans.txt").write_text(
+        "84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS\n"
+    )
+    source = load_dataset(tmp_path / "LibriSpeech" / "test-clean")
+    linked = link_dataset("libri", tmp_path / "LibriSpeech" / "test-clean")
+    assert [(u.id, u.text) for u in linked.utterances] == [(u.id, u.text) for u in source.utterances]
+    assert linked.fingerprint() == source.fingerprint()  # the same points in the results store
+    assert not list((user_datasets_dir() / "libri").glob("*.flac"))  # listed, not copied
+    with pytest.raises(ValueError, match="no utterances found"):
+        link_dataset(
+            "empty", tmp_path / "nothing-here" if (tmp_path / "nothing-here").mkdir() is None else ""
+        )

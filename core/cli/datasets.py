@@ -1,4 +1,4 @@
-"""`datasets`: the evaluation sets on this machine (bundled and saved), importing a zip of your
+"""`datasets`: the evaluation sets on this machine (bundled and saved), importing a zip or folder of your
 own recordings as a named set, and removing one. Every command's `--dataset NAME` accepts these names."""
 
 from __future__ import annotations
@@ -8,18 +8,20 @@ from pathlib import Path
 
 
 def run(args: argparse.Namespace) -> None:
-    from core.data import (
+    from core.data import (  # lazy: --help
         delete_dataset,
         import_dataset_zip,
         known_datasets,
+        link_dataset,
         user_datasets_dir,
-    )  # lazy: --help
+    )
 
     if args.action == "import":
         source = Path(args.source)
-        if not source.is_file():
-            raise ValueError(f"{source} is not a file: give a .zip of recordings (see `datasets --help`)")
-        dataset = import_dataset_zip(args.name, source.read_bytes(), replace=args.replace)
+        if source.suffix.lower() == ".zip" and source.is_file():
+            dataset = import_dataset_zip(args.name, source.read_bytes(), replace=args.replace)
+        else:  # a folder or manifest: listed where it lies, not copied
+            dataset = link_dataset(args.name, source, replace=args.replace)
         print(f"saved {len(dataset)} clips as {dataset.name!r} in {user_datasets_dir() / dataset.name}")
         print(f"use it: python -m core evaluate --dataset {dataset.name}")
     elif args.action == "delete":
@@ -40,10 +42,11 @@ def add_command(commands) -> None:
     actions.add_parser("list", help="the bundled sets and yours (the default)")
     add = actions.add_parser(
         "import",
-        help="a .zip holding a manifest.csv (path,text), a LibriSpeech folder, or audio files with "
+        help="a .zip (unpacked into the data folder) or a folder / manifest CSV on this machine (listed "
+        "where it lies, not copied): a manifest.csv (path,text), a LibriSpeech folder, or audio files with "
         "same-named .txt transcripts",
     )
-    add.add_argument("source", help="the .zip file")
+    add.add_argument("source", help="the .zip file, folder or manifest CSV")
     add.add_argument("--name", required=True, help="the set's name for --dataset (letters, digits, _.-)")
     add.add_argument("--replace", action="store_true", help="replace a saved set of the same name")
     remove = actions.add_parser("delete", help="remove a saved set")
