@@ -140,7 +140,7 @@ def test_a_folder_elsewhere_is_saved_by_reference_with_its_ids(tmp_path):
     assert [(u.id, u.text) for u in linked.utterances] == [(u.id, u.text) for u in source.utterances]
     assert linked.fingerprint() == source.fingerprint()  # the same points in the results store
     assert not list((user_datasets_dir() / "libri").glob("*.flac"))  # listed, not copied
+    (tmp_path / "nothing-here").mkdir()
     with pytest.raises(ValueError, match="no utterances found"):
-        link_dataset(
-            "empty", tmp_path / "nothing-here" if (tmp_path / "nothing-here").mkdir() is None else ""
-        )
+        link_dataset("empty", tmp_path / "nothing-here")
+    assert not (user_datasets_dir() / "empty").exists()
