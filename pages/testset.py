@@ -8,10 +8,12 @@ from core.data import (
     delete_dataset,
     import_dataset_zip,
     known_datasets,
+    link_dataset,
     recording_prompts,
     save_dataset,
     user_datasets_dir,
 )
+from core.paths import check_model_path
 from ui.datasets import dataset_picker
 from ui.diff import DIFF_LEGEND, diff_html
 from ui.jobs import evaluation
@@ -32,6 +34,7 @@ st.caption(
 st.session_state.setdefault("testset_count", 5)
 st.session_state.setdefault("testset_name", "my-voice")
 st.session_state.setdefault("testset_speaker", "")
+st.session_state.setdefault("testset_folder", "")
 prompts = recording_prompts()
 top = st.columns([2, 2, 1])
 top[0].text_input("Name of the set", key="testset_name", help="Letters, digits, '_', '.' or '-'.")
@@ -102,22 +105,34 @@ def save() -> None:
 have = sum(take(n) is not None for n in range(count))
 st.checkbox("Replace a set of the same name", key="testset_replace")
 st.button(f"Save {have} of {count} sentences as a dataset", type="primary", disabled=have == 0, on_click=save)
-outcome = st.session_state.pop("testset_outcome", None)
+outcome = st.session_state.get("testset_outcome")  # kept while the evaluation below reruns the page
 if outcome is not None:
     kind, message, problems = outcome
     (st.success if kind == "success" else st.error)(message)
     for problem in problems:
         st.warning(problem)
 
-with st.expander("…or import a zip of your own recordings"):
+with st.expander("…or import a zip, or a folder on this machine"):
     st.caption(
         "Any layout `--dataset` accepts: a manifest.csv with columns path,text; a LibriSpeech-style folder "
-        "(*.trans.txt); or audio files each with a same-named .txt transcript."
+        "(*.trans.txt); or audio files each with a same-named .txt transcript. A zip is unpacked into your "
+        "data folder; a folder is listed where it lies (not copied). Saved under the name above."
     )
     archive = st.file_uploader("Zip file", type=["zip"], key="testset_zip")
-    if archive is not None and st.button("Import it", key="testset_import"):
+    st.text_input("Folder or manifest.csv on this machine", key="testset_folder")
+    source = (
+        "zip" if archive is not None else "folder" if st.session_state["testset_folder"].strip() else None
+    )
+    if st.button("Import it", key="testset_import", disabled=source is None):
+        name = st.session_state["testset_name"].strip()
+        replace = st.session_state.get("testset_replace", False)
         try:
-            dataset = import_dataset_zip(st.session_state["testset_name"].strip(), archive.getvalue())
+            if source == "zip":
+                dataset = import_dataset_zip(name, archive.getvalue(), replace=replace)
+            else:
+                folder = st.session_state["testset_folder"].strip()
+                check_model_path(folder)  # on a shared server only from the allowed folders
+                dataset = link_dataset(name, folder, replace=replace)
         except ValueError as exc:
             st.error(str(exc))
         else:

@@ -66,3 +66,23 @@ def test_bad_name_and_silent_recording_are_said_and_nothing_is_lost():
     next(b for b in at.button if b.label.startswith("Save 1 of 1")).click()
     at.run()
     assert [s.value for s in at.success] == ["Saved 1 clips as `fixed-name`."]
+
+
+def test_a_folder_on_this_machine_is_imported_by_reference(tmp_path):
+    for number in range(2):
+        audio, text = quick_clip(number)
+        (tmp_path / f"clip{number}.flac").write_bytes(audio)
+        (tmp_path / f"clip{number}.txt").write_text(text)
+    at = page("pages/testset.py")
+    at.text_input(key="testset_name").set_value("from-folder")
+    at.text_input(key="testset_folder").set_value(str(tmp_path))
+    at.run()
+    at.button(key="testset_import").click()
+    at.run()
+    assert [s.value for s in at.success] == ["Imported 2 clips as `from-folder`: pick it in the sidebar."]
+    assert [u.path.parent for u in load_dataset("from-folder").utterances] == [tmp_path, tmp_path]
+    at.text_input(key="testset_folder").set_value(str(tmp_path / "missing"))
+    at.run()
+    at.button(key="testset_import").click()
+    at.run()
+    assert any("exists already" in e.value for e in at.error)  # the same name again: refused, kept
