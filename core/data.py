@@ -8,6 +8,7 @@ with a same-named .txt transcript.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -15,7 +16,7 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,11 +106,7 @@ def synthesized_train_folder(count: int = TRAIN_COUNT) -> Path:
     """The `train` split, synthesized once into the cache folder train-<TRAIN_RECIPE>-<count> by
     tools/make_eval_set.py (20 espeak-ng voices, none of them in quick/full, through the espeakng-loader
     wheel; about 15 s, byte-identical for the same wheel) rather than shipped as 30 MB."""
-    import contextlib
     import importlib.util
-    import io
-    import os
-    import shutil
     import sys
 
     folder = cache_dir() / f"train-{TRAIN_RECIPE}-{count}"
@@ -293,13 +290,11 @@ def recording_prompts() -> list[str]:
 
 def save_dataset(
     name: str, clips: Sequence[tuple[np.ndarray, str]], speaker: str = "", replace: bool = False
-):
+) -> Dataset:
     """Write clips (16 kHz mono float waves, each with the exact text spoken) as the saved set `name`:
-    clipNNN.wav (16-bit PCM) and manifest.csv (path,text,speaker) in user_datasets_dir()/name, written
-    beside it and renamed into place, so a failure leaves any earlier set as it was. Returns the Dataset."""
+    clipNNN.wav (16-bit PCM) and manifest.csv (path,text,speaker) in user_datasets_dir()/name."""
     import soundfile as sf
 
-    check_dataset_name(name)
     if not clips:
         raise ValueError("a dataset needs at least one clip")
     for number, (wave, text) in enumerate(clips, start=1):
@@ -307,25 +302,14 @@ def save_dataset(
             raise ValueError(f"clip {number} has no transcript: type exactly what is said in it")
         if np.asarray(wave).ndim != 1 or len(wave) < SAMPLE_RATE // 10:
             raise ValueError(f"clip {number} is shorter than 0.1 s or not mono audio")
-    folder = user_datasets_dir() / name
-    if folder.exists() and not replace:
-        raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+    with _writing_set(name, replace) as folder:
+        with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "text", "speaker"])
             for number, (wave, text) in enumerate(clips, start=1):
-                sf.write(
-                    tmp / f"clip{number:03d}.wav", np.asarray(wave, dtype=np.float32), SAMPLE_RATE, "PCM_16"
-                )
+                audio = np.asarray(wave, dtype=np.float32)
+                sf.write(folder / f"clip{number:03d}.wav", audio, SAMPLE_RATE, "PCM_16")
                 writer.writerow([f"clip{number:03d}.wav", " ".join(text.split()), speaker])
-        _swap_into_place(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return load_dataset(name)
 
 
@@ -333,26 +317,21 @@ def import_dataset_zip(name: str, data: bytes, replace: bool = False) -> Dataset
     """Unpack a zip holding any accepted layout (manifest.csv, LibriSpeech *.trans.txt, or audio + .txt
     pairs; one top folder is fine) as the saved set `name`, after checking it loads. Entries that would land
     outside the folder, links and oversized archives are refused."""
-    check_dataset_name(name)
-    folder = user_datasets_dir() / name
-    if folder.exists() and not replace:
-        raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
         raise ValueError("this file is not a zip archive") from None
-    members = [m for m in archive.infolist() if not m.is_dir()]
+    members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
     if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
         raise ValueError(f"the archive unpacks to more than {MAX_ZIP_BYTES / 1e9:.0f} GB")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    tops = {m.filename.split("/", 1)[0] for m in members}
+    strip = len(tops) == 1 and all("/" in m.filename for m in members)  # one top folder: its content
+    with _writing_set(name, replace) as folder:
         for member in members:
-            target = (tmp / member.filename).resolve()
+            inside = member.filename.split("/", 1)[1] if strip else member.filename
+            target = (folder / inside).resolve()
             if (
-                not target.is_relative_to(tmp.resolve())
+                not target.is_relative_to(folder.resolve())
                 or (member.external_attr >> 16) & 0o170000 == 0o120000
             ):
                 raise ValueError(
@@ -361,14 +340,9 @@ def import_dataset_zip(name: str, data: bytes, replace: bool = False) -> Dataset
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(member) as source, open(target, "wb") as out:
                 shutil.copyfileobj(source, out)
-        entries = [p for p in tmp.iterdir() if not p.name.startswith(("__MACOSX", "."))]
-        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        dataset = load_dataset(root)  # raises on anything that is not an accepted layout
-        if not (root / "manifest.csv").is_file():  # saved sets are read through a manifest
-            _write_manifest(root, dataset)
-        _swap_into_place(root, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        dataset = load_dataset(folder)  # raises on anything that is not an accepted layout
+        if not (folder / "manifest.csv").is_file():  # saved sets are read through a manifest
+            _write_manifest(folder, dataset)
     return load_dataset(name)
 
 
@@ -376,21 +350,32 @@ def link_dataset(name: str, source: str | Path, replace: bool = False) -> Datase
     """Save a dataset that lies elsewhere on this machine (a manifest CSV, a LibriSpeech folder, a folder of
     audio + .txt pairs) under `name` without copying its audio: the saved manifest lists the files by
     absolute path, with their ids and texts. Moving the source folder breaks the set (said on loading)."""
-    check_dataset_name(name)
-    folder = user_datasets_dir() / name
+    dataset = load_dataset(Path(source).expanduser())  # raises on anything that is not an accepted layout
+    with _writing_set(name, replace) as folder:
+        _write_manifest(folder, dataset, absolute=True)
+    return load_dataset(name)
+
+
+@contextlib.contextmanager
+def _writing_set(name: str, replace: bool) -> Iterator[Path]:
+    """A temporary folder beside the saved set `name` to write it into, renamed into place when the block
+    ends without an error, so a failure leaves any earlier set as it was; removed in any case."""
+    folder = user_datasets_dir() / check_dataset_name(name)
     if folder.exists() and not replace:
         raise ValueError(f"a dataset named {name!r} exists already: choose another name, or replace it")
-    dataset = load_dataset(Path(source).expanduser())  # raises on anything that is not an accepted layout
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_manifest(tmp, dataset, absolute=True)
-        _swap_into_place(tmp, folder)
+        yield tmp
+        old = folder.with_name(f".{name}.old{os.getpid()}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_dataset(name)
 
 
 def delete_dataset(name: str) -> None:
@@ -409,15 +394,6 @@ def _write_manifest(root: Path, dataset: Dataset, absolute: bool = False) -> Non
         for utt in dataset.utterances:
             path = utt.path.resolve() if absolute else utt.path.resolve().relative_to(root.resolve())
             writer.writerow([utt.id, path.as_posix(), utt.text, utt.speaker])
-
-
-def _swap_into_place(source: Path, folder: Path) -> None:
-    """Rename `source` to `folder`, replacing an existing folder only once the new one is complete."""
-    old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-    if folder.exists():
-        folder.rename(old)
-    source.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- audio of a dataset
