@@ -19,7 +19,8 @@ def distillation_flow(active: tuple[str, ...] = ()) -> go.Figure:
     """Distillation as a flow: teacher soft labels + hard labels -> train student -> evaluate -> deploy /
     iterate.
 
-    Boxes named in `active` (soft, hard, train, eval, ok, deploy) are drawn bold: the stage a run is in."""
+    Boxes named in `active` (soft, hard, train, eval, ok, deploy, iterate) are drawn bold: the stage a run
+    is in, or its outcome (deploy, or iterate when the student is not good enough)."""
     # opaque pale fills with dark text: readable on a light and on a dark page
     boxes = {  # name: (x centre, y centre, text, edge colour, fill)
         "soft": (1.2, 3.0, "<b>Soft labels</b><br>teacher's probabilities<br>for every word", SKY, "#DDEFFB"),
@@ -95,18 +96,29 @@ def distillation_flow(active: tuple[str, ...] = ()) -> go.Figure:
     arrow(4.3 + w, 2.0, 7.2 - w, 2.0)
     arrow(7.2 + w, 2.0, 9.9 - 1.0, 2.0)
     arrow(9.9 + 1.0, 2.0, 12.4 - w, 2.0, "yes", GREEN)
-    # no: iterate, a loop under the boxes back to training
-    fig.add_shape(
-        type="path", path=f"M 9.9 {2.0 - 0.8} L 9.9 0.05 L 4.3 0.05", line={"color": VERMILLION, "width": 2.5}
-    )
+    # no: iterate, a loop under the boxes back to training through the "iterate" node
+    iterating = "iterate" in active
+    loop = {"color": VERMILLION, "width": 5 if iterating else 2.5}
+    fig.add_shape(type="path", path=f"M 9.9 {2.0 - 0.8} L 9.9 0.05 L 4.3 0.05", line=loop)
     arrow(4.3, 0.05, 4.3, 2.0 - h, colour=VERMILLION)
+    fig.add_annotation(
+        x=9.9, y=0.62, text="no", showarrow=False, xshift=18, font={"size": FONT - 1, "color": VERMILLION}
+    )
+    fig.add_shape(
+        type="rect",
+        x0=4.8,
+        x1=9.4,
+        y0=0.05 - 0.3,
+        y1=0.05 + 0.3,
+        fillcolor=VERMILLION if iterating else "#F9E0D0",
+        line={"color": VERMILLION, "width": 7 if iterating else 3},
+    )
     fig.add_annotation(
         x=7.1,
         y=0.05,
-        yshift=14,
         showarrow=False,
-        font={"size": FONT - 1, "color": VERMILLION},
-        text="no: iterate (other T, bigger student, more audio)",
+        font={"size": FONT - 1, "color": "#FFFFFF" if iterating else "#1A1A1A"},
+        text="<b>Iterate</b>: more steps, layers or audio",
     )
     fig.update_xaxes(visible=False, range=[-0.1, 13.7], fixedrange=True)
     fig.update_yaxes(visible=False, range=[-0.3, 3.8], fixedrange=True)

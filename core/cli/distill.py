@@ -1,5 +1,6 @@
 """`distill`: train a smaller student, or fine-tune a compressed model back, either one optionally in
-short-context mode; options left out take DistillConfig's defaults."""
+short-context mode and optionally quantized after training (`--then`); options left out take DistillConfig's
+defaults, except the validation split: 20% of the training voices are held out unless `--held-out 0`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ CONFIG_OPTIONS = {
     "warmup": "warmup_steps",
     "seed": "seed",
     "eval_every": "eval_every",
+    "held_out": "held_out",
+    "patience": "patience",
 }  # command-line option -> DistillConfig field
+HELD_OUT = 0.2  # the CLI's validation split: a fifth of the training voices (4 of the bundled train's 20)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -33,22 +37,29 @@ def run(args: argparse.Namespace) -> None:
         StudentSpec,
         distill,
         format_progress,
+        judge_student,
         publish_student,
+        training_facts,
     )
 
     recipe = Recipe.load(args.recipe).to_json() if args.recipe else None
+    then = Recipe.load(args.then).to_json() if args.then else None
     context = {"floor_seconds": args.context_floor} if args.context_floor is not None else {}
     spec = StudentSpec(
         args.student_decoder_layers,
         args.student_encoder_layers,
         recipe,
         context if args.short_context or args.context_floor is not None else None,
+        then,
     )
     given = {
         field: getattr(args, option)
         for option, field in CONFIG_OPTIONS.items()
         if getattr(args, option) is not None
     }
+    given.setdefault("held_out", HELD_OUT)
+    if isinstance(given["held_out"], float) and given["held_out"].is_integer():
+        given["held_out"] = int(given["held_out"])  # a count of voices
     if "warmup_steps" not in given:  # the default warm-up, but never all of a short run
         given["warmup_steps"] = min(DistillConfig.warmup_steps, given.get("steps", DistillConfig.steps) - 1)
     # a short-context student's encoder learns the short window unless frozen on purpose (measured on quick:
@@ -59,12 +70,13 @@ def run(args: argparse.Namespace) -> None:
     train, eval_set = load_dataset(args.dataset), load_dataset(args.eval_dataset)
     teacher = load_model(args.teacher)
     student, after = spec.build(teacher)
-    wers = []
+    wers, progresses = [], []
     try:
         for progress in distill(
             student, teacher, train, config, eval_set, checkpoint=Path(args.out) / CHECKPOINT
         ):
             print(format_progress(progress), flush=True)
+            progresses.append(progress)
             if progress.stage == "eval":
                 wers.append(progress.wer)
     except KeyboardInterrupt:
@@ -73,6 +85,7 @@ def run(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(130) from None
+    facts = training_facts(progresses)
     _, point = publish_student(
         student,
         after,
@@ -84,11 +97,19 @@ def run(args: argparse.Namespace) -> None:
         eval_set,
         store,
         SweepSettings(latency_runs=args.latency_runs),
+        training=facts,
     )
     if wers:
         was = f"{100 * wers[0]:.2f}% before training → " if len(wers) > 1 else ""
         mode = "one clip per window" if spec.short_context is not None else "packed windows"
-        print(f"WER on {eval_set.name} ({mode}): {was}{100 * wers[-1]:.2f}% after")
+        print(f"WER on {eval_set.name} ({mode}): {was}{100 * wers[-1]:.2f}% after (reported, not chosen on)")
+    verdict = judge_student(facts["validation"], facts["teacher_validation_wer"], facts["kept_step"])
+    if verdict.good is not None:
+        print(("good enough: " if verdict.good else "not good enough, iterate: ") + verdict.reason)
+        if verdict.suggestion:
+            print(f"next: {verdict.suggestion}")
+    if not after.is_empty:
+        print(f"after training: {after.describe()}")
     print(f"wrote {args.out}; load it with --model {args.out}")
     if point is not None:
         print(
@@ -132,7 +153,8 @@ def add_command(commands) -> None:
     p.add_argument(
         "--eval-dataset",
         default="quick",
-        help="WER before/after training (packed windows; short context: one clip per window)",
+        help="WER reported before/after training, never used for choosing (packed windows; short "
+        "context: one clip per window)",
     )
     p.add_argument("--temperature", type=float, help="softens both distributions (default 2)")
     p.add_argument("--alpha", type=float, help="weight of the hard-label loss (default 0.5)")
@@ -140,7 +162,29 @@ def add_command(commands) -> None:
     p.add_argument("--batch-size", type=int, help="30 s windows (short context: clips) per step (default 4)")
     p.add_argument("--warmup", type=int, help="warm-up steps (default 10)")
     p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default 0: before and after only)")
+    p.add_argument(
+        "--then",
+        type=Path,
+        help="a recipe JSON run on the trained student (e.g. 4-bit quantization); the stored point has the "
+        "size after it",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help="validate (held-out voices) and report (--eval-dataset) every N steps (default 0: before and "
+        "after only)",
+    )
+    p.add_argument(
+        "--held-out",
+        type=float,
+        help=f"voices of the training data held out for validation: a fraction below 1 or a count "
+        f"(default {HELD_OUT}; 0: none); the best student on them is kept",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        help="stop after N validations without improvement (needs --eval-every; default 0: never)",
+    )
     p.add_argument("--pseudo-labels", action="store_true", help="hard labels from the teacher's transcripts")
     p.add_argument(
         "--train-encoder", action="store_true", help="train the encoder too (slower; on with --short-context)"

@@ -36,6 +36,7 @@ from core.train.distill import (
     distill,
     format_progress,
     publish_student,
+    training_facts,
 )
 
 
@@ -204,7 +205,12 @@ class SensitivityJob:
 
 @dataclass(frozen=True)
 class DistillJob:
-    """Train a student (core.train.distill) with checkpoints, then write it and store its point."""
+    """Train a student (core.train.distill) with checkpoints, then write it and store its point.
+
+    Its partial result, published as it trains (and its result): "history" rows [step, loss, CE, KL,
+    seconds], "validation" rows [step, loss, WER] on the held-out voices, "evals" rows [step, WER] on the
+    report set (the last one: the kept student, at its step), "teacher_wer" on the held-out voices, and
+    once done "kept_step" and "stopped_early"."""
 
     kind: ClassVar[str] = "distill"
     teacher: str
@@ -232,21 +238,32 @@ class DistillJob:
             train_waves = train_waves[:count]
         student, after = spec.build(teacher)
         folder = Path(self.folder)
-        history, evals = [], []
+        history, evals, progresses = [], [], []
+        partial = {"history": history, "evals": evals, "validation": [], "teacher_wer": None}
         for progress in distill(
             student, teacher, train, config, eval_set, folder / CHECKPOINT, train_waves, eval_waves
         ):
+            progresses.append(progress)
             computed = progress.stage == "train"
             if progress.stage == "train":
-                history.append([progress.step, progress.loss, progress.cross_entropy, progress.kl])
+                history.append(
+                    [progress.step, progress.loss, progress.cross_entropy, progress.kl, progress.seconds]
+                )
             if progress.stage == "eval":
-                evals.append([progress.step, progress.wer])
+                at = progress.step if progress.kept_step is None else progress.kept_step
+                evals.append([at, progress.wer])
+            if progress.stage == "validate":
+                facts = training_facts(progresses)
+                partial.update(validation=facts["validation"], teacher_wer=facts["teacher_validation_wer"])
             if progress.stage != "train" or progress.step % 10 == 0 or progress.step == progress.steps:
                 context.log(format_progress(progress))
-                context.publish({"history": history, "evals": evals})
+                context.publish(partial)
             context.report(
                 progress.step, progress.steps, f"{progress.stage} · step {progress.step}", computed
             )
+        facts = training_facts(progresses)
+        partial.update(kept_step=facts["kept_step"], stopped_early=facts["stopped_early"])
+        context.publish(partial)
         context.report(config.steps, config.steps, "writing the student and measuring its point")
         _, point = publish_student(
             student,
@@ -260,8 +277,9 @@ class DistillJob:
             context.store(),
             self.measuring.settings(),
             eval_waves,
+            training=facts,
         )
-        return {"history": history, "evals": evals, "folder": str(folder), "point": point.key}
+        return {**partial, "folder": str(folder), "point": point.key}
 
 
 @dataclass(frozen=True)

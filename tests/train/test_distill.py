@@ -321,3 +321,155 @@ def test_cli_distill_short_context_remembers_the_mode(speech_folder, tmp_path, c
     assert json.loads((out / "speech_lab.json").read_text())["distill"]["student"]["short_context"] == {
         "floor_seconds": 3.0
     }
+
+
+# ----------------------------------------------------------------------------- validation, early stopping
+
+
+def test_best_tracking_prefers_lower_wer_then_lower_loss():
+    from core.train.distill import Best, should_stop, track_best
+
+    best = track_best(Best(), 0, 0.9, 5.0)
+    assert best == Best(0, 0.9, 5.0, 0)
+    best = track_best(best, 10, 0.9, 4.0)  # same WER, lower loss: better
+    assert best.step == 10 and best.waited == 0
+    best = track_best(best, 20, 0.95, 3.0)  # worse WER, whatever the loss
+    assert best.step == 10 and best.waited == 1 and not should_stop(best, 2)
+    best = track_best(best, 30, 0.9, 4.0)  # a tie is no improvement
+    assert best.waited == 2 and should_stop(best, 2) and not should_stop(best, 0)
+    assert track_best(best, 40, 0.5, 9.0) == Best(40, 0.5, 9.0, 0)
+
+
+def test_config_checks_validation_settings():
+    DistillConfig(held_out=0.2, eval_every=5, patience=2)
+    DistillConfig(held_out=3)
+    with pytest.raises(ValueError, match="held_out"):
+        DistillConfig(held_out=1.5)
+    with pytest.raises(ValueError, match="patience"):
+        DistillConfig(patience=2, eval_every=5)  # nothing held out to watch
+    with pytest.raises(ValueError, match="patience"):
+        DistillConfig(patience=2, held_out=0.2)  # no evaluations during training
+
+
+def test_judge_student_decides_on_validation_only():
+    from core.train.distill import judge_student
+
+    improving = [[0, 5.0, 0.99], [20, 3.0, 0.6], [40, 2.0, 0.4]]
+    verdict = judge_student(improving, teacher_wer=0.1, kept_step=40)
+    assert (
+        verdict.good is False
+        and "more steps" in verdict.suggestion
+        and "30.0 points behind" in verdict.reason
+    )
+    overfit = [[0, 5.0, 0.99], [20, 3.0, 0.3], [40, 3.5, 0.5]]
+    verdict = judge_student(overfit, teacher_wer=0.1, kept_step=20)
+    assert verdict.good is False and "got worse after step 20" in verdict.suggestion
+    assert "more steps will not help" in verdict.suggestion
+    close = [[0, 5.0, 0.99], [20, 1.0, 0.12], [40, 1.1, 0.14]]
+    verdict = judge_student(close, teacher_wer=0.1, kept_step=20)
+    assert verdict.good is True and "step 20" in verdict.reason
+    never = [[0, 2.0, 0.2], [20, 2.5, 0.3]]
+    assert judge_student(never, teacher_wer=0.1, kept_step=0).good is False
+    assert judge_student([], None, None).good is None
+
+
+def test_then_quantizes_after_training_and_names_its_own_folder(tmp_path):
+    from dataclasses import asdict
+
+    from core.train.distill import run_folder
+
+    eight = {"steps": [{"quantize": {"bits": 8}}]}
+    spec = StudentSpec(decoder_layers=2, then=eight)
+    assert [name for name, _ in spec.after_training().steps] == ["quantize"]
+    recovery = StudentSpec(
+        recipe={"steps": [{"prune": {"sparsity": 0.5}}, {"quantize": {"bits": 8, "groups": ["conv"]}}]},
+        then={"steps": [{"quantize": {"bits": 4, "groups": ["decoder.ffn"]}}]},
+    )
+    assert [config.bits for _, config in recovery.after_training().steps] == [8, 4]  # the recipe's first
+    with pytest.raises(ValueError, match="again"):
+        StudentSpec(recipe={"steps": [{"quantize": {"bits": 8}}]}, then=eight)
+    with pytest.raises(ValueError, match="short context is trained"):
+        StudentSpec(decoder_layers=2, then={"steps": [{"short_context": {}}]})
+    config = DistillConfig()
+    plain = StudentSpec(decoder_layers=2)
+    assert run_folder(tmp_path, "t", spec, config, "d") != run_folder(tmp_path, "t", plain, config, "d")
+    # runs without the newer fields keep the folder they were given before those fields existed
+    old = json.dumps(
+        ["t", {k: v for k, v in asdict(plain).items() if k != "then"}, {
+            k: v for k, v in config.to_json().items() if k not in ("held_out", "patience")
+        }, "d"],
+        sort_keys=True,
+    )  # fmt: skip
+    import hashlib
+
+    assert run_folder(tmp_path, "t", plain, config, "d").name.endswith(
+        hashlib.sha256(old.encode()).hexdigest()[:10]
+    )
+
+
+def weights(student) -> dict:
+    return {name: p.detach().clone() for name, p in student.module.named_parameters()}
+
+
+def test_early_stopping_keeps_the_best_student(speech_folder, one_thread):
+    teacher, dataset = tiny_teacher(), load_dataset(speech_folder)  # no voices: one utterance held out
+    config = DistillConfig(
+        steps=12, batch_size=2, warmup_steps=1, learning_rate=3e-3, eval_every=1, held_out=1, patience=2
+    )
+    student = make_student(teacher, decoder_layers=1)
+    seen, progress = {}, []
+    for p in distill(student, teacher, dataset, config, eval_set=dataset):
+        progress.append(p)
+        if p.stage == "validate":
+            seen[p.step] = weights(student)  # the student as it was validated
+    assert progress[0].message.startswith(
+        "caching teacher outputs on 3 utterances and on 1 utterance held out"
+    )
+    checked = [p for p in progress if p.stage == "validate"]
+    assert checked[0].step == 0 and all(p.val_loss > 0 and p.val_wer is not None for p in checked)
+    assert all(p.teacher_wer == checked[0].teacher_wer for p in checked)
+    done = progress[-1]
+    trained = [p.step for p in progress if p.stage == "train"]
+    assert done.stage == "done" and done.step == trained[-1] < config.steps  # stopped early
+    assert done.kept_step == trained[-1] - config.patience  # two validations without a better one
+    assert f"kept the student of step {done.kept_step}" in done.message
+    final = weights(student)
+    assert all(torch.equal(final[name], seen[done.kept_step][name]) for name in final)  # best restored
+    report = [p for p in progress if p.stage == "eval"]
+    assert report[-1].kept_step == done.kept_step  # the report set sees the kept student
+
+
+def test_resume_keeps_the_best_student_and_its_patience(speech_folder, tmp_path, one_thread):
+    teacher, dataset = tiny_teacher(), load_dataset(speech_folder)
+    config = DistillConfig(
+        steps=5,
+        batch_size=1,
+        warmup_steps=1,
+        learning_rate=3e-3,
+        eval_every=1,
+        held_out=1,
+        checkpoint_every=2,
+    )
+    straight_student = make_student(teacher, 2)
+    straight = run(straight_student, teacher, dataset, config)
+    folder = tmp_path / CHECKPOINT
+    for p in distill(make_student(teacher, 2), teacher, dataset, config, checkpoint=folder):
+        if p.stage == "train" and p.step == 2:
+            break  # cancelled after step 2: its checkpoint (validated at step 2) is on disk
+    best = json.loads((folder / "checkpoint.json").read_text())["best"]
+    assert best["step"] in (0, 1, 2) and best["wer"] is not None
+    resumed_student = make_student(teacher, 2)
+    resumed = run(resumed_student, teacher, dataset, config, checkpoint=folder)
+    assert "resumed at step 2" in resumed[1].message
+    rows = lambda ps: [(p.step, p.val_loss, p.val_wer) for p in ps if p.stage == "validate" and p.step > 2]
+    assert rows(resumed) == pytest.approx(rows(straight), rel=1e-5)
+    assert resumed[-1].kept_step == straight[-1].kept_step
+    a, b = weights(straight_student), weights(resumed_student)
+    assert all(torch.allclose(a[name], b[name], atol=1e-6) for name in a)
+
+    stopped = DistillConfig(**{**config.to_json(), "patience": 1, "checkpoint_every": 50})
+    first = run(make_student(teacher, 2), teacher, dataset, stopped, checkpoint=tmp_path / "stopped")
+    again = run(make_student(teacher, 2), teacher, dataset, stopped, checkpoint=tmp_path / "stopped")
+    assert first[-1].step < stopped.steps  # it stopped early: a checkpoint at that step, nothing more to do
+    assert not [p for p in again if p.stage == "train"]
+    assert again[-1].kept_step == first[-1].kept_step and again[-1].step == first[-1].step
