@@ -241,14 +241,18 @@ def open_page(
     fake_audio: str | Path | None = None,
     viewport: tuple[int, int] = (1400, 1000),
     timeout_ms: float = 60_000,
+    color_scheme: str = "light",
 ):
     """A page of the app in a fresh browser context, loaded and with Streamlit's UI up.
 
     With `fake_audio` the microphone permission is granted and the microphone plays that WAV file
-    (e.g. `SAMPLES / "hello.wav"`). Browser console errors are collected in `page.console_errors`.
+    (e.g. `SAMPLES / "hello.wav"`). `color_scheme="dark"` asks for the dark theme the way an operating
+    system does (Streamlit follows it). Browser console errors are collected in `page.console_errors`.
     Failures inside the block carry the server log."""
     with server.explain_failures(), launch_browser(fake_audio) as browser:
-        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        context = browser.new_context(
+            viewport={"width": viewport[0], "height": viewport[1]}, color_scheme=color_scheme
+        )
         if fake_audio is not None:
             context.grant_permissions(["microphone"], origin=server.url)
         context.set_default_timeout(timeout_ms)
