@@ -1,13 +1,14 @@
 """Compress: sliders for each technique, and what the result costs and buys, measured on the chosen set."""
 
 import json
+from dataclasses import asdict
 
-import pandas as pd
 import streamlit as st
 
 from core.compress.advice import PRESETS, diagnose, preset_named
 from core.compress.recipe import Recipe
 from core.jobs.kinds import SweepJob, to_spec
+from ui.datasets import dataset_picker
 from ui.diff import DIFF_LEGEND, diff_html
 from ui.forms import FORMS, compress_widget_state, widget_defaults
 from ui.jobs import evaluation, follow, followed, measuring, submit
@@ -20,8 +21,20 @@ from ui.resources import (
     compressed_model,
     stored,
 )
+from ui.tables import (
+    LAYER_COLUMNS,
+    LAYER_HELP,
+    layer_rows,
+    layer_sizes,
+    owner,
+    size_delta,
+    speed_delta,
+    wer_delta,
+    wer_interval_text,
+)
 
 stay_in_app_navigation()
+dataset_picker()
 for key, value in widget_defaults().items():  # widgets read their values from session state only
     st.session_state.setdefault(key, value)
 
@@ -31,13 +44,6 @@ st.caption(
     "(its clips packed into 30 s windows; pick the set at the top of the sidebar) and every point joins the "
     "Pareto page. Points you have tried before return at once."
 )
-
-
-def speed_text(ratio: float | None) -> str | None:
-    """Measured speed against the baseline, in words that read right both ways."""
-    if not ratio:
-        return None
-    return f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
 
 
 def latency_help(point) -> str | None:
@@ -52,6 +58,17 @@ def latency_help(point) -> str | None:
     return (
         f"{text}. The baseline took {baseline_ms:.0f} ms, timed in turns with it clip by clip; the speed-up "
         "is the median of the per-clip ratios."
+    )
+
+
+def applying_help(point) -> str:
+    """What showing every layer costs: the recipe is applied here, as long as it took when measured."""
+    seconds = (point.timings or {}).get("apply")
+    if seconds is None:
+        return "Applies the recipe in this session to build the table."
+    return (
+        "Applies the recipe in this session to build the table; applying it took "
+        f"{seconds:.1f} s when this point was measured."
     )
 
 
@@ -133,9 +150,13 @@ with st.sidebar:
 results = st.container()
 try:
     recipe = Recipe.from_json(spec)
-except ValueError as exc:
+    st.session_state["last_valid_recipe"] = recipe.to_json()
+except ValueError as exc:  # said in one line; the last valid recipe's results stay below it
     results.error(f"This recipe is not valid: {exc}")
-    st.stop()
+    if "last_valid_recipe" not in st.session_state:
+        st.stop()
+    recipe = Recipe.from_json(st.session_state["last_valid_recipe"])
+    results.caption(f"Still showing the last valid recipe: {recipe.describe() or 'uncompressed'}.")
 
 st.session_state["recipe_json"] = json.dumps(recipe.to_json(), sort_keys=True)  # for Record & compare
 model_name, dataset_name = chosen_model_name(), chosen_dataset_name()
@@ -157,9 +178,7 @@ with results:
             submit(job, "compress_job", again=True)
         st.caption(
             f"Measuring {recipe.describe() or 'the uncompressed model'} and the baseline (timed in turns "
-            f"with it) on `{dataset_name}` in the background: a new recipe takes seconds to minutes "
-            "(GPTQ longer); "
-            "the cards appear when it is done."
+            f"with it) on `{dataset_name}` in the background; the cards appear when it is done."
         )
         follow("compress_job")
         st.stop()
@@ -168,27 +187,27 @@ with results:
     macs = point.result.get("linear_macs"), baseline.result.get("linear_macs")
     theory = macs[1] / max(macs[0], 1) if all(macs) else None
     measured = 1 / point.latency_ratio if point.latency_ratio else None  # timed in the same run
+    interval = wer_interval_text(point.result, baseline.wer)
     cards = st.columns(4)
     cards[0].metric(
         "WER",
         f"{100 * point.wer:.{0 if point.wer >= 1 else 1}f}%",
-        f"{100 * (point.wer - baseline.wer):+.1f} pts",
-        delta_color="inverse",
-        help=f"Baseline {100 * baseline.wer:.1f}% on the same packed windows",
+        **wer_delta(point.wer, baseline.wer).metric_kwargs(),
+        help=" ".join(
+            filter(None, [f"Baseline {100 * baseline.wer:.1f}% on the same packed windows.", interval])
+        ),
     )
     cards[1].metric(
         "Size",
         f"{point.size_bytes / 1e6:.1f} MB",
-        f"{baseline.size_bytes / point.size_bytes:.2f}× smaller",
-        delta_color="off",
+        **size_delta(baseline.size_bytes, point.size_bytes).metric_kwargs(),
         help="Bytes of the exported artifact (safetensors with packed integers, "
         "sparse storage where smaller)",
     )
     cards[2].metric(
         "Latency",
         f"{point.latency_ms:.0f} ms",
-        speed_text(measured),
-        delta_color="off",
+        **speed_delta(measured).metric_kwargs(),
         help=latency_help(point),
     )
     cards[3].metric(
@@ -196,11 +215,14 @@ with results:
         f"{theory:.2f}×" if theory else "–",
         f"measured {measured:.2f}×" if measured else None,
         delta_color="off",
+        delta_arrow="off",
         help="Linear-layer multiply-adds of one window, nonzero weights only. "
         "Unstructured zeros and fake-quantized weights still compute densely "
         "on this CPU, so measured speed stays near 1×.",
     )
 
+    if interval:
+        st.caption(f"WER: {interval}")
     if point.latency_ms is not None and point.contended:
         facts = point.result.get("latency") or point.machine
         load, cpus = facts.get("load_average", 0), facts.get("cpus", "?")
@@ -252,24 +274,56 @@ with results:
     with layers:
         if recipe.is_empty:
             st.info("No compression step is on: every layer is as loaded.")
-        elif st.toggle("Show every layer (applies the recipe here; GPTQ takes minutes)", key="show_layers"):
+        elif st.toggle(
+            "Show every layer (applies the recipe here)",
+            key="show_layers",
+            help=applying_help(point),
+        ):
             with st.spinner("Applying the recipe …"):
-                _, reports = compressed_model(model_name, st.session_state["recipe_json"])
-            st.dataframe(pd.DataFrame([r.__dict__ for r in reports]), hide_index=True, width="stretch")
+                compressed, reports = compressed_model(model_name, st.session_state["recipe_json"])
+            base = base_model(model_name)
+            names = [info.name for info in base.layers()]
+            changed = {owner(report.name, names) for report in reports}
+            rows = layer_rows(
+                [asdict(report) for report in reports],
+                names,
+                layer_sizes(base.module, compressed.module, sorted(changed)),
+            )
+            st.dataframe(
+                rows,
+                hide_index=True,
+                width="stretch",
+                column_order=LAYER_COLUMNS,
+                column_config={
+                    column: st.column_config.TextColumn(column, help=LAYER_HELP[column])
+                    for column in LAYER_COLUMNS
+                },
+            )
+            st.caption(f"{len(rows)} layers changed. – : a value the recipe's steps do not set.")
     with export:
         recipe_text = json.dumps(recipe.to_json(), indent=1)
         st.code(recipe_text, language="json")
         st.download_button(
-            "Download recipe JSON", recipe_text, file_name="recipe.json", mime="application/json"
+            "Download recipe JSON",
+            recipe_text,
+            file_name="recipe.json",
+            mime="application/json",
+            on_click="ignore",
         )
-        if st.button("Build the compressed model for download", disabled=recipe.is_empty):
+        if st.button(
+            "Build the compressed model for download", disabled=recipe.is_empty, key="build_artifact"
+        ):
+            st.session_state["artifact_of"] = st.session_state["recipe_json"]  # stays built for this recipe
+        if st.session_state.get("artifact_of") == st.session_state["recipe_json"] and not recipe.is_empty:
             with st.spinner("Writing the artifact …"):
-                data = artifact_zip(model_name, st.session_state["recipe_json"])
+                data = artifact_zip(model_name, st.session_state["recipe_json"])  # cached: once per recipe
             st.download_button(
                 f"Download artifact ({len(data) / 1e6:.1f} MB zip)",
                 data,
                 file_name="compressed-model.zip",
                 mime="application/zip",
+                key="download_artifact",
+                on_click="ignore",  # a download is no reason to rerun the page
             )
         st.caption("The same from the command line:")
         st.code(

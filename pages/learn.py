@@ -50,6 +50,32 @@ def linear_layers(model_name: str) -> dict[str, dict]:
     }
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def layer_kinds(model_name: str) -> dict[str, int]:
+    """How many compressible layers of each kind the model has ("linear", "conv", "embedding"): all of
+    them are what Home counts; this page draws the Linear ones."""
+    counts: dict[str, int] = {}
+    for info in base_model(model_name).layers():
+        counts[info.kind] = counts.get(info.kind, 0) + 1
+    return counts
+
+
+def layer_count_text(kinds: dict[str, int], shown: int) -> str:
+    """'64 of its 69 compressible layers (the count on Home) are Linear layers, drawn here; the other 5 are
+    2 convolutions and 3 embedding tables.'"""
+    total = sum(kinds.values())
+    names = {"conv": ("convolution", "convolutions"), "embedding": ("embedding table", "embedding tables")}
+    others = [
+        f"{count} {names.get(kind, (kind, kind))[count != 1]}"
+        for kind, count in kinds.items()
+        if kind != "linear" and count
+    ]
+    text = f"{shown} of its {total} compressible layers (the count on Home) are Linear layers, drawn here"
+    if total > shown and others:
+        text += f"; the other {total - shown} are {' and '.join(others)}"
+    return text
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def prune_view(model_name: str, layer: str) -> dict:
     """Histogram of a layer's weights, the threshold slider's range, and the threshold -> sparsity curve."""
@@ -186,7 +212,7 @@ if not layers:
 names = list(layers)
 fc1 = [n for n in names if layers[n]["group"] == "encoder.ffn" and n.endswith("fc1")]
 default_layer = (fc1 or [n for n in names if layers[n]["group"] == "encoder.ffn"] or names)[0]
-st.caption(f"Model: **{model_name}** · {len(names)} compressible Linear layers")
+st.caption(f"Model: **{model_name}** · {layer_count_text(layer_kinds(model_name), len(names))}.")
 
 prune_tab, quant_tab, lowrank_tab, distil_tab = st.tabs(
     ["✂️ Pruning", "🔢 Quantization", "📉 Low-rank (SVD)", "🧑‍🏫 Distillation"]
@@ -388,6 +414,7 @@ with quant_tab:
         f"{q['bytes_quant'] / 1e3:,.0f} kB",
         f"{q['bytes_fp32'] / q['bytes_quant']:.1f}× smaller than 32-bit",
         delta_color="off",
+        delta_arrow="down",  # smaller: the arrow says what the words say
         help=f"{rows} × {cols} weights at {bits} bits plus one 32-bit scale each "
         f"({q['bytes_fp32'] / 1e3:,.0f} kB as 32-bit floats).",
     )
@@ -510,11 +537,13 @@ with lowrank_tab:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Rank", f"{rank}", help=f"Of {full} singular values.")
     m2.metric("Energy kept", f"{100 * kept:.1f}%", help="Σσ² of the kept singular values / Σσ² of all.")
+    change = round(100 * (after_params / before_params - 1))
     m3.metric(
         "Parameters",
         f"{after_params:,}",
-        f"{100 * (after_params / before_params - 1):+.0f}% vs {before_params:,}",
-        delta_color="inverse",
+        f"{change:+d}% vs {before_params:,}" if change else f"±0% vs {before_params:,}",
+        delta_color="inverse" if change else "off",
+        delta_arrow="auto" if change else "off",
         help=f"Dense: m·n = {m}·{n}. Factorized: r·(m+n) = {rank}·{m + n}.",
     )
     m4.metric(

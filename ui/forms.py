@@ -19,6 +19,27 @@ BITS = [2, 3, 4, 5, 6, 7, 8, 16]
 GROUP_SIZES = [16, 32, 64, 128, 256]
 GROUP_CHOICES = ["encoder.attention", "encoder.ffn", "decoder.attention", "decoder.ffn", "embedding"]
 LINEAR_GROUPS = GROUP_CHOICES[:4]
+GROUP_LABELS = {  # short enough that a chip in the sidebar shows it whole
+    "encoder.attention": "enc attn",
+    "encoder.ffn": "enc FFN",
+    "decoder.attention": "dec attn",
+    "decoder.ffn": "dec FFN",
+    "embedding": "embedding",
+}
+PARTS_HELP = (
+    "enc attn / dec attn: the encoder's / decoder's attention projections (q, k, v, out); "
+    "enc FFN / dec FFN: their feed-forward layers (fc1, fc2); embedding: the token embedding."
+)
+
+
+def group_label(group: str) -> str:
+    """A layer group's chip label in a Parts multiselect ('encoder.attention' -> 'enc attn')."""
+    return GROUP_LABELS.get(group, group)
+
+
+def parts(options: list[str], key: str, help: str = PARTS_HELP) -> list[str]:
+    """A Parts multiselect over layer groups, with short chip labels and a help text that names them."""
+    return st.multiselect("Parts", options, key=key, format_func=group_label, help=help)
 
 
 @dataclass(frozen=True)
@@ -98,10 +119,9 @@ def draw_prune() -> dict:
             key="prune_scope",
             help="Layer: every layer loses the same fraction. Global: one ranking over all selected layers.",
         )
-        config["groups"] = st.multiselect("Parts", GROUP_CHOICES, key="prune_groups")
+        config["groups"] = parts(GROUP_CHOICES, "prune_groups")
     else:
-        parts = structured_parts(structure)
-        config["groups"] = st.multiselect("Parts", parts, key=f"prune_groups_{structure}")
+        config["groups"] = parts(structured_parts(structure), f"prune_groups_{structure}")
     return config
 
 
@@ -158,7 +178,7 @@ def draw_low_rank() -> dict:
         config = {"energy": st.slider("Energy kept", 0.5, 1.0, step=0.01, key="lowrank_energy")}
     else:
         config = {"rank_fraction": st.slider("Rank fraction", 0.05, 1.0, step=0.05, key="lowrank_fraction")}
-    config["groups"] = st.multiselect("Parts", LINEAR_GROUPS, key="lowrank_groups")
+    config["groups"] = parts(LINEAR_GROUPS, "lowrank_groups")
     return config
 
 
@@ -231,7 +251,7 @@ def draw_quantize() -> dict:
         key="quant_gptq",
         help="Round Linear weights column by column, folding each error into the rest, weighted "
         "by their inputs on 16 windows of calibration speech: what keeps 4-bit per channel "
-        "working. Takes ~20-40 s on tiny.en.",
+        "working. Slower to apply than plain rounding: it runs the model on that speech first.",
     ):
         config["gptq"] = True
     if st.checkbox(
@@ -241,20 +261,40 @@ def draw_quantize() -> dict:
         "near zero), the model and its transcripts stay exactly the same.",
     ):
         config["entropy_code"] = True
-    config["groups"] = st.multiselect(
-        "Parts",
+    config["groups"] = parts(
         GROUP_CHOICES,
-        key="quant_groups",
-        help="The token embedding is tied to the output projection: "
+        "quant_groups",
+        help=f"{PARTS_HELP} The token embedding is tied to the output projection: "
         "quantizing it quantizes both, stored once.",
     )
-    if st.checkbox(
+    blockers = int8_blockers(config)
+    checked = st.checkbox(
         "Run on int8 kernels (8-bit only)",
         key="quant_int8",
-        help="Real int8 matrix multiplies instead of dequantized fp32: faster on this CPU.",
-    ):
+        help="Real int8 matrix multiplies instead of dequantized fp32: faster on this CPU. "
+        "Needs 8-bit symmetric codes with channel or tensor scales.",
+    )
+    if checked and blockers:  # said beside the box; the rest of the recipe is measured without it
+        st.error(
+            f"The int8 kernels need 8-bit symmetric codes with channel or tensor scales: off with "
+            f"{', '.join(blockers)}."
+        )
+    elif checked:
         config["backend"] = "int8_dynamic"
     return config
+
+
+def int8_blockers(config: dict) -> list[str]:
+    """What in a quantize step config keeps it off the int8 kernels (core.compress.quant.QuantConfig allows
+    them only for 8-bit symmetric codes with channel or tensor scales); empty when it can run on them."""
+    blockers = []
+    if config.get("bits", 8) != 8:
+        blockers.append(f"{config['bits']} bits")
+    if not config.get("symmetric", True):
+        blockers.append("asymmetric codes")
+    if config.get("granularity", "channel") == "group":
+        blockers.append("group scales")
+    return blockers
 
 
 def quantize_state(config: dict) -> dict:

@@ -96,3 +96,13 @@ def test_learn_temperature_slider(learn):
     learn.slider(key="learn_temperature").set_value(8.0).run(timeout=TIMEOUT)
     assert not problems(learn), problems(learn)
     assert len(learn.get("plotly_chart")) == 6
+
+
+def test_learn_counts_the_layers_as_home_does(learn):
+    """Home's caption counts every compressible layer; Learn draws the Linear ones and says both."""
+    from ui.resources import base_model
+
+    total = len(base_model("whisper-tiny.en").layers())  # what Home's caption shows
+    caption = next(c.value for c in learn.caption if c.value.startswith("Model:"))
+    assert f"64 of its {total} compressible layers (the count on Home) are Linear layers" in caption
+    assert f"the other {total - 64} are 2 convolutions and 3 embedding tables" in caption
