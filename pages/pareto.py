@@ -1,15 +1,16 @@
 """Pareto: every measured point, the best trade-offs as a front, sweeps, sensitivity and budget search."""
 
 import json
+import math
+import statistics
 
-import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
+from core.data import BUNDLED
 from core.jobs.kinds import SensitivityJob, SweepJob
 from core.measure.sensitivity import (
+    BudgetUnreachable,
     divergence_plan,
     probe_groups,
     run_sensitivity,
@@ -19,30 +20,52 @@ from core.measure.sensitivity import (
 from core.measure.store import model_identity
 from core.measure.sweep import grid_recipes
 from core.models import GROUPS
-from core.pareto import pareto_front
+from ui.charts import front_figure, selected_key, sensitivity_figure
+from ui.datasets import dataset_picker
 from ui.forms import compress_widget_state
 from ui.jobs import follow, followed, measuring, submit
 from ui.navigation import stay_in_app_navigation
-from ui.resources import LIVE, base_model, chosen_model_name, dataset_waves, encoder_cache, results_store
-
-stay_in_app_navigation()
-
-DATASET = "quick"
-PALETTE = px.colors.qualitative.Safe  # colour-blind safe, readable on light and dark themes
-
-st.title("Pareto")
-st.caption(
-    "Every point measured on the `quick` set (packed windows) for this model. The line joins the "
-    "non-dominated points: nothing else is both more accurate and smaller (or faster)."
+from ui.resources import (
+    LIVE,
+    base_model,
+    chosen_dataset_name,
+    chosen_model_name,
+    dataset_waves,
+    encoder_cache,
+    results_store,
+    stored,
 )
 
+stay_in_app_navigation()
+dataset_picker()
+
+JOBS = ("sweep_job", "sensitivity_job", "budget_job", "plan_job")  # this page's jobs: they add points
+LIVE_EVERY = 3.0  # seconds between re-reads of the stored points while one of them runs
+POINT_KEY = "pareto_point"  # session state: the inspected point's label (the selectbox's own key)
+
 model_name = chosen_model_name()
+dataset_name = chosen_dataset_name()
 model = base_model(model_name)
-dataset, waves = dataset_waves(DATASET)
+dataset, waves = dataset_waves(dataset_name)
 store = results_store()
+sentences = len(dataset.utterances)
+synthetic = " of synthetic speech (espeak-ng, flite)" if dataset_name in BUNDLED else ""
+
+st.title("Pareto")
+scored_as = "packed windows of several sentences" if LIVE.packed else "one row per sentence"
+st.caption(
+    f"Every point measured for this model on the `{dataset_name}` set ({sentences} sentences{synthetic}, "
+    f"scored as {scored_as}). The line joins the non-dominated working points: nothing else is both more "
+    "accurate and smaller (or faster). "
+    f"On {sentences} sentences a WER is uncertain by several points: hover a point for its 95% interval "
+    f"(a bootstrap over the scored rows{', a few windows: a rough guide' if LIVE.packed else ''}) and treat "
+    "points whose intervals overlap as a tie. Click a point to inspect it below."
+)
 
 
 def technique(point) -> str:
+    """What made the point, for its colour: the recipe's step names, "distillation" / "recovery" for a
+    trained student, "uncompressed" for the baseline."""
     if point.is_student:
         return "recovery" if (point.student.get("spec") or {}).get("recipe") else "distillation"
     steps = [next(iter(step)) for step in point.recipe.get("steps", [])]
@@ -53,9 +76,15 @@ RUNTIME_KEYS = ("runtime", "runtime_version", "export_code")  # what a runtime p
 WHERE = {"lab": "lab (PyTorch)", "ct2": "CTranslate2", "onnx": "ONNX Runtime", "ggml": "whisper.cpp"}
 
 
+def percent_interval(point) -> list[float] | None:
+    """The stored 95% interval of a point's WER, in percent (None for a point stored without one)."""
+    ci = point.result.get("wer_ci95")
+    return [100 * ci[0], 100 * ci[1]] if ci and len(ci) == 2 else None
+
+
 def stored_points() -> pd.DataFrame:
-    """This model's points on the quick set, measured with the live settings (in the lab or exported to a
-    runtime on the Deploy page), as a table."""
+    """This model's points on the chosen set, measured with the live settings (in the lab or exported to a
+    runtime on the Deploy page), as a table (ui.charts draws it)."""
     points = store.points(model_identity(model), dataset.fingerprint())
     live = LIVE.key_json()
     points = [p for p in points if {k: v for k, v in p.settings.items() if k not in RUNTIME_KEYS} == live]
@@ -66,8 +95,11 @@ def stored_points() -> pd.DataFrame:
             "recipe": p.label,
             "technique": technique(p),
             "WER %": 100 * p.wer,
-            "size MB": p.size_bytes / 1e6,
+            "WER 95% CI": percent_interval(p),
+            "size MB": p.size_bytes / 1e6 if p.size_bytes is not None else None,
             "latency ms": p.latency_ms,
+            "looped": p.result.get("looped", 0),
+            "measured s": p.timings.get("total"),
             "recipe_json": p.recipe,
             "student_folder": p.student["folder"] if p.is_student else None,
             "rows": p.rows,
@@ -77,63 +109,97 @@ def stored_points() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def front_figure(table: pd.DataFrame, x: str) -> go.Figure:
-    """Scatter of WER against `x`, coloured by technique, the Pareto front as a line, the baseline starred."""
-    table = table.dropna(subset=[x])
-    fig = px.scatter(
-        table,
-        x=x,
-        y="WER %",
-        color="technique",
-        symbol="technique",
-        hover_name="recipe",
-        color_discrete_sequence=PALETTE,
-        hover_data={"technique": False},
-    )
-    on_front = pareto_front(table[["WER %", x]].to_numpy(dtype=float))
-    front = table[on_front].sort_values(x)
-    fig.add_trace(
-        go.Scatter(
-            x=front[x],
-            y=front["WER %"],
-            mode="lines",
-            name="Pareto front",
-            line={"color": "#888", "dash": "dot", "width": 2},
-            hoverinfo="skip",
-        )
-    )
-    base = table[table["technique"] == "uncompressed"]
-    if len(base):
-        fig.add_trace(
-            go.Scatter(
-                x=base[x],
-                y=base["WER %"],
-                mode="markers",
-                name="baseline",
-                marker={
-                    "symbol": "star",
-                    "size": 18,
-                    "color": "#d4a017",
-                    "line": {"width": 1, "color": "#333"},
-                },
-            )
-        )
-    fig.update_traces(marker_size=11, selector={"mode": "markers"})
-    fig.update_layout(
-        font={"size": 15},
-        height=460,
-        legend_title_text="",
-        margin={"t": 30},
-        xaxis_title={"size MB": "Size (MB, as saved)", "latency ms": "Latency (ms, median)"}[x],
-        yaxis_title="WER (%)",
-    )
-    return fig
+def point_labels(table: pd.DataFrame) -> dict[str, str]:
+    """A unique selectbox label per point key: recipe, WER and size (a repeat gets a number)."""
+    labels: dict[str, str] = {}
+    for _, r in table.iterrows():
+        label = f"{r['recipe']} · WER {r['WER %']:.1f}% · {r['size MB']:.1f} MB"
+        n = 2
+        while label in labels.values():
+            label, n = f"{label.rsplit(' (#', 1)[0]} (#{n})", n + 1
+        labels[r["key"]] = label
+    return labels
 
 
-table = stored_points()
-if table.empty:
-    st.info("No point measured yet for this model: use the Compress page, or run a sweep below.")
-else:
+def inspect_selected(chart_key: str, labels: dict[str, str]) -> None:
+    """A click on a chart (a Plotly selection) makes its point the inspected one: the selectbox follows."""
+    key = selected_key(st.session_state.get(chart_key))
+    if key in labels:
+        st.session_state[POINT_KEY] = labels[key]
+
+
+def interval_text(row) -> str:
+    """A point's stored 95% WER interval in words (old points have none)."""
+    ci = row["WER 95% CI"]
+    if not isinstance(ci, list):
+        return "no interval stored"
+    return f"95% interval {ci[0]:.1f}–{ci[1]:.1f}%"
+
+
+def transcripts(rows: list[dict]) -> pd.DataFrame:
+    """The inspected point's scored rows (sentences, or packed windows of several), WER in percent."""
+    table = pd.DataFrame(rows)
+    return pd.DataFrame(
+        {
+            "reference": table["reference"],
+            "hypothesis": table["hypothesis"],
+            "WER %": (100 * table["wer"]).round(1),
+        }
+    )
+
+
+def measuring_time(table: pd.DataFrame) -> str | None:
+    """The median time this lab took to measure one point here so far, in words (None before any)."""
+    taken = table.loc[table["runtime"] == "lab", "measured s"].dropna() if len(table) else []
+    if not len(taken):
+        return None
+    return (
+        f"a median of {statistics.median(taken):.0f} s per point measured here so far ({len(taken)} points)"
+    )
+
+
+def sweep_estimate(total: int, already: int, took: str | None) -> str:
+    """What a sweep will cost, from what is stored and how long points took here (no promised seconds)."""
+    if already == total:
+        return f"All {total} recipes are stored already: the sweep returns them at once."
+    pace = f"; new points took {took}, longer while the machine is busy" if took else ""
+    return (
+        f"{already} of {total} recipes are stored already (back at once), {total - already} to measure{pace}."
+    )
+
+
+def budget_error_text(exc: BudgetUnreachable, probed: int) -> str:
+    """A size budget the measured options cannot reach, in MB, with what to do about it: probe more groups,
+    or raise the budget to at least what the strongest combination leaves."""
+    smallest = exc.smallest / 1e6
+    more = (
+        f"probe more layer groups above (this table has {probed} of {len(probe_groups())}) and measure "
+        "again, or "
+        if probed < len(probe_groups())
+        else ""
+    )
+    return (
+        f"A {exc.budget / 1e6:g} MB budget cannot be reached with the measured options: compressing every "
+        f"probed group as hard as measured still leaves about {smallest:.1f} MB. To get there, {more}raise "
+        f"the budget to at least {math.ceil(smallest * 10) / 10:.1f} MB."
+    )
+
+
+def job_running() -> bool:
+    """A job this page started (sweep, sensitivity, budget, plan) is queued or running: it adds points."""
+    return any((job := followed(name)) is not None and not job.finished_state for name in JOBS)
+
+
+@st.fragment(run_every=LIVE_EVERY if job_running() else None)
+def points_section() -> None:
+    """The charts and the inspected point. While one of this page's jobs runs, this part alone re-reads the
+    stored points every few seconds, so the charts grow as points arrive; the page reruns when it ends."""
+    table = stored_points()
+    if table.empty:
+        st.info(
+            "No point measured yet for this model on this set: use the Compress page, or run a sweep below."
+        )
+        return
     counts = table["runtime"].value_counts()
     where = st.radio(
         "Measured in",
@@ -144,18 +210,38 @@ else:
         "files it loads, its latency at the same thread count.",
     )
     table = table[table["runtime"] == where].reset_index(drop=True)
+    labels = point_labels(table)
     charts = st.columns(2)
     for column, x in zip(charts, ["size MB", "latency ms"]):
-        column.plotly_chart(front_figure(table, x), width="stretch", key=f"front_{x}")
+        chart_key = f"front_{x}"
+        column.plotly_chart(
+            front_figure(table, x),
+            width="stretch",
+            key=chart_key,
+            on_select=lambda chart_key=chart_key: inspect_selected(chart_key, labels),
+            selection_mode="points",
+            config={"displaylogo": False},
+        )
 
     st.subheader("Inspect a point")
-    labels = {
-        f"{r['recipe']} · WER {r['WER %']:.1f}% · {r['size MB']:.1f} MB": i for i, r in table.iterrows()
-    }
-    chosen = table.loc[labels[st.selectbox("Point", list(labels))]]
-    left, right = st.columns([1, 2])
+    if st.session_state.get(POINT_KEY) not in labels.values():
+        st.session_state.pop(POINT_KEY, None)  # a point of another runtime, model or set: start anew
+    label = st.selectbox(
+        "Point", list(labels.values()), key=POINT_KEY, help="Or click a point on either chart."
+    )
+    chosen = table.loc[list(labels.values()).index(label)]
+    left, right = st.columns([1, 1])
     with left:
         st.code(json.dumps(chosen["recipe_json"], indent=1), language="json")
+    with right:
+        latency = (
+            f"{chosen['latency ms']:.0f} ms" if pd.notna(chosen["latency ms"]) else "latency not measured"
+        )
+        took = f" · measured in {chosen['measured s']:.0f} s" if pd.notna(chosen["measured s"]) else ""
+        st.markdown(
+            f"**WER {chosen['WER %']:.1f}%** ({interval_text(chosen)}, {sentences} sentences of "
+            f"`{dataset_name}`) · {chosen['size MB']:.1f} MB · {latency}{took}"
+        )
         trained = pd.notna(chosen["student_folder"])  # pandas keeps a missing folder as None or NaN
         if trained:
             st.caption(f"A trained student, saved in `{chosen['student_folder']}`.")
@@ -165,13 +251,16 @@ else:
                 st.switch_page("pages/compress.py")
             except ValueError as exc:
                 st.warning(f"The Compress sliders cannot show this recipe: {exc}")
-    with right:
-        st.dataframe(
-            pd.DataFrame(chosen["rows"])[["reference", "hypothesis", "wer"]],
-            hide_index=True,
-            width="stretch",
-            height=260,
-        )
+    scored = transcripts(chosen["rows"])
+    st.caption(f"Its transcripts as scored: {len(scored)} rows, {scored_as}.")
+    if len(scored) <= 30:  # wraps long transcripts, full width
+        st.table(scored.set_axis(range(1, len(scored) + 1)))
+    else:
+        st.dataframe(scored, hide_index=True, width="stretch", height=600)
+
+
+points_section()
+pace = measuring_time(stored_points())
 
 st.divider()
 st.subheader("Run a sweep")
@@ -199,6 +288,9 @@ except ValueError as exc:
     st.error(f"This grid is not valid: {exc}")
     recipes = []
 st.code(json.dumps(grid), language="json")
+if recipes:
+    already = sum(p is not None for p in stored(model_name, [r.to_json() for r in recipes], dataset_name))
+    st.caption(sweep_estimate(len(recipes), already, pace))
 where_run = st.radio(
     "Measure the points",
     ["here", "ray"],
@@ -216,8 +308,9 @@ if where_run == "ray":
     executor = ("ray", address.strip() or None, int(workers_column.number_input("Workers", 1, 256, 2)))
 if st.button(f"Run the sweep ({len(recipes)} recipes)", type="primary", disabled=not recipes):
     recipes_json = tuple(r.to_json() for r in recipes)
-    submit(SweepJob(model_name, DATASET, recipes_json, measuring(*executor)), "sweep_job")
-follow("sweep_job", rerun_on_progress=True)  # the charts above grow as points arrive
+    submit(SweepJob(model_name, dataset_name, recipes_json, measuring(*executor)), "sweep_job")
+    st.rerun()  # the charts above re-read the store while the job runs
+follow("sweep_job")  # the charts above grow as points arrive; the page reruns when it ends
 
 st.divider()
 st.subheader("Which layers matter? (sensitivity)")
@@ -243,11 +336,19 @@ signal = st.radio(
 by_divergence = signal == "divergence"
 plan = (divergence_plan if by_divergence else sensitivity_plan)(tuple(chosen_groups))
 groups_asked = tuple(chosen_groups)
+if by_divergence:
+    st.caption(
+        "A divergence probe scores the model teacher-forced on the reference: cheaper than a WER point."
+    )
+elif pace:
+    st.caption(f"Probes already stored come back at once; new WER points took {pace}.")
 if st.button(f"Measure sensitivity ({len(plan)} points)", disabled=not plan):
     submit(
-        SensitivityJob(model_name, DATASET, groups_asked, signal, measuring=measuring()), "sensitivity_job"
+        SensitivityJob(model_name, dataset_name, groups_asked, signal, measuring=measuring()),
+        "sensitivity_job",
     )
     st.session_state["show_sensitivity"] = True
+    st.rerun()  # the charts above re-read the store while the job runs
 job = follow("sensitivity_job")
 asked = job is not None and job.spec["groups"] == list(groups_asked) and job.spec["signal"] == signal
 if st.session_state.get("show_sensitivity") and plan and asked and job.state == "done":
@@ -258,24 +359,12 @@ if st.session_state.get("show_sensitivity") and plan and asked and job.state == 
         index="group", columns="setting", values="divergence" if by_divergence else "delta_wer", sort=False
     )
     heat = heat.reindex([g for g in GROUPS if g in heat.index])
-    if by_divergence:  # spans four decades: colour by log10, label with the value
-        fig = px.imshow(
-            np.log10(heat.clip(lower=1e-5)),
-            aspect="auto",
-            color_continuous_scale="Viridis",
-            labels={"color": "log₁₀ KL", "x": "", "y": ""},
+    st.plotly_chart(sensitivity_figure(heat, by_divergence), width="stretch", key="sensitivity")
+    if not by_divergence:
+        st.caption(
+            f"Measured on {sentences} sentences of `{dataset_name}`: a ΔWER of a point or two is within "
+            "the noise of so few words; divergence separates small differences better."
         )
-        fig.update_traces(text=heat.map(lambda v: f"{v:.3g}").values, texttemplate="%{text}")
-    else:
-        fig = px.imshow(
-            heat * 100,
-            color_continuous_scale="Viridis",
-            aspect="auto",
-            text_auto=".1f",
-            labels={"color": "ΔWER (pts)", "x": "", "y": ""},
-        )
-    fig.update_layout(font={"size": 14}, height=420)
-    st.plotly_chart(fig, width="stretch", key="sensitivity")
 
     budget_mb = st.number_input("Size budget (MB)", 5.0, 200.0, 30.0, 1.0, key="budget_mb")
     measured = st.checkbox(
@@ -285,10 +374,13 @@ if st.session_state.get("show_sensitivity") and plan and asked and job.state == 
         key="budget_measured",
     )
     if measured:  # a job measures the candidates into the store; the search below then reads them
-        budget_job = SensitivityJob(model_name, DATASET, groups_asked, signal, budget_mb, True, measuring())
+        budget_job = SensitivityJob(
+            model_name, dataset_name, groups_asked, signal, budget_mb, True, measuring()
+        )
         asked = followed("budget_job")
         if asked is None or asked.spec["budget_mb"] != budget_mb or asked.spec["signal"] != signal:
             submit(budget_job, "budget_job")
+            st.rerun()  # the charts above re-read the store while the job runs
         if not (job := follow("budget_job")) or job.state != "done":
             st.stop()
     try:
@@ -304,6 +396,9 @@ if st.session_state.get("show_sensitivity") and plan and asked and job.state == 
             waves=waves,
             encoder_cache=encoder_cache(),
         )
+    except BudgetUnreachable as exc:
+        st.error(budget_error_text(exc, len(groups_asked)))
+        st.stop()
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
@@ -318,7 +413,8 @@ if st.session_state.get("show_sensitivity") and plan and asked and job.state == 
         f"{budget_plan.estimated_size_bytes / 1e6:.1f} MB, {quality}"
     )
     if st.button("Measure this plan"):
-        submit(SweepJob(model_name, DATASET, (budget_plan.recipe.to_json(),), measuring()), "plan_job")
+        submit(SweepJob(model_name, dataset_name, (budget_plan.recipe.to_json(),), measuring()), "plan_job")
+        st.rerun()  # the charts above re-read the store while the job runs
     job = follow("plan_job")
     if job is not None and job.state == "done":
         point = store.get(job.result["points"][0])

@@ -249,6 +249,22 @@ class BudgetPlan:
     estimated_divergence: float | None = None  # for allocate(): summed (or measured) divergence
 
 
+class BudgetUnreachable(ValueError):
+    """No combination of the measured options fits the budget: `smallest` is the strongest combination's
+    estimate (bytes for a size budget, ms for latency), so a caller can say by how much and what to do."""
+
+    def __init__(self, budget: float, smallest: float, by_size: bool):
+        self.budget, self.smallest, self.by_size = budget, smallest, by_size
+        if by_size:
+            amounts = f"{budget / 1e6:,.1f} MB", f"{smallest / 1e6:,.1f} MB"
+        else:
+            amounts = f"{budget:,.0f} ms", f"{smallest:,.0f} ms"
+        super().__init__(
+            f"budget {amounts[0]} cannot be reached with the measured options: the strongest combination "
+            f"is estimated at {amounts[1]}; probe more layer groups, or raise the budget"
+        )
+
+
 @dataclass(frozen=True)
 class _Budget:
     """What both searches need from a table and a budget: the options per group and how a saving counts."""
@@ -262,12 +278,8 @@ class _Budget:
     def saved(self, row: SensitivityRow) -> float:
         return row.bytes_saved if self.by_size else -row.delta_latency_ms
 
-    def unreachable(self, estimate: float) -> ValueError:
-        unit = "bytes" if self.by_size else "ms"
-        return ValueError(
-            f"budget {self.budget:,.0f} {unit} cannot be reached with the measured options: "
-            f"the strongest combination is estimated at {estimate:,.0f} {unit}"
-        )
+    def unreachable(self, estimate: float) -> BudgetUnreachable:
+        return BudgetUnreachable(self.budget, estimate, self.by_size)
 
     def plan(self, choices: dict[str, SensitivityRow], **fields) -> BudgetPlan:
         chosen = list(choices.values())
