@@ -1,8 +1,9 @@
 """The real app in a real (headless Chromium) browser: `streamlit run app.py`, then look at its pages.
 
-Leaves screenshots (home, compress, record, distill, deploy .png) and the server log in the git-ignored
-`test-artifacts/` only; tests never write tracked files. `python tools/screenshots.py` copies the
-screenshots into `docs/screenshots/` when the README images should be refreshed.
+Leaves screenshots (home, compress, record, pareto, pareto-dark, testset, distill, deploy .png) and the
+server log in the git-ignored `test-artifacts/` only; tests never write tracked files. `python
+tools/screenshots.py` copies the screenshots into `docs/screenshots/` when the README images should be
+refreshed.
 """
 
 from __future__ import annotations
@@ -115,6 +116,43 @@ def test_record_through_the_fake_microphone_gives_a_transcript(streamlit_server)
         text = page.locator('[data-testid="stMain"]').inner_text().lower()
         assert "speech lab" in text or "short test" in text, text[-800:]
         full_page_screenshot(page, ARTIFACTS / "record.png")
+
+
+def selectbox_shown(page, label: str) -> str:
+    """What a selectbox shows (its chosen option), found by its label."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    return box.evaluate("e => [...e.querySelectorAll('input')].map(i => i.value).join() + e.innerText")
+
+
+def test_pareto_charts_click_a_point_to_inspect_it_light_and_dark(streamlit_server):
+    """After the Compress test stored its points: the charts draw, a click on a marker makes that point the
+    inspected one, and the page reads in the dark theme too (screenshots of both)."""
+    with open_page(streamlit_server, "pareto") as page:
+        chart = page.locator('[data-testid="stPlotlyChart"]').first
+        chart.locator("path.point").first.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        assert not exception_boxes(page), exception_boxes(page)
+        legend = chart.locator("g.legend").bounding_box()
+        plot = chart.locator("g.cartesianlayer").bounding_box()
+        assert legend["y"] > plot["y"] + plot["height"] - 5, (legend, plot)  # the legend sits below the plot
+        before = selectbox_shown(page, "Point")
+        markers = chart.locator("g.points path.point")
+        for number in range(markers.count()):  # the first marker may be the inspected point already
+            markers.nth(number).click(force=True)
+            wait_until_idle(page)
+            if selectbox_shown(page, "Point") != before:
+                break
+        assert selectbox_shown(page, "Point") != before, "clicking a point did not inspect it"
+        full_page_screenshot(page, ARTIFACTS / "pareto.png")
+    with open_page(streamlit_server, "pareto", color_scheme="dark") as page:
+        page.locator('[data-testid="stPlotlyChart"] path.point').first.wait_for(timeout=BASELINE_TIMEOUT_MS)
+        wait_until_idle(page)
+        background = page.locator('[data-testid="stApp"]').evaluate(
+            "e => getComputedStyle(e).backgroundColor"
+        )
+        channels = [int(c) for c in re.findall(r"\d+", background)[:3]]
+        assert sum(channels) < 150, background  # the dark theme is on
+        full_page_screenshot(page, ARTIFACTS / "pareto-dark.png")
 
 
 def record_with_fake_microphone(page, recorder, seconds: int = RECORD_SECONDS) -> None:
