@@ -267,12 +267,12 @@ def known_datasets() -> list[DatasetInfo]:
     for name in ("quick", "full"):
         manifest = ASSETS_DIR / "eval" / "manifest.csv"
         count = sum(1 for row in _csv_rows(manifest) if (row.get("split") or "").strip() == name)
-        found.append(DatasetInfo(name, f"bundled: {count} sentences of synthetic speech (espeak-ng, flite)"))
+        found.append(DatasetInfo(name, f"{count} synthetic sentences"))
     folders = [f for f in user_datasets_dir().glob("*") if (f / "manifest.csv").is_file()]
     for folder in sorted(folders, key=lambda f: f.stat().st_mtime, reverse=True):
         if NAME_PATTERN.fullmatch(folder.name) and folder.name not in BUNDLED:
             count = len(_csv_rows(folder / "manifest.csv"))
-            found.append(DatasetInfo(folder.name, f"yours: {count} clips"))
+            found.append(DatasetInfo(folder.name, f"{count} clips, yours"))
     return found
 
 

@@ -143,7 +143,7 @@ def transcripts(rows: list[dict]) -> pd.DataFrame:
         {
             "reference": table["reference"],
             "hypothesis": table["hypothesis"],
-            "WER %": (100 * table["wer"]).round(1),
+            "WER %": [f"{100 * wer:.1f}" for wer in table["wer"]],
         }
     )
 

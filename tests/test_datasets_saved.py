@@ -49,7 +49,7 @@ def test_saved_set_loads_by_name_with_its_audio_texts_and_speaker():
     assert [len(load_audio(u.path)) for u in dataset.utterances] == [SAMPLE_RATE, int(1.5 * SAMPLE_RATE)]
     np.testing.assert_allclose(load_audio(dataset.utterances[0].path), clips[0][0], atol=1e-4)
     assert [d.name for d in known_datasets()] == ["quick", "full", "my-voice"]
-    assert known_datasets()[2].description == "yours: 2 clips"
+    assert known_datasets()[2].description == "2 clips, yours"
 
 
 def test_saving_refuses_bad_names_empty_texts_and_overwrites_unless_asked():

@@ -87,7 +87,7 @@ def test_pareto_inspects_the_point_chosen_in_the_selectbox(stored_points):
     assert "WER 12.0%" in shown and "95% interval 8.0–17.0%" in shown and "measured in 42 s" in shown
     assert '"sparsity": 0.33' in at.code[0].value
     table = at.table[0].value  # a full-width table that wraps: the whole transcript is there
-    assert table["reference"].tolist() == [TRANSCRIPT] and table["WER %"].tolist() == [12.0]
+    assert table["reference"].tolist() == [TRANSCRIPT] and table["WER %"].tolist() == ["12.0"]
 
 
 def test_pareto_click_on_a_point_inspects_it(stored_points):

@@ -31,7 +31,7 @@ def test_import_list_evaluate_by_name_and_delete(tmp_path, capsys):
     assert main(["datasets", "import", str(source), "--name", "my-voice"]) == 2  # no silent overwrite
     assert "exists already" in capsys.readouterr().err
     assert main(["datasets"]) == 0
-    assert capsys.readouterr().out.splitlines()[2].split() == ["my-voice", "yours:", "2", "clips"]
+    assert capsys.readouterr().out.splitlines()[2].split() == ["my-voice", "2", "clips,", "yours"]
 
     out = tmp_path / "result.json"
     assert main(["evaluate", "--dataset", "my-voice", "--latency-runs", "0", "--json", str(out)]) == 0
