@@ -85,4 +85,29 @@ def test_a_folder_on_this_machine_is_imported_by_reference(tmp_path):
     at.run()
     at.button(key="testset_import").click()
     at.run()
-    assert any("exists already" in e.value for e in at.error)  # the same name again: refused, kept
+    assert any("no such bundled set, saved set or path" in e.value for e in at.error)
+    assert len(load_dataset("from-folder")) == 2  # the saved set is kept
+
+
+def test_the_sidebar_picker_sets_what_compress_measures_on():
+    from core.audio import load_audio
+    from core.data import save_dataset
+    from core.measure.store import Store
+    from ui.resources import LIVE
+
+    clips = [load_dataset("quick").utterances[number] for number in (3, 4)]
+    save_dataset("picked", [(load_audio(u.path), u.text) for u in clips])
+    at = page("pages/compress.py")
+    picker = at.sidebar.selectbox(key="dataset_pick")
+    assert picker.options[:2] == ["quick · 16 synthetic sentences", "full · 80 synthetic sentences"]
+    picker.set_value("picked").run()
+    assert "`picked`" in at.caption[0].value
+    wait_for_job(at)
+    assert not problems(at), problems(at)
+    assert at.metric[0].label == "WER"
+    with Store() as store:
+        measured = [p.label for p in store.points(settings=LIVE.key_json()) if p.dataset == "picked"]
+    assert len(measured) == 2, measured  # the baseline and the 8-bit point, both on the picked set
+    at.switch_page("pages/pareto.py").run()
+    assert at.sidebar.selectbox(key="dataset_pick").value == "picked"
+    assert "`picked`" in at.caption[0].value
