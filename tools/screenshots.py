@@ -17,8 +17,8 @@ Usage (from the repository root)
         never `playwright install`), then copy only screenshots taken by that run. Copies nothing if the
         tests fail.
 
-The browser tests take home, compress, record, distill and deploy; docs/screenshots/learn.png comes from no
-test and stays as it is.
+The browser tests take home, compress, record, pareto, pareto-dark (the dark theme), testset, distill and
+deploy; docs/screenshots/learn.png comes from no test and stays as it is.
 """
 
 from __future__ import annotations
