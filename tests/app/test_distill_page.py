@@ -5,33 +5,8 @@ says to iterate."""
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
-TIMEOUT = 300
-
-
-def page(path: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.switch_page(path)
-    return at.run(timeout=TIMEOUT)
-
-
-def problems(at: AppTest) -> list[str]:
-    return [f"{e.message}\n{''.join(e.stack_trace)}" for e in at.exception] + [e.value for e in at.error]
-
-
-def wait_for_job(at: AppTest, seconds: float = 3 * TIMEOUT) -> AppTest:
-    """Rerun the page until the background job it follows has ended (no progress bar left)."""
-    deadline = time.monotonic() + seconds
-    while at.get("progress") and time.monotonic() < deadline:
-        time.sleep(2.0)
-        at.run(timeout=TIMEOUT)
-    assert not at.get("progress"), "the job did not finish in time"
-    return at
+from tests.app.test_pages import TIMEOUT, page, problems, wait_for_job
 
 
 def test_settings_survive_leaving_the_page_and_say_where_the_student_is_chosen():
