@@ -407,6 +407,24 @@ def load_waves(dataset: Dataset) -> list[np.ndarray]:
     return [load_audio(u.path) for u in dataset.utterances]
 
 
+def pack_groups(
+    lengths: list[int], window_seconds: float = PACK_WINDOW_SECONDS, gap_seconds: float = PACK_GAP_SECONDS
+) -> list[list[int]]:
+    """Which utterances (by index, in order) share each window of `pack_utterances`, from their lengths in
+    samples: consecutive ones while they fit with a gap between them; a longer one alone."""
+    limit, gap = int(window_seconds * SAMPLE_RATE), int(gap_seconds * SAMPLE_RATE)
+    packs: list[list[int]] = []
+    length = 0
+    for index, samples in enumerate(lengths):
+        if packs and length + gap + samples <= limit:
+            packs[-1].append(index)
+            length += gap + samples
+        else:
+            packs.append([index])
+            length = samples
+    return packs
+
+
 def pack_utterances(
     waves: list[np.ndarray],
     texts: list[str],
@@ -416,16 +434,8 @@ def pack_utterances(
 ) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Join consecutive utterances, in order, with `gap_seconds` of silence into windows of at most
     `window_seconds`; returns (windows, joined references, ids joined by "+"). Longer clips stay alone."""
-    limit, gap = int(window_seconds * SAMPLE_RATE), np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
-    packs: list[list[int]] = []
-    length = 0
-    for index, wave in enumerate(waves):
-        if packs and length + len(gap) + len(wave) <= limit:
-            packs[-1].append(index)
-            length += len(gap) + len(wave)
-        else:
-            packs.append([index])
-            length = len(wave)
+    gap = np.zeros(int(gap_seconds * SAMPLE_RATE), dtype=np.float32)
+    packs = pack_groups([len(w) for w in waves], window_seconds, gap_seconds)
     windows = [np.concatenate([x for i in pack for x in (gap, waves[i])][1:]) for pack in packs]
     return (
         windows,

@@ -109,6 +109,7 @@ def score(
     ids: list[str] | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    parts: list[list[str]] | None = None,
 ) -> Scores:
     """Score hypotheses against references after normalization; corpus WER plus per-utterance rows.
 
@@ -116,6 +117,10 @@ def score(
     words but its hypothesis words still count as insertions. If no reference has any words at all
     the WER is undefined and we raise ValueError. The 95% interval is a percentile bootstrap over
     utterances (`resamples` draws with a fixed `seed`, so it is deterministic).
+
+    `parts` (packed windows: row i's reference is its utterances' references joined, parts[i] lists them)
+    makes the interval a bootstrap over those utterances, not over the few windows: each error of a window
+    is counted against the utterance whose reference words it falls on (an insertion: the next word's).
     """
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses; they must pair up")
@@ -141,13 +146,18 @@ def score(
     if total_words == 0:
         raise ValueError("WER is undefined: every reference is empty after normalization")
     total_errors = sum(r.errors for r in rows)
+    units = [(r.errors, r.n_words) for r in rows]
+    if parts is not None:
+        units = [
+            unit for i, row in enumerate(rows) for unit in _split_errors(words.alignments[i], row, parts[i])
+        ]
     return Scores(
         wer=total_errors / total_words,
         cer=float(jiwer.cer(refs, hyps)),
         raw_wer=_raw_wer(references, hypotheses),
         n_utterances=len(rows),
         n_words=total_words,
-        wer_ci95=_bootstrap([r.errors for r in rows], [r.n_words for r in rows], resamples, seed),
+        wer_ci95=_bootstrap([e for e, _ in units], [n for _, n in units], resamples, seed),
         substitutions=sum(r.substitutions for r in rows),
         deletions=sum(r.deletions for r in rows),
         insertions=sum(r.insertions for r in rows),
@@ -234,6 +244,27 @@ def _counts(chunks) -> tuple[int, int, int]:
         elif c.type == "insert":
             n += c.hyp_end_idx - c.hyp_start_idx
     return s, d, n
+
+
+def _split_errors(chunks, row: UtteranceScore, references: list[str]) -> list[tuple[int, int]]:
+    """(errors, words) of each utterance in a packed row, from the row's alignment: substitutions and
+    deletions belong to the utterance of their reference words, insertions to that of the next reference
+    word (the last utterance's at the end). Where the utterances' normalized words do not add up to the
+    row's (the normalizer joined something across a boundary), the row stays one unit."""
+    counts = [len(normalize(reference).split()) for reference in references]
+    if sum(counts) != row.n_words or not counts:
+        return [(row.errors, row.n_words)]
+    owner = [i for i, count in enumerate(counts) for _ in range(count)]
+    errors = [0] * len(counts)
+    for c in chunks:
+        if c.type in ("substitute", "delete"):
+            for word in range(c.ref_start_idx, c.ref_end_idx):
+                errors[owner[word]] += 1
+        elif c.type == "insert":
+            errors[owner[min(c.ref_start_idx, len(owner) - 1)] if owner else 0] += (
+                c.hyp_end_idx - c.hyp_start_idx
+            )
+    return list(zip(errors, counts))
 
 
 def _raw_wer(references: list[str], hypotheses: list[str]) -> float:

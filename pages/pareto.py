@@ -58,8 +58,8 @@ st.caption(
     f"scored as {scored_as}). The line joins the non-dominated working points: nothing else is both more "
     "accurate and smaller (or faster). "
     f"On {sentences} sentences a WER is uncertain by several points: hover a point for its 95% interval "
-    f"(a bootstrap over the scored rows{', a few windows: a rough guide' if LIVE.packed else ''}) and treat "
-    "points whose intervals overlap as a tie. Click a point to inspect it below."
+    "(a bootstrap over the sentences, each window's errors counted against the sentence they fall on) and "
+    "treat points whose intervals overlap as a tie. Click a point to inspect it below."
 )
 
 

@@ -169,3 +169,31 @@ def test_a_transcript_cut_from_a_decoding_loop_is_counted():
     )
     assert [row.looped for row in scores.rows] == [True, False, False]  # the reference says it too
     assert scores.looped == 1
+
+
+def test_packed_rows_attribute_errors_to_their_utterances_for_the_interval():
+    from core.metrics import _split_errors
+
+    parts = [["the cat sat", "on the mat", "it was warm"], ["a dog barked"]]
+    references = [" ".join(p) for p in parts[:1]] + parts[1]
+    hypotheses = ["the hat sat on mat it was very warm", "a dog barked"]
+    packed = score(references, hypotheses, parts=parts)
+    plain = score(references, hypotheses)
+    assert packed.wer == plain.wer and packed.rows == plain.rows  # only the interval changes
+    jiwer_words = __import__("jiwer").process_words(
+        [normalize(r) for r in references], [normalize(h) for h in hypotheses]
+    )
+    units = _split_errors(jiwer_words.alignments[0], packed.rows[0], parts[0])
+    assert units == [(1, 3), (1, 3), (1, 3)]  # hat for cat; "the" deleted; "very" inserted before warm
+    assert packed.wer_ci95 != plain.wer_ci95  # resampled over 4 utterances, not 2 windows
+    low, high = packed.wer_ci95
+    assert 0 <= low <= packed.wer <= high <= 1
+
+
+def test_packed_row_whose_parts_do_not_add_up_stays_one_unit():
+    from core.metrics import _split_errors
+
+    scores = score(["red green blue"], ["red green pink"])
+    assert _split_errors([], scores.rows[0], ["red green", "blue black"]) == [(1, 3)]
+    joined = score(["one two three"], ["one two three"], parts=[["one two", "three"]])  # "123" vs "12" "3"
+    assert joined.rows[0].n_words == 1 and joined.wer_ci95 == (0.0, 0.0)

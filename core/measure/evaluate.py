@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core.audio import SAMPLE_RATE, is_probably_speech, load_audio
-from core.data import Dataset, load_waves, pack_utterances
+from core.data import Dataset, load_waves, pack_groups, pack_utterances
 from core.deploy.runtime import Deployed
 from core.io.artifact import save_weights
 from core.metrics import BucketScore, Scores, by_length, score
@@ -265,7 +265,9 @@ def evaluate(
     references, ids = [u.text for u in dataset.utterances], [u.id for u in dataset.utterances]
     # Whisper writes words for noise ("You"): such clips are named, so their WER is read for what it is
     no_speech = [id for id, wave in zip(ids, waves) if not is_probably_speech(wave)]
+    parts = None  # packed: each window's utterance references, so the interval resamples utterances
     if packed:
+        parts = [[references[i] for i in group] for group in pack_groups([len(w) for w in waves])]
         waves, references, ids = pack_utterances(waves, references, ids)
     hypotheses, clip_ms = [], []
     clock = time.perf_counter()
@@ -275,7 +277,7 @@ def evaluate(
         if progress:
             progress(len(hypotheses), len(waves))
         clock = time.perf_counter()
-    scores = score(references, hypotheses, ids=ids)
+    scores = score(references, hypotheses, ids=ids, parts=parts)
     scores.n_utterances = len(dataset.utterances)
     seconds = [len(w) / SAMPLE_RATE for w in waves]
     buckets = [] if packed else by_length(scores.rows, seconds, clip_ms)
