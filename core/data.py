@@ -81,10 +81,9 @@ def load_dataset(name_or_path: str | Path, assets_dir: str | Path | None = None)
             return _load_bundled(name_or_path, synthesized_train_folder() / "manifest.csv")
         folder = root / ("train" if name_or_path == "train" else "eval")
         return _load_bundled(name_or_path, folder / "manifest.csv")
-    if isinstance(name_or_path, str) and (user_datasets_dir() / name_or_path / "manifest.csv").is_file():
-        if NAME_PATTERN.fullmatch(name_or_path):  # a set the user recorded or imported (save_dataset)
-            folder = user_datasets_dir() / name_or_path
-            return _finish(name_or_path, _read_manifest(folder / "manifest.csv"), folder)
+    if isinstance(name_or_path, str) and saved_stamp(name_or_path):  # a set the user recorded or imported
+        folder = user_datasets_dir() / name_or_path
+        return _finish(name_or_path, _read_manifest(folder / "manifest.csv"), folder)
     path = Path(name_or_path).expanduser().resolve()
     if not path.exists():
         raise ValueError(
@@ -263,11 +262,8 @@ class DatasetInfo:
 def known_datasets() -> list[DatasetInfo]:
     """The bundled evaluation sets, then the user's saved sets (newest first); `train` is for distillation
     and not listed. Counting reads manifests only, never audio."""
-    found = []
-    for name in ("quick", "full"):
-        manifest = ASSETS_DIR / "eval" / "manifest.csv"
-        count = sum(1 for row in _csv_rows(manifest) if (row.get("split") or "").strip() == name)
-        found.append(DatasetInfo(name, f"{count} synthetic sentences"))
+    splits = [(row.get("split") or "").strip() for row in _csv_rows(ASSETS_DIR / "eval" / "manifest.csv")]
+    found = [DatasetInfo(name, f"{splits.count(name)} synthetic sentences") for name in ("quick", "full")]
     folders = [f for f in user_datasets_dir().glob("*") if (f / "manifest.csv").is_file()]
     for folder in sorted(folders, key=lambda f: f.stat().st_mtime, reverse=True):
         if NAME_PATTERN.fullmatch(folder.name) and folder.name not in BUNDLED:

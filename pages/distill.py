@@ -316,7 +316,8 @@ if finished.exists() and not resumable:
         before = f"{100 * done['wer_before']:.1f}% → " if done.get("wer_before") is not None else ""
         kept_step = f", the student of step {done['kept_step']}" if done.get("kept_step") is not None else ""
         st.success(
-            f"Trained before with these settings: WER on {EVAL_SET} {before}{100 * done['wer_after']:.1f}% "
+            f"Trained before with these settings: WER on {done.get('report_set', 'quick')} "
+            f"{before}{100 * done['wer_after']:.1f}% "
             f"({'one clip per window' if spec.short_context is not None else 'packed'}{kept_step}). Its "
             "point is on the Pareto page; Start trains it again."
         )

@@ -20,7 +20,7 @@ from core.measure.sensitivity import (
 from core.measure.store import model_identity
 from core.measure.sweep import grid_recipes
 from core.models import GROUPS
-from ui.charts import front_figure, selected_key, sensitivity_figure
+from ui.charts import front_figure, interval_words, selected_key, sensitivity_figure
 from ui.datasets import dataset_picker
 from ui.forms import compress_widget_state
 from ui.jobs import follow, followed, measuring, submit
@@ -128,14 +128,6 @@ def inspect_selected(chart_key: str, labels: dict[str, str]) -> None:
         st.session_state[POINT_KEY] = labels[key]
 
 
-def interval_text(row) -> str:
-    """A point's stored 95% WER interval in words (old points have none)."""
-    ci = row["WER 95% CI"]
-    if not isinstance(ci, list):
-        return "no interval stored"
-    return f"95% interval {ci[0]:.1f}–{ci[1]:.1f}%"
-
-
 def transcripts(rows: list[dict]) -> pd.DataFrame:
     """The inspected point's scored rows (sentences, or packed windows of several), WER in percent."""
     table = pd.DataFrame(rows)
@@ -239,8 +231,8 @@ def points_section() -> None:
         )
         took = f" · measured in {chosen['measured s']:.0f} s" if pd.notna(chosen["measured s"]) else ""
         st.markdown(
-            f"**WER {chosen['WER %']:.1f}%** ({interval_text(chosen)}, {sentences} sentences of "
-            f"`{dataset_name}`) · {chosen['size MB']:.1f} MB · {latency}{took}"
+            f"**WER {chosen['WER %']:.1f}%** ({interval_words(chosen['WER 95% CI'])}, {sentences} sentences "
+            f"of `{dataset_name}`) · {chosen['size MB']:.1f} MB · {latency}{took}"
         )
         trained = pd.notna(chosen["student_folder"])  # pandas keeps a missing folder as None or NaN
         if trained:

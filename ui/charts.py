@@ -105,11 +105,15 @@ def wer_axis(table: pd.DataFrame, broken: pd.Series) -> tuple[float, float]:
     return top, top + band
 
 
+def interval_words(value) -> str:
+    """A stored 95% WER interval (in percent) in words; old points have none."""
+    ci = interval(value)
+    return f"95% interval {ci[0]:.1f}–{ci[1]:.1f}%" if ci else "no interval stored"
+
+
 def hover_text(row, broken: bool) -> str:
     """What a reader needs about one point: its recipe, WER with its 95% interval, size, latency."""
-    ci = interval(row.get("WER 95% CI"))
-    wer = f"WER {row['WER %']:.1f}%"
-    wer += f" (95% interval {ci[0]:.1f}–{ci[1]:.1f}%)" if ci else " (no interval stored)"
+    wer = f"WER {row['WER %']:.1f}% ({interval_words(row.get('WER 95% CI'))})"
     if broken:
         wer += "<br><b>broken</b>: drawn clipped at the top"
     size = f"{row['size MB']:.1f} MB" if pd.notna(row.get("size MB")) else "size not measured"

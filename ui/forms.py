@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from core.compress.quant import int8_blockers
 from core.compress.recipe import Recipe
 from core.compress.registry import TECHNIQUES
 
@@ -267,7 +268,7 @@ def draw_quantize() -> dict:
         help=f"{PARTS_HELP} The token embedding is tied to the output projection: "
         "quantizing it quantizes both, stored once.",
     )
-    blockers = int8_blockers(config)
+    blockers = int8_blockers(config["bits"], config["symmetric"], config["granularity"])
     checked = st.checkbox(
         "Run on int8 kernels (8-bit only)",
         key="quant_int8",
@@ -282,19 +283,6 @@ def draw_quantize() -> dict:
     elif checked:
         config["backend"] = "int8_dynamic"
     return config
-
-
-def int8_blockers(config: dict) -> list[str]:
-    """What in a quantize step config keeps it off the int8 kernels (core.compress.quant.QuantConfig allows
-    them only for 8-bit symmetric codes with channel or tensor scales); empty when it can run on them."""
-    blockers = []
-    if config.get("bits", 8) != 8:
-        blockers.append(f"{config['bits']} bits")
-    if not config.get("symmetric", True):
-        blockers.append("asymmetric codes")
-    if config.get("granularity", "channel") == "group":
-        blockers.append("group scales")
-    return blockers
 
 
 def quantize_state(config: dict) -> dict:

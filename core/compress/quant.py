@@ -56,6 +56,17 @@ MSE_SHRINKS = tuple(1.0 - 0.05 * i for i in range(11))  # clip ranges tried by m
 MAX_GROUP_SIZE = 8192  # columns per scale; wider than any Whisper layer (a larger group only pads)
 
 
+def int8_blockers(bits: int, symmetric: bool, granularity: str, scale_dtype: str = "float32") -> list[str]:
+    """What keeps codes off the int8 kernels, in words ("4 bits", "group scales", ...): they take 8-bit
+    symmetric codes with one float32 scale per channel or per tensor. [] when the codes can run there.
+    QuantConfig refuses backend "int8_dynamic" on these, and the Compress sidebar says them."""
+    blockers = [f"{bits} bits"] if bits != 8 else []
+    blockers += [] if symmetric else ["asymmetric codes"]
+    blockers += ["group scales"] if granularity == "group" else []
+    blockers += [f"{scale_dtype} scales"] if scale_dtype != "float32" else []
+    return blockers
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """How to quantize: bit width, scale granularity, range method, which layer groups, which kernel."""
@@ -136,11 +147,8 @@ class QuantConfig:
             raise ValueError(
                 "quantize.backend 'int8_dynamic' runs whole int8 weights: outlier_columns must be 0"
             )
-        if self.backend == "int8_dynamic" and (
-            self.bits != 8
-            or not self.symmetric
-            or self.granularity == "group"
-            or self.scale_dtype != "float32"
+        if self.backend == "int8_dynamic" and int8_blockers(
+            self.bits, self.symmetric, self.granularity, self.scale_dtype
         ):
             raise ValueError(
                 "quantize.backend 'int8_dynamic' needs bits=8, symmetric=true, granularity "

@@ -838,7 +838,8 @@ def publish_student(
     size after those steps. `wers` are the evaluations reported during training: the first is "before" when
     there are two or more. `training`: facts for speech_lab.json (see `training_facts`)."""
     before, after_training = (wers[0] if len(wers) > 1 else None), (wers[-1] if wers else None)
-    final = finish_student(student, after, teacher, spec, config, folder, before, after_training, training)
+    meta = {"report_set": eval_set.name, **(training or {})}  # the set wer_before/wer_after are on
+    final = finish_student(student, after, teacher, spec, config, folder, before, after_training, meta)
     if store is None:
         return final, None
     facts, label = student_entry(
@@ -849,16 +850,15 @@ def publish_student(
     )
 
 
-ADDED_FIELDS = {"held_out": 0.0, "patience": 0}  # DistillConfig fields added later, with their defaults
+ADDED_FIELDS = ("held_out", "patience")  # DistillConfig fields added after run folders were first named
 
 
 def run_folder(root: Path, teacher: str, spec: StudentSpec, config: DistillConfig, data: str) -> Path:
     """A folder per distinct run under `root`: the same settings find their checkpoint again (resume).
     Fields added since folders were first named count only when set, so older runs keep their folders."""
     spec_json = {k: v for k, v in asdict(spec).items() if not (k == "then" and v is None)}
-    config_json = {
-        k: v for k, v in config.to_json().items() if not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
-    }
+    defaults = DistillConfig().to_json()
+    config_json = {k: v for k, v in config.to_json().items() if not (k in ADDED_FIELDS and v == defaults[k])}
     key = json.dumps([teacher, spec_json, config_json, data], sort_keys=True)
     kind = (
         "recovery"

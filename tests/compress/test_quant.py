@@ -390,3 +390,15 @@ def test_positions_group_quantizes_both_position_tables(tiny_whisper, inputs):
             table.copy_(fake_quantize(table, config))
     assert torch.equal(logits(quantized, inputs), logits(reference, inputs))
     assert not torch.equal(logits(quantized, inputs), logits(tiny_whisper, inputs))
+
+
+def test_int8_blockers_name_what_keeps_codes_off_the_int8_kernels():
+    from core.compress.quant import int8_blockers
+
+    assert int8_blockers(8, True, "channel") == []
+    assert int8_blockers(4, False, "group", "float16") == [
+        "4 bits",
+        "asymmetric codes",
+        "group scales",
+        "float16 scales",
+    ]
